@@ -1,0 +1,1 @@
+"""ConvFirst study package."""

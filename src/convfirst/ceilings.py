@@ -74,3 +74,34 @@ def peak_flops(ceilings: pd.Series | dict, dtype: str = "bfloat16") -> float:
 def bandwidth_bytes_per_s(ceilings: pd.Series | dict) -> float:
     """B in bytes/s from a ceilings row."""
     return float(ceilings["copy_tbps"]) * 1e12
+
+
+def recorded_ceilings(gpu: str) -> pd.DataFrame:
+    """Every recorded ceilings row of ``gpu``, oldest first (a clear error listing GPUs with data if none)."""
+    return load_measurements(recorded_file(CEILINGS_PREFIX, gpu)).sort_values("date").reset_index(drop=True)
+
+
+def ceilings_for(mode: str, gpu: str) -> tuple[pd.Series, str]:
+    """The ceilings a chapter uses, and the GPU short name they belong to.
+
+    ``mode='measure'``: measured now on this machine's GPU and appended to ``data/ceilings_<gpu>.csv``
+    (``gpu`` becomes this machine's GPU); ``mode='replay'``: the latest recorded row of ``gpu``.
+    """
+    from .records import data_path, save_measurements
+
+    if mode == "measure":
+        row = measure_ceilings()
+        gpu = str(row["gpu_short"].iloc[0])
+        save_measurements(row, data_path(f"{CEILINGS_PREFIX}_{gpu}.csv"), key=["gpu_short"])
+        return row.iloc[0], gpu
+    if mode != "replay":
+        raise ValueError(f"mode={mode!r}: expected 'measure' or 'replay' (see convfirst.params.resolve_mode)")
+    return load_ceilings(gpu), gpu
+
+
+def ceilings_at(gpu: str, date: str) -> pd.Series:
+    """The recorded ceilings of ``gpu`` measured nearest in time to ``date`` (ISO 8601 UTC), i.e. those of
+    the run that produced a measurement made then (runs measure their ceilings first)."""
+    rows = recorded_ceilings(gpu)
+    gap = (pd.to_datetime(rows["date"], utc=True) - pd.to_datetime(date, utc=True)).abs()
+    return rows.loc[gap.idxmin()]

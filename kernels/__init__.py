@@ -1,1 +1,45 @@
-"""Triton kernels."""
+"""Triton kernels of the study: one kernel per ConvFirst / MBConv block, and a grouped 3x3 gw8 conv.
+
+Each kernel is a ``torch.library`` custom op (``torch.ops.convfirst.*``) with a fake implementation, so
+``torch.compile`` traces models that use it. Set ``TRITON_INTERPRET=1`` *before* importing this package to
+run the kernels on CPU tensors in Triton's interpreter (slow; for tests at tiny sizes).
+
+- :func:`convfirst_block_fused`, :func:`mbconv_block_fused`: the fused blocks (packed weights).
+- :func:`grouped_conv3x3_gw8`: the standalone grouped conv; :func:`convfirst_block_unfused` and
+  :func:`mbconv_block_unfused`: the same blocks as a sequence of our gconv and cuBLAS matmuls.
+- :class:`FusedConvFirstBlock`, :class:`FusedMBConvBlock` (``from_block(block)``) and :func:`fuse`.
+- :func:`pack_block_params`, :func:`pack_grouped_taps`: weight packing.
+
+Design notes, floors and measured versions: ``NOTES_convfirst.md``, ``NOTES_mbconv.md``, ``NOTES_gconv.md``.
+``python -m convfirst.kernels.compile_report`` prints registers/spills of every config without a GPU.
+"""
+from ._common import (KernelInputError, interpreting, pack_block_params, pack_grouped_taps,
+                      split_channels)
+from .convfirst_fused import convfirst_block_fused
+from .gconv import grouped_conv3x3_gw8
+from .mbconv_fused import mbconv_block_fused
+from .modules import FusedConvFirstBlock, FusedMBConvBlock, count_fused_blocks, fuse
+from .unfused import convfirst_block_unfused, mbconv_block_unfused
+
+__all__ = ["KernelInputError", "interpreting", "pack_block_params", "pack_grouped_taps", "split_channels",
+           "convfirst_block_fused", "mbconv_block_fused", "grouped_conv3x3_gw8", "FusedConvFirstBlock",
+           "FusedMBConvBlock", "fuse", "count_fused_blocks", "convfirst_block_unfused",
+           "mbconv_block_unfused", "run_block"]
+
+
+def run_block(block: str, impl: str, x, packed):
+    """``impl`` in ('fused', 'unfused-triton') of ``block`` in ('convfirst', 'mbconv') on x with packed weights."""
+    if block == "convfirst":
+        if impl == "fused":
+            return convfirst_block_fused(x, packed["w_taps"], packed["b_g"], packed["we_t"], packed["b_e"],
+                                         packed["wp_t"], packed["b_p"])
+        if impl == "unfused-triton":
+            return convfirst_block_unfused(x, packed)
+    elif block == "mbconv":
+        if impl == "fused":
+            return mbconv_block_fused(x, packed["we_t"], packed["b_e"], packed["w_taps"], packed["b_g"],
+                                      packed["wp_t"], packed["b_p"])
+        if impl == "unfused-triton":
+            return mbconv_block_unfused(x, packed)
+    raise KernelInputError(f"run_block: block={block!r}, impl={impl!r}; blocks: 'convfirst', 'mbconv'; "
+                           f"impls: 'fused', 'unfused-triton'")

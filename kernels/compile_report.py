@@ -1,0 +1,90 @@
+"""Registers, spills and shared memory of every autotuning config, compiled for sm_90 without a GPU.
+
+Triton compiles for a GPU target on any machine; ``ptxas -v`` (shipped with Triton) then reports the
+resources of each config. This answered most "why is it slow / why did it spill" questions of the kernels
+without spending device time. Divisibility-by-16 of pointers and of the integer arguments C, C16, HID,
+HID16 and NPIX is assumed, as at the benchmark shapes.
+
+    python -m convfirst.kernels.compile_report convfirst 64 96
+    python -m convfirst.kernels.compile_report mbconv 64@56
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from . import convfirst_fused, gconv, mbconv_fused
+from ._common import next_pow2, split_channels
+
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+DIVISIBLE_INTS = {"NPIX", "C", "C16", "HID", "HID16"}
+
+
+def compile_config(fn, signature: dict, constexprs: dict, num_warps: int, num_stages: int) -> dict:
+    """Compile one config for sm_90 and return ptxas' registers/spills and Triton's shared memory (bytes)."""
+    attrs = {(i,): [["tt.divisibility", 16]] for i, (name, ty) in enumerate(signature.items())
+             if ty.startswith("*") or name in DIVISIBLE_INTS}
+    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
+                            target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps,
+                                                                       "num_stages": num_stages})
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(kernel.asm["ptx"])
+    report = subprocess.run([PTXAS, "-v", "--gpu-name", "sm_90a", f.name, "-o", os.devnull],
+                            capture_output=True, text=True).stderr
+    os.unlink(f.name)
+    regs = re.search(r"Used (\d+) registers", report)
+    spills = re.search(r"(\d+) bytes spill stores", report)
+    return {"regs": int(regs.group(1)) if regs else None, "spill_bytes": int(spills.group(1)) if spills else None,
+            "smem": kernel.metadata.shared}
+
+
+def _sig(pointers: dict, ints: list[str], constexprs: list[str]) -> dict:
+    return {**pointers, **{n: "i32" for n in ints}, **{n: "constexpr" for n in constexprs}}
+
+
+def report(block: str, shape: str) -> list[dict]:
+    rows = []
+    if block == "gconv":
+        sig = _sig({"x_ptr": "*bf16", "w_taps_ptr": "*bf16", "bias_ptr": "*fp32", "out_ptr": "*bf16"},
+                   ["NPIX", "H", "W", "C", "C16"], ["BLOCK_M", "CK", "APPLY_SILU", "UNROLL_TAPS", "FP32_DOT"])
+        for cf in gconv._gconv_configs():
+            rows.append({"config": cf.kwargs, **compile_config(gconv.grouped3x3_kernel, sig,
+                                                               dict(cf.kwargs, APPLY_SILU=False, FP32_DOT=False),
+                                                               cf.num_warps, cf.num_stages)})
+    elif block == "convfirst":
+        ca, cb = split_channels(int(shape))
+        sig = _sig({"x_ptr": "*bf16", "w_taps_ptr": "*bf16", "b_g_ptr": "*fp32", "we_t_ptr": "*bf16",
+                    "b_e_ptr": "*fp32", "wp_t_ptr": "*bf16", "b_p_ptr": "*fp32", "out_ptr": "*bf16"},
+                   ["NPIX", "H", "W", "C", "C16", "HID"], ["CA", "CB", "BLOCK_M", "BLOCK_H", "UNROLL_TAPS", "FP32_DOT"])
+        for cf in convfirst_fused._configs():
+            rows.append({"config": cf.kwargs, "warps": cf.num_warps, **compile_config(
+                convfirst_fused.convfirst_block_kernel, sig, dict(cf.kwargs, CA=ca, CB=cb, FP32_DOT=False),
+                cf.num_warps, cf.num_stages)})
+    elif block == "mbconv":
+        c, w = (int(v) for v in shape.split("@"))
+        sig = _sig({"x_ptr": "*bf16", "we_t_ptr": "*bf16", "b_e_ptr": "*fp32", "w_taps_ptr": "*bf16",
+                    "b_g_ptr": "*fp32", "wp_t_ptr": "*bf16", "b_p_ptr": "*fp32", "out_ptr": "*bf16",
+                    "scratch_ptr": "*bf16"}, ["NPIX", "H", "W", "C", "HID", "HID16"],
+                   ["CA", "CB", "BLOCK_M", "HALO_B", "BLOCK_H", "PROGRAMS_PER_SM", "UNROLL_TAPS", "FP32_DOT"])
+        for cf in mbconv_fused._configs():
+            consts = dict(cf.kwargs, CA=max(16, next_pow2(c)), CB=0, HALO_B=mbconv_fused.halo_rows(w),
+                          FP32_DOT=False)
+            rows.append({"config": cf.kwargs, "warps": cf.num_warps, **compile_config(
+                mbconv_fused.mbconv_block_kernel, sig, consts, cf.num_warps, cf.num_stages)})
+    else:
+        raise SystemExit(f"block {block!r}: choose convfirst (shape = C), mbconv (shape = C@W) or gconv")
+    return rows
+
+
+if __name__ == "__main__":
+    block, *shapes = sys.argv[1:] or ["convfirst", "64"]
+    for shape in shapes or ["64"]:
+        for row in report(block, shape):
+            print(block, shape, row)

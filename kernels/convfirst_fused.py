@@ -1,0 +1,219 @@
+"""The ConvFirst block in one kernel: grouped 3x3 gw8 -> 1x1 expand -> SiLU -> 1x1 project -> + x.
+
+Design in two lines: a program owns BLOCK_M consecutive pixels; it computes the grouped conv g [M, C]
+straight from the input (halo read through L1/L2 with border masks), then walks the E*C hidden channels in
+slices of BLOCK_H: h = silu(g @ We[:, slice] + be) stays in registers and is immediately multiplied into the
+[M, C] fp32 accumulator by Wp[slice, :], so the E*C-wide hidden activation never reaches DRAM.
+
+DRAM bytes per pixel (bf16): read x (2C), write out (2C) = 4C. FLOP per pixel: 2C(72 + 2EC) useful;
+the tensor cores execute 2C(144 + 2EC) (the block-diagonal grouped conv does 2x its useful work).
+At C=64, E=4, 56x56, N=256 on an H100: Q = 205 MB (0.068 ms), W = 60 GFLOP (0.086 ms at 695 TFLOP/s).
+
+Tiles of C channels are held as two power-of-two parts CA + CB (96 = 64 + 32), see ``split_channels``.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (LAST_COMPILED, KernelInputError, autotuning, check_activation, check_same_device,
+                      check_shape, check_weight_dtype, interpreting, next_pow2, packed_taps_rows, split_channels)
+from .gconv import grouped3x3_tap_sum
+
+
+@triton.jit
+def slices_to_tile(acc, BLOCK_M: tl.constexpr, CK: tl.constexpr):
+    """[CK//16, BLOCK_M, 16] (channel slices) -> [BLOCK_M, CK] (pixels x channels)."""
+    return tl.reshape(tl.permute(acc, (1, 0, 2)), (BLOCK_M, CK))
+
+
+@triton.jit
+def grouped3x3_tile(tile_ptr, w_taps_ptr, b_ptr, c0, C, C16, pix_h, pix_w, pix_ok, H, W,
+                    CK: tl.constexpr, BLOCK_M: tl.constexpr, UNROLL_TAPS: tl.constexpr, FP32_DOT: tl.constexpr):
+    """Grouped 3x3 conv + bias of channels [c0, c0 + CK) for the tile, as [BLOCK_M, CK] fp32."""
+    acc = grouped3x3_tap_sum(tile_ptr, tl.arange(0, BLOCK_M), C, c0, C, w_taps_ptr, c0, C16, pix_h, pix_w,
+                             pix_ok, H, W, CK, BLOCK_M, UNROLL_TAPS, FP32_DOT)
+    g = slices_to_tile(acc, BLOCK_M, CK)
+    ch = c0 + tl.arange(0, CK)
+    return g + tl.load(b_ptr + ch, mask=ch < C, other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit
+def convfirst_block_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_ptr, b_p_ptr, out_ptr,
+                           NPIX, H, W, C, C16, HID,
+                           CA: tl.constexpr, CB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
+                           UNROLL_TAPS: tl.constexpr, FP32_DOT: tl.constexpr):
+    act = out_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    offs = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    pix_ok = offs < NPIX
+    pix_w = offs % W
+    pix_h = (offs // W) % H
+    ca = tl.arange(0, CA)
+    ca_ok = ca < C
+
+    # 1. grouped 3x3 + bias, rounded to the activation dtype (as the unfused sequence stores it)
+    tile_ptr = x_ptr + (pid * BLOCK_M).to(tl.int64) * C
+    ga = grouped3x3_tile(tile_ptr, w_taps_ptr, b_g_ptr, 0, C, C16, pix_h, pix_w, pix_ok, H, W,
+                         CA, BLOCK_M, UNROLL_TAPS, FP32_DOT).to(act)
+    if FP32_DOT:
+        ga = ga.to(tl.float32)
+    acc_a = tl.zeros([BLOCK_M, CA], dtype=tl.float32)
+    if CB > 0:
+        cb = CA + tl.arange(0, CB)
+        cb_ok = cb < C
+        gb = grouped3x3_tile(tile_ptr, w_taps_ptr, b_g_ptr, CA, C, C16, pix_h, pix_w, pix_ok, H, W,
+                             CB, BLOCK_M, UNROLL_TAPS, FP32_DOT).to(act)
+        if FP32_DOT:
+            gb = gb.to(tl.float32)
+        acc_b = tl.zeros([BLOCK_M, CB], dtype=tl.float32)
+
+    # 2. hidden slices: h = silu(g @ We[:, j:j+BH] + be) -> acc += h @ Wp[j:j+BH, :]
+    for j in range(0, HID, BLOCK_H):
+        hcol = j + tl.arange(0, BLOCK_H)
+        h_ok = hcol < HID
+        we_a = tl.load(we_t_ptr + ca[:, None] * HID + hcol[None, :], mask=ca_ok[:, None] & h_ok[None, :], other=0.0)
+        if FP32_DOT:
+            we_a = we_a.to(tl.float32)
+        hpre = tl.dot(ga, we_a)
+        if CB > 0:
+            we_b = tl.load(we_t_ptr + cb[:, None] * HID + hcol[None, :], mask=cb_ok[:, None] & h_ok[None, :],
+                           other=0.0)
+            if FP32_DOT:
+                we_b = we_b.to(tl.float32)
+            hpre = tl.dot(gb, we_b, hpre)
+        hpre += tl.load(b_e_ptr + hcol, mask=h_ok, other=0.0).to(tl.float32)[None, :]
+        h = (hpre * tl.sigmoid(hpre)).to(act)
+        wp_a = tl.load(wp_t_ptr + hcol[:, None] * C + ca[None, :], mask=h_ok[:, None] & ca_ok[None, :],
+                       other=0.0)
+        if FP32_DOT:
+            h = h.to(tl.float32)
+            wp_a = wp_a.to(tl.float32)
+        acc_a = tl.dot(h, wp_a, acc_a)
+        if CB > 0:
+            wp_b = tl.load(wp_t_ptr + hcol[:, None] * C + cb[None, :], mask=h_ok[:, None] & cb_ok[None, :],
+                           other=0.0)
+            if FP32_DOT:
+                wp_b = wp_b.to(tl.float32)
+            acc_b = tl.dot(h, wp_b, acc_b)
+
+    # 3. + project bias + residual, one write of C channels per pixel
+    row = offs.to(tl.int64) * C
+    mask_a = pix_ok[:, None] & ca_ok[None, :]
+    xa = tl.load(x_ptr + row[:, None] + ca[None, :], mask=mask_a, other=0.0).to(tl.float32)
+    acc_a += tl.load(b_p_ptr + ca, mask=ca_ok, other=0.0).to(tl.float32)[None, :] + xa
+    tl.store(out_ptr + row[:, None] + ca[None, :], acc_a.to(act), mask=mask_a)
+    if CB > 0:
+        mask_b = pix_ok[:, None] & cb_ok[None, :]
+        xb = tl.load(x_ptr + row[:, None] + cb[None, :], mask=mask_b, other=0.0).to(tl.float32)
+        acc_b += tl.load(b_p_ptr + cb, mask=cb_ok, other=0.0).to(tl.float32)[None, :] + xb
+        tl.store(out_ptr + row[:, None] + cb[None, :], acc_b.to(act), mask=mask_b)
+
+
+def _configs():
+    out = []
+    for block_m, block_h, warps, stages, unroll in [
+            (64, 64, 4, 2, False), (64, 64, 4, 2, True), (128, 64, 8, 2, False), (128, 64, 8, 2, True),
+            (64, 32, 4, 2, False), (64, 32, 4, 2, True), (32, 32, 4, 1, False)]:
+        out.append(triton.Config({"BLOCK_M": block_m, "BLOCK_H": block_h, "UNROLL_TAPS": unroll}, num_warps=warps,
+                                 num_stages=stages))
+    return out
+
+
+def _prune(configs, named_args, **kwargs):
+    c, npix = named_args["C"], named_args["NPIX"]
+    kept = []
+    for cf in configs:
+        m, bh = cf.kwargs["BLOCK_M"], cf.kwargs["BLOCK_H"]
+        width = sum(split_channels(c))
+        # the fp32 accumulator is [M, C]: keep it within ~128 registers per thread
+        if m * width > 128 * 32 * cf.num_warps:
+            continue
+        if bh > max(32, next_pow2(named_args["HID"])):
+            continue
+        if m > max(64, next_pow2(npix)):
+            continue
+        if m == 32 and c <= 192:  # the smallest tile only pays where the accumulator is wide
+            continue
+        kept.append(cf)
+    return kept or [min(configs, key=lambda cf: cf.kwargs["BLOCK_M"] * 1000 + cf.kwargs["BLOCK_H"])]
+
+
+_tuned = None
+
+
+def _launcher():
+    global _tuned
+    if _tuned is None:
+        _tuned = triton.autotune(configs=_configs(), key=["C", "HID", "H", "W", "NPIX"],
+                                 prune_configs_by={"early_config_prune": _prune})(convfirst_block_kernel)
+    return _tuned
+
+
+def heuristic_config(channels: int, npix: int) -> dict:
+    """A fixed config (no autotuning): the interpreter's small tile, else a tile sized by the channel count."""
+    if interpreting():
+        return {"BLOCK_M": 32, "BLOCK_H": 32, "UNROLL_TAPS": False}
+    if channels >= 384:
+        return {"BLOCK_M": 32, "BLOCK_H": 32, "UNROLL_TAPS": False, "num_warps": 4, "num_stages": 1}
+    return {"BLOCK_M": 64, "BLOCK_H": 64 if channels <= 64 else 32, "UNROLL_TAPS": False, "num_warps": 4,
+            "num_stages": 2}
+
+
+def check_convfirst_inputs(x, w_taps, b_g, we_t, b_e, wp_t, b_p) -> None:
+    check_activation(x)
+    c = x.shape[1]
+    if we_t.dim() != 2 or we_t.shape[0] != c:
+        raise KernelInputError(f"we_t (expand weight, transposed): expected [{c}, E*{c}] for {c} input "
+                               f"channels, got {tuple(we_t.shape)}")
+    hid = we_t.shape[1]
+    check_shape("w_taps (packed grouped-conv weight)", w_taps, (9, packed_taps_rows(c), 16))
+    check_shape("b_g", b_g, (c,))
+    check_shape("b_e", b_e, (hid,))
+    check_shape("wp_t (project weight, transposed)", wp_t, (hid, c))
+    check_shape("b_p", b_p, (c,))
+    check_weight_dtype(x, w_taps=w_taps, we_t=we_t, wp_t=wp_t)
+    check_same_device(x, w_taps=w_taps, b_g=b_g, we_t=we_t, b_e=b_e, wp_t=wp_t, b_p=b_p)
+
+
+def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: dict | None = None):
+    n, c, h, w = x.shape
+    npix, hid = n * h * w, we_t.shape[1]
+    if npix == 0:
+        return out
+    ca, cb = split_channels(c)
+    args = (x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, npix, h, w, c, packed_taps_rows(c), hid)
+    if config is None and not autotuning():
+        config = heuristic_config(c, npix)
+    if config is not None:
+        extra = {k: v for k, v in config.items() if k in ("num_warps", "num_stages")}
+        grid = (triton.cdiv(npix, config["BLOCK_M"]),)
+        compiled = convfirst_block_kernel[grid](*args, CA=ca, CB=cb, BLOCK_M=config["BLOCK_M"],
+                                                BLOCK_H=config["BLOCK_H"],
+                                                UNROLL_TAPS=config.get("UNROLL_TAPS", False),
+                                                FP32_DOT=interpreting(), **extra)
+    else:
+        grid = lambda meta: (triton.cdiv(npix, meta["BLOCK_M"]),)  # noqa: E731
+        compiled = _launcher()[grid](*args, CA=ca, CB=cb, FP32_DOT=False)
+    LAST_COMPILED["convfirst"] = compiled
+    return out
+
+
+@torch.library.custom_op("convfirst::convfirst_block_fused", mutates_args=())
+def convfirst_block_fused(x: torch.Tensor, w_taps: torch.Tensor, b_g: torch.Tensor, we_t: torch.Tensor,
+                          b_e: torch.Tensor, wp_t: torch.Tensor, b_p: torch.Tensor) -> torch.Tensor:
+    """The folded ConvFirst block (see :func:`convfirst.reference.convfirst_folded_forward`) in one kernel.
+
+    ``x``: [N, C, H, W] channels_last, bf16 or fp16. Weights as packed by
+    :func:`convfirst.kernels.pack_block_params`. Returns a new channels_last tensor like ``x``.
+    """
+    check_convfirst_inputs(x, w_taps, b_g, we_t, b_e, wp_t, b_p)
+    out = torch.empty_like(x, memory_format=torch.channels_last)
+    return launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out)
+
+
+@convfirst_block_fused.register_fake
+def _(x, w_taps, b_g, we_t, b_e, wp_t, b_p):
+    check_convfirst_inputs(x, w_taps, b_g, we_t, b_e, wp_t, b_p)
+    return torch.empty_like(x, memory_format=torch.channels_last)

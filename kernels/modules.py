@@ -1,0 +1,161 @@
+"""Fused inference modules built from trained blocks, and ``fuse(model)`` that swaps them in.
+
+Usage::
+
+    model = convfirst.models.create("convfirstnet_t").cuda().eval()
+    fused = fuse(model, dtype=torch.bfloat16)               # a copy; every ConvFirst/MBConv block fused
+    x = torch.randn(8, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
+    with torch.autocast("cuda", torch.bfloat16):
+        y = fused(x)
+
+A fused module holds the folded (BatchNorm merged) weights packed for the kernel, so it is frozen:
+it reflects the block's weights at the moment it was built, and it refuses to run in training mode.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from ._common import KernelInputError, check_activation, pack_block_params
+from .convfirst_fused import convfirst_block_fused
+from .mbconv_fused import mbconv_block_fused
+
+_PACKED_NAMES = ("w_taps", "b_g", "we_t", "b_e", "wp_t", "b_p")
+
+
+class _FusedBlock(nn.Module):
+    block_type = ""
+
+    def __init__(self, folded: dict[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        packed = pack_block_params(self.block_type, folded, dtype)
+        for name in _PACKED_NAMES:
+            self.register_buffer(name, packed[name])
+        self.channels = packed["we_t"].shape[0]
+        self.expansion = packed["we_t"].shape[1] // self.channels
+        self.group_width, self.kernel_size = 8, 3
+        self.eval()  # inference-only
+
+    @classmethod
+    def from_block(cls, block: nn.Module, dtype: torch.dtype | None = None) -> "_FusedBlock":
+        """Build from a trained (unfused) block in eval mode; ``dtype`` defaults to the block's, or bf16 if fp32."""
+        if getattr(block, "block_type", None) != cls.block_type:
+            raise KernelInputError(f"{cls.__name__}.from_block: expected a {cls.block_type} block, got "
+                                   f"{type(block).__name__}")
+        if block.training:
+            raise RuntimeError(f"{cls.__name__}.from_block: the block is in training mode; fused kernels are "
+                               f"inference-only (BatchNorm is folded with its running statistics): call "
+                               f"block.eval() first")
+        if getattr(block, "group_width", 8) != 8 or getattr(block, "kernel_size", 3) != 3:
+            raise KernelInputError(f"{cls.__name__}: the kernels implement a 3x3 grouped conv of group width 8; "
+                                   f"this block has kernel_size={block.kernel_size}, "
+                                   f"group_width={block.group_width}")
+        if dtype is None:
+            p = next(block.parameters())
+            dtype = p.dtype if p.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+        return cls(block.folded(), dtype)
+
+    def _weights(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        w = {name: getattr(self, name) for name in _PACKED_NAMES}
+        if w["we_t"].dtype != x.dtype:  # e.g. a bf16 module fed fp16 activations: cast the (small) weights
+            for name in ("w_taps", "we_t", "wp_t"):
+                w[name] = w[name].to(x.dtype)
+        return w
+
+    def _check_mode(self, x: torch.Tensor) -> None:
+        if self.training:
+            raise RuntimeError(f"{type(self).__name__} is inference-only (its BatchNorm is folded); call "
+                               f".eval() on the model")
+        check_activation(x)
+        if x.shape[1] != self.channels:
+            raise KernelInputError(f"x: has {x.shape[1]} channels but this block has {self.channels}")
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, expansion={self.expansion}, group_width=8, kernel_size=3"
+
+
+class FusedConvFirstBlock(_FusedBlock):
+    """One-kernel ConvFirst block (inference): same output as ``ConvFirstBlock.eval()``."""
+
+    block_type = "convfirst"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_mode(x)
+        w = self._weights(x)
+        return convfirst_block_fused(x, w["w_taps"], w["b_g"], w["we_t"], w["b_e"], w["wp_t"], w["b_p"])
+
+
+class FusedMBConvBlock(_FusedBlock):
+    """One-kernel MBConv (gw8, no SE) block (inference): same output as ``MBConvBlock.eval()``."""
+
+    block_type = "mbconv"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_mode(x)
+        w = self._weights(x)
+        return mbconv_block_fused(x, w["we_t"], w["b_e"], w["w_taps"], w["b_g"], w["wp_t"], w["b_p"])
+
+
+FUSED_BLOCKS = {"convfirst": FusedConvFirstBlock, "mbconv": FusedMBConvBlock}
+
+
+def fuse(model: nn.Module, dtype: torch.dtype | None = None, inplace: bool = False,
+         planner: Callable | None = None, input_size: tuple[int, int, int] | None = None) -> nn.Module:
+    """Replace every ConvFirst/MBConv block of ``model`` (in eval mode) by its fused module.
+
+    Returns a model that gives the same output (to bf16/fp16 rounding); the original is left untouched
+    unless ``inplace=True``. ``dtype`` is the fused weights' dtype (default: the block's, or bf16 for fp32
+    blocks). ``planner``: optional ``planner(block, input_shape) -> bool`` deciding per block whether to fuse
+    (e.g. :func:`convfirst.planner.block_planner`); ``input_shape`` is the block's input (1, C, H, W) found
+    by one forward pass of a random ``(1, *input_size)`` input when ``input_size`` (C, H, W) is given, else
+    None. By default every block is fused. Raises ``RuntimeError`` in training mode (inference-only kernels).
+    """
+    if model.training:
+        raise RuntimeError("fuse(model): the model is in training mode; fused kernels are inference-only "
+                           "(BatchNorm is folded with its running statistics): call model.eval() first")
+    target = model if inplace else copy.deepcopy(model)
+    shapes = _block_input_shapes(target, input_size) if planner is not None and input_size else {}
+
+    def swap(parent: nn.Module, prefix: str) -> None:
+        for name, child in parent.named_children():
+            path = f"{prefix}.{name}" if prefix else name
+            kind = getattr(child, "block_type", None)
+            if kind in FUSED_BLOCKS and not isinstance(child, _FusedBlock):
+                if planner is not None and not planner(child, shapes.get(path)):
+                    continue
+                setattr(parent, name, FUSED_BLOCKS[kind].from_block(child, dtype))
+            else:
+                swap(child, path)
+
+    swap(target, "")
+    return target
+
+
+def _block_input_shapes(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
+    """Input shape of every fusable block, by module path, from one forward pass at batch 1."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = []
+
+    def recorder(path):
+        def hook(module, args):  # returns None: the block's input is left as it is
+            shapes.setdefault(path, tuple(args[0].shape))
+        return hook
+
+    for path, module in model.named_modules():
+        if getattr(module, "block_type", None) in FUSED_BLOCKS:
+            hooks.append(module.register_forward_pre_hook(recorder(path)))
+    p = next(model.parameters())
+    try:
+        with torch.no_grad():
+            model(torch.randn(1, *input_size, device=p.device, dtype=p.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def count_fused_blocks(model: nn.Module) -> int:
+    return sum(isinstance(m, _FusedBlock) for m in model.modules())

@@ -1,0 +1,228 @@
+"""Writes notebooks/03_block_fusion.ipynb (outputs stripped). Run: python notebooks/make_03_block_fusion.py"""
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+cells = [
+    new_markdown_cell(r"""# Block fusion
+
+The paper's central engineering claim is that a whole residual block can run as **one GPU kernel**,
+depth-first, so that the wide hidden activation never travels to DRAM. This chapter builds such kernels for
+the two blocks of the study and measures them against what PyTorch users get today.
+
+- **ConvFirst**: grouped 3x3 conv (group width 8) -> 1x1 expand (x4) -> SiLU -> 1x1 project -> + x.
+- **MBConv** (group width 8, no squeeze-excite): 1x1 expand -> SiLU -> grouped 3x3 -> SiLU -> 1x1 project -> + x.
+- The **grouped 3x3 gw8 conv** alone, which both blocks need and which cuDNN runs far from its floor.
+
+All three are Triton kernels in `kernels/` (package `convfirst.kernels`), registered as `torch.library`
+custom ops so `torch.compile` traces models that use them; `convfirst.kernels.fuse(model)` swaps every
+ConvFirst/MBConv block of a model for its fused module. The kernels are ours; the paper's own kernels were
+not available.
+
+**What is compared** (one run, one GPU, bf16, channels_last, batch 1 to 256): PyTorch eager (cuDNN convs),
+`torch.compile` default and max-autotune-no-cudagraphs, our *unfused* sequence (our grouped conv kernel +
+cuBLAS matmuls for the 1x1 layers, so every intermediate goes through DRAM) and our *fused* kernel. The
+baselines run the **folded** block (BatchNorm merged into the conv weights and biases, as inference engines
+do), so every implementation does the same arithmetic. Each shape's roofline floor (our definition, see the
+introduction) is $f = \max(W/P, Q/B)$, with $W$ and the one-kernel compulsory bytes $Q$ counted by
+`convfirst.counting`, and $P$, $B$ measured in the same run."""),
+    new_code_cell('''mode = "auto"            # 'auto': measure if a CUDA GPU is present, else replay; 'replay'; 'measure'
+gpu = "h100"             # whose recorded data to replay (data/block_bench_<gpu>.csv)
+dtype = "bfloat16"       # 'bfloat16' (recorded) or 'float16'
+batches = [1, 32, 256]   # images per call
+target_batch = 256       # batch of the speed targets and of the efficiency tables
+shapes = ["convfirst:64@56", "convfirst:96@56", "convfirst:192@28", "convfirst:384@14", "convfirst:768@7",
+          "mbconv:64@56", "mbconv:128@28", "mbconv:256@14", "gconv:96@56", "gconv:64@56"]
+max_autotune_batches = [256]   # torch.compile max-autotune takes ~30 s per shape: measured at these batches''',
+                  metadata={"tags": ["parameters"]}),
+    new_code_cell('''import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from IPython.display import display
+
+from convfirst import bench_blocks, counting, models, planner
+from convfirst.params import check_choice, check_positive_int, check_positive_ints, resolve_mode, show_mode
+from convfirst.records import load_measurements, recorded_file
+
+mode = resolve_mode(mode)
+check_choice("dtype", dtype, list(bench_blocks.DTYPES))
+batches = check_positive_ints("batches", batches)
+target_batch = check_positive_int("target_batch", target_batch)
+max_autotune_batches = check_positive_ints("max_autotune_batches", max_autotune_batches)
+block_shapes = [bench_blocks.parse_shape(s) for s in shapes]
+show_mode(mode, gpu, [f"block_bench_{gpu}.csv", f"kernel_check_{gpu}.csv"])'''),
+    new_markdown_cell(r"""## How the fused kernels walk a tile
+
+**ConvFirst.** One program owns a tile of `BLOCK_M` consecutive pixels (n, h, w flattened, so a tile is a
+run of about one image row at 56x56) and all C channels:
+
+1. *Grouped 3x3.* For each of the 9 taps it loads the tile shifted by (dy, dx) straight from the block input
+   (pixels outside the image masked to zero, so no padded copy exists), views the `[BLOCK_M, C]` tile as
+   C/16 slices of 16 channels and multiplies each slice by that tap's 16x16 block-diagonal weight (two groups
+   of 8) in one batched tensor-core product. Result: g `[BLOCK_M, C]`, rounded to bf16.
+2. *Hidden loop.* For each slice of `BLOCK_H` of the E*C hidden channels: h = SiLU(g @ We[:, slice] + b),
+   cast to bf16 in registers, then acc += h @ Wp[slice, :]. The E*C-wide hidden tensor exists only one slice
+   at a time, on chip.
+3. *Epilogue.* out = acc + bias + x, one store of C channels per pixel.
+
+DRAM sees the block input once (plus halo re-reads that hit L2) and the output once: 4C bytes per pixel.
+
+**MBConv.** The grouped conv runs on the *expanded* tensor, so each tile needs the expansion of its halo,
+shifted in space, and registers cannot be shifted. Recomputing the expansion per tap would cost 9x the
+expand arithmetic; instead, per hidden slice the program expands its tile *and* its halo rows (the 2W + 2
+pixels before and after the run), writes that slice to a small per-program scratch buffer that stays in L2
+(the grid is persistent, a few programs per SM), synchronises, and reads it back 9 times shifted for the
+grouped conv, then projects. The cost is recomputing the expansion of the halo rows and the scratch traffic
+through L2.
+
+The figure shows one 64-pixel ConvFirst tile on a 56-wide image and the input pixels its 9 taps read."""),
+    new_code_cell('''W_img, tile_start, tile_len = 56, 100, 64
+fig, ax = plt.subplots(figsize=(9, 2.6))
+for p in range(0, 5 * W_img):
+    r, c = divmod(p, W_img)
+    in_tile = tile_start <= p < tile_start + tile_len
+    in_halo = tile_start - W_img - 1 <= p < tile_start + tile_len + W_img + 1
+    color = "tab:blue" if in_tile else ("lightsteelblue" if in_halo else "white")
+    ax.add_patch(plt.Rectangle((c, -r), 1, 1, facecolor=color, edgecolor="0.85", linewidth=0.3))
+ax.set_xlim(0, W_img); ax.set_ylim(-5, 1); ax.set_aspect("equal")
+ax.set_xlabel("image column w (pixels)"); ax.set_ylabel("image row h"); ax.set_yticks([0.5 - r for r in range(5)], range(5))
+ax.set_title("one 64-pixel tile (dark) and the pixels its 3x3 taps read (light)")
+plt.show()'''),
+    new_markdown_cell("""## Bytes moved: fused vs unfused
+
+Per block at the target batch, counted analytically by `convfirst.counting.block_accounting` (bf16;
+weights read once): *unfused* = every layer reads its inputs and writes its output (the hidden tensor,
+E = 4 times wider than the block, crosses DRAM several times); *fused* = block input, weights and block
+output only."""),
+    new_code_cell('''acc = counting.block_accounting_table([(s.block, s.C, s.H, s.W, s.E) for s in block_shapes if s.block != "gconv"],
+                                      batch=target_batch)
+acc["shape"] = [f"{b} {c}@{h}" for b, c, h in zip(acc["block"], acc["C"], acc["H"])]
+acc["unfused_MB"], acc["fused_MB"] = acc["bytes_unfused"] / 1e6, acc["bytes_fused"] / 1e6
+acc["bytes_saved_x"] = acc["bytes_unfused"] / acc["bytes_fused"]
+display(acc[["shape", "flop", "unfused_MB", "fused_MB", "bytes_saved_x", "intensity_unfused", "intensity_fused"]].round(2))
+ax = acc.melt(id_vars="shape", value_vars=["unfused_MB", "fused_MB"], var_name="form", value_name="MB").pipe(
+    lambda d: sns.barplot(data=d, x="shape", y="MB", hue="form"))
+ax.set_ylabel(f"DRAM bytes per call (MB), batch {target_batch}"); ax.set_xlabel("block shape")
+ax.tick_params(axis="x", rotation=30); plt.show()'''),
+    new_markdown_cell("""## The measurements
+
+Every timed kernel of ours is first checked against the fp32 reference on the same inputs (a wrong kernel is
+never timed). Times are medians of `triton.testing.do_bench` over rotating distinct random inputs (more sets
+than fit in L2); `torch.compile` is warmed up (compiled and autotuned) before timing."""),
+    new_code_cell('''results, gpu = bench_blocks.measure_or_replay(mode, gpu, block_shapes, batches, dtype,
+                                              max_autotune_batches=max_autotune_batches)
+prov = results[["gpu", "driver", "torch", "triton", "cuda", "commit", "date"]].drop_duplicates()
+display(prov)
+print(f"{len(results)} timings; ceilings used: P = {results['peak_tflops'].iloc[0]:.1f} TFLOP/s ({dtype}), "
+      f"B = {results['bandwidth_tbps'].iloc[0]:.3f} TB/s")'''),
+    new_markdown_cell("""### Latency against batch
+
+At batch 1 every implementation takes 0.05-0.2 ms whatever its arithmetic: these calls are bound by host-side
+dispatch and launch overhead (Python, the custom-op and autotuner dispatch for ours), not by the GPU; the
+comparison that matters for the kernels is at large batch. No CUDA-graph timings were recorded."""),
+    new_code_cell('''g = sns.relplot(data=results, x="batch", y="ms", hue="impl", col="shape", col_wrap=5, kind="line", marker="o",
+                height=2.6, facet_kws={"sharey": False})
+g.set(xscale="log", yscale="log")
+for ax in g.axes.flat:
+    ax.yaxis.set_major_formatter(plt.FormatStrFormatter("%.2g"))
+    ax.yaxis.set_minor_formatter(plt.NullFormatter())
+g.set_axis_labels("batch (images)", "latency (ms)")
+g.set_titles("{col_name}", size=8)
+plt.show()'''),
+    new_markdown_cell("""### Achieved rate and distance to the floor at the target batch
+
+`useful_tflops` counts only the block's own FLOP (not the kernel's redundant work); `dram_tbps` is the
+one-kernel compulsory bytes over the time; `pct_of_floor` = floor / time."""),
+    new_code_cell('''eff = bench_blocks.efficiency_table(results, target_batch, dtype)
+display(eff.round(3))
+ax = sns.barplot(data=eff[eff["impl"].isin(["fused", "triton", "compile-default", "compile-max-autotune", "eager"])]
+                 .assign(shape=lambda d: d["block"] + " " + d["C"].astype(str) + "@" + d["H"].astype(str)),
+                 x="shape", y="pct_of_floor", hue="impl")
+ax.set_ylabel("roofline floor / measured time (%)"); ax.set_xlabel("block shape")
+ax.tick_params(axis="x", rotation=30); plt.show()'''),
+    new_markdown_cell("""### Speed-ups over the best torch.compile mode and over eager"""),
+    new_code_cell('''speed = bench_blocks.speedup_table(results)
+display(speed[speed["batch"] == target_batch].round(3))'''),
+    new_markdown_cell("""## The speed targets
+
+The targets set for this study (H100, bf16, batch 256): ConvFirst 64@56 and 96@56 fused at least 3x faster
+than the best `torch.compile` mode *and* at least 50% of the floor; MBConv 64@56 to 256@14 at least 2.5x the
+best `torch.compile` mode; our grouped conv at least 2x cuDNN at 96@56. `ours_needed_ms` is the time that
+would meet the target, `shortfall_x` how much faster our kernel would have to be."""),
+    new_code_cell('''targets = bench_blocks.target_table(results, target_batch, dtype)
+display(targets.round(3))
+for t in targets.itertuples():
+    verdict = "met" if t.met else f"missed: needs {t.ours_needed_ms:.3f} ms, {t.shortfall_x:.2f}x faster than now"
+    print(f"{t.target}: {t.measured:.2f} (required {t.required}) -> {verdict}")'''),
+    new_markdown_cell("""### Why the targets are missed
+
+**The grouped conv kernel meets its target**: loading each shifted tile as whole cache lines and running the
+16x16 block-diagonal slices on the tensor cores takes it to about 40% of its (memory) floor, over 2x cuDNN.
+
+**The fused ConvFirst kernel is the fastest implementation at every early- and mid-stage shape** (64@56,
+96@56, 192@28), 2.4x the best `torch.compile` mode at 64@56, but it reaches only about 20% of its floor, so the
+3x and 50% targets are missed. The evidence is in the tables above and in the per-config resource report
+below: the kernel runs at about 145 TFLOP/s of useful work and 0.5 TB/s of DRAM traffic, far under *both*
+roofs, so it is neither compute- nor memory-bound but latency-bound. Per 64-pixel tile one program runs nine
+dependent load -> shared memory -> tensor-core steps for the grouped conv, then a short chain of small
+(64-row) matrix products with the SiLU in between; with 100-250 registers per thread only a few programs
+share a multiprocessor, and nothing overlaps one tile's grouped conv with another tile's 1x1 products. Making
+the gather path faster (version 2 of the kernel loads whole cache lines) sped the standalone grouped conv up
+by 31% and left the fused kernel unchanged, which confirms that the loads are not the limit.
+
+**The fused MBConv kernel is slower than the unfused layers** at every measured shape. Staging the expanded
+halo through an L2 scratch buffer costs a 1.5-3x recomputation of the expansion for halo rows, nine reads of a
+4C-wide slice through L2 per hidden slice and two CTA-wide barriers per slice; at 255 registers per thread
+every configuration runs one or two programs per multiprocessor. The planner below therefore keeps MBConv
+blocks unfused. At late stages (C = 384, 768) the fused ConvFirst kernel's [pixels, C] fp32 accumulator does
+not fit in registers at any useful tile size (the resource report shows spills), and those blocks are
+compute-bound anyway: fusion has nothing to save there.
+
+**What would close the gaps** (notes in `kernels/NOTES_*.md`): stage the input (or expanded) halo tile once
+in shared memory and feed the 9 shifted views to the tensor cores from there; a persistent, warp-specialised
+kernel that keeps the 1x1 weights in shared memory and overlaps the grouped conv of the next tile with the 1x1
+work of the current one; 2D tiles and a rolling halo buffer for MBConv. These need explicit shared-memory
+control (CUTLASS or Triton's lower-level dialects); plain Triton 3.6 does not expose shifted shared-memory
+views."""),
+    new_code_cell('''check = load_measurements(recorded_file("kernel_check", gpu))
+per_config = check[check["check"] == "every autotuning config"]
+display(per_config[["block", "C", "H", "W", "config", "rel_err", "regs", "spills"]].round(4))'''),
+    new_markdown_cell("""## Correctness
+
+Every kernel is compared with the plain-PyTorch reference (`convfirst.reference`) computed in fp32 from the
+same bf16 inputs and weights, on fresh random inputs, with the output filled with NaN before the launch (an
+element the kernel does not write fails). Tolerance: relative error below 1e-2 in bf16 (3e-3 in fp16). The
+GPU sweep covers every distinct block shape of both model families (plus odd spatial sizes and the grouped
+conv at every ConvFirst width) at batch 1 with a fixed configuration, and every autotuning configuration on
+odd shapes (above). The same tests run on CPU in Triton's interpreter at tiny sizes (`tests/test_kernels.py`)."""),
+    new_code_cell('''summary = check.groupby(["check", "block"]).agg(shapes=("rel_err", "size"), max_rel_err=("rel_err", "max"),
+                                                  all_passed=("passed", "all"))
+display(summary)'''),
+    new_markdown_cell("""## Fuse or not: the planner
+
+`convfirst.planner` decides per block shape and batch: where the shape was measured it picks the faster of
+the fused kernel and the best unfused implementation; elsewhere it uses the roofline model (ideal fused time
+`max(W_exec/P, Q_fused/B)` with the kernel's real executed work, ideal unfused time = the layers' summed
+floors), **calibrated** by the efficiency each path reached on the nearest measured shape of the same block
+type. `fuse(model, planner=planner.block_planner(gpu, batch), input_size=(3, 224, 224))` applies it. The
+table covers every block shape of both families."""),
+    new_code_cell('''decisions = planner.plan(models.family_block_shapes(), batches, gpu, dtype=dtype)
+table = decisions.assign(decision=lambda d: d["choice"] + " (" + d["speedup"].map("{:.2f}x".format) + ")")
+display(table.pivot_table(index=["block", "C", "H"], columns="batch", values="decision", aggfunc="first"))
+display(decisions[decisions["batch"] == max(batches)][["block", "C", "H", "source", "fused_ms", "unfused_ms",
+                                                        "best_unfused", "choice"]].round(4))'''),
+    new_markdown_cell("""Reading the table (recorded H100 data): the fused ConvFirst kernel pays off where H*W is large (the 56x56 and
+28x28 stages), where the unfused path moves several times more bytes; at the 14x14 and 7x7 stages it does not.
+The MBConv kernel, as it stands, almost never pays off. Speed-ups in parentheses are unfused time / fused time; "measured" rows come
+from the benchmark above, the others from the calibrated model."""),
+]
+
+nb = new_notebook(cells=cells, metadata={
+    "kernelspec": {"display_name": "Python (convfirst)", "language": "python", "name": "convfirst"},
+    "language_info": {"name": "python"},
+})
+nbformat.write(nb, HERE / "03_block_fusion.ipynb")
+print("wrote", HERE / "03_block_fusion.ipynb")

@@ -117,11 +117,12 @@ def test_fused_check_accepts_same_function_and_rejects_a_different_one():
 def test_fused_variant_builds_and_passes_its_check_in_the_interpreter(name):
     """The fused path of the benchmark end to end on CPU (Triton interpreter), tiny input."""
     model = bm.create_model(name, dtype="bfloat16", device="cpu")
-    fused = bm.build_variant(model, name, "fused")
+    fused = bm.build_variant(model, name, "fused", resolution=224, batch=256)  # planned for 224x224 inputs
     assert not fused.training
     n_blocks = sum(hasattr(m, "folded") for m in model.modules())  # ConvFirst / MBConv blocks
-    assert n_blocks > 0
-    assert sum(type(m).__name__.startswith("Fused") for m in fused.modules()) == n_blocks
+    n_fused = sum(type(m).__name__.startswith("Fused") for m in fused.modules())
+    assert 0 < n_fused <= n_blocks
+    assert bm.fused_block_count(fused) == f"{n_fused}/{n_blocks}"
     check = bm.check_fused_output(model, fused, resolution=32, batch=1)
     assert check.passed, check
     assert 0 < check.fused_rel_err < 3e-2

@@ -210,11 +210,38 @@ def create_model(name: str, *, dtype: str = "bfloat16", device: str = "cuda", se
     return model.eval().to(device=device, dtype=getattr(torch, dtype), memory_format=torch.channels_last)
 
 
-def fuse_model(model):
-    """The model with its blocks replaced by fused one-kernel blocks (:func:`convfirst.kernels.fuse`)."""
-    from .kernels import fuse
+def fuse_model(model, resolution: int = 224, batch: int = 256, gpu: str | None = None):
+    """The model with its blocks replaced by fused one-kernel blocks where the planner says fusion pays.
 
-    return fuse(model).eval()  # a fused copy; ``model`` stays unfused
+    The planner (:func:`convfirst.planner.block_planner`) decides per block shape from the block benchmark
+    recorded for this GPU (``data/block_bench_<gpu>.csv``) at ``batch``: a block whose fused kernel was
+    measured slower than the best unfused implementation stays unfused (its PyTorch layers; under
+    ``fused-compile`` those are compiled). Without recorded data for the GPU every block is fused.
+    """
+    from .kernels import fuse
+    from .planner import block_planner
+    from .provenance import gpu_short_name
+    from .records import DataError
+
+    if gpu is None:
+        import torch
+
+        gpu = gpu_short_name(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else "h100"
+    try:
+        planner = block_planner(gpu, batch)
+        return fuse(model, planner=planner, input_size=(3, resolution, resolution)).eval()
+    except DataError:  # no ceilings or block benchmark recorded for this GPU: fuse every block
+        return fuse(model).eval()
+
+
+def fused_block_count(model) -> str:
+    """'fused/total' residual blocks of a (possibly partly) fused model, e.g. '15/18'."""
+    from .blocks import ConvFirstBlock, MBConvBlock
+    from .kernels import count_fused_blocks
+
+    fused = count_fused_blocks(model)
+    unfused = sum(isinstance(m, (ConvFirstBlock, MBConvBlock)) for m in model.modules())
+    return f"{fused}/{fused + unfused}"
 
 
 def _compile(module, variant: str):
@@ -227,8 +254,11 @@ def _compile(module, variant: str):
     raise ValueError(variant)
 
 
-def build_variant(model, name: str, variant: str) -> Callable:
-    """The callable that the variant times (the unfused ``model`` is left untouched)."""
+def build_variant(model, name: str, variant: str, resolution: int = 224, batch: int = 256) -> Callable:
+    """The callable that the variant times (the unfused ``model`` is left untouched).
+
+    Fused variants fuse the blocks the planner picks for ``batch`` at ``resolution`` (:func:`fuse_model`).
+    """
     check_choice("variant", variant, VARIANTS)
     if variant == "eager":
         return model
@@ -236,7 +266,7 @@ def build_variant(model, name: str, variant: str) -> Callable:
         if not is_fusable(name):
             raise ParameterError(f"variant={variant!r} applies only to the ConvFirstNet/MBConvNet families, "
                                  f"not to model={name!r}")
-        fused = fuse_model(model)
+        fused = fuse_model(model, resolution, batch)
         return fused if variant == "fused" else _compile(fused, variant)
     return _compile(model, variant)
 
@@ -388,7 +418,8 @@ def measure_case(case: BenchCase, *, peak_tflops: float, dtype: str = "bfloat16"
     params_m = model_params_m(model)
     check = None
     t_build = time.perf_counter()
-    runner = build_variant(model, case.model, case.variant)
+    runner = build_variant(model, case.model, case.variant, case.resolution, max(case.batches))
+    fused_blocks = fused_block_count(getattr(runner, "_orig_mod", runner)) if case.variant in FUSED_VARIANTS else ""
     if case.variant in FUSED_VARIANTS:
         # checked at the first timed batch, so a compiled variant compiles nothing extra for the check
         check = check_fused_output(model, runner, case.resolution, batch=case.batches[0])
@@ -421,6 +452,7 @@ def measure_case(case: BenchCase, *, peak_tflops: float, dtype: str = "bfloat16"
                 "params_m": params_m, "tflops": 2 * gmac * 1e9 * batch / (ms * 1e-3) / 1e12,
                 "efficiency": efficiency(gmac, batch, ms, peak_tflops), "peak_tflops": peak_tflops,
                 "first_call_s": first_call_s + (build_s if batch == case.batches[0] else 0.0),
+                "fused_blocks": fused_blocks,
                 "fused_rel_err": check.fused_rel_err if check else float("nan"),
                 "unfused_rel_err": check.unfused_rel_err if check else float("nan"),
             })

@@ -352,7 +352,7 @@ def build_model(name: str, variant: str, batch: int, dtype: str = "bfloat16", re
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r}: choose one of {list(VARIANTS)}")
     model = create_model(name, dtype=dtype)
-    runner = build_variant(model, name, variant)
+    runner = build_variant(model, name, variant, resolution, batch)
     inputs = random_images(batch, resolution, sets=3, dtype=dtype)
     named = runner if variant == "fused" else model
     return named, runner, inputs

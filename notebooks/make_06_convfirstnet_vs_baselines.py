@@ -45,7 +45,10 @@ which this study could not run (no ImageNet on these machines). So:
   non-trivial BatchNorm statistics, 224x224 unless stated;
 - variants: PyTorch **eager** (cuDNN), **compile-default** (`torch.compile`), **compile-max-autotune**
   (`max-autotune-no-cudagraphs`, only when asked for: see the end of the chapter), and for our families
-  **fused** (`convfirst.kernels.fuse`: one Triton kernel per residual block) and **fused-compile**; the
+  **fused** (`convfirst.kernels.fuse` with the block planner of chapter 3: one Triton kernel per residual
+  block wherever the recorded block benchmark says the fused kernel beats the block's unfused layers; the
+  other blocks keep their PyTorch layers, and the `fused_blocks` column counts fused/total blocks) and
+  **fused-compile** (the same model under `torch.compile`, which compiles the unfused blocks); the
   fused model's output is checked against the unfused model before it is timed;
 - median of many forward passes (`triton.testing.do_bench`), distinct random inputs rotated, with and
   without CUDA-graph replay at small batches, where CPU launch time dominates;

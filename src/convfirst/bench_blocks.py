@@ -489,14 +489,23 @@ SPEED_TARGETS = (
 )
 
 
+#: Columns that identify one block measurement; a later run of the same key supersedes an earlier one.
+BENCH_KEY = ["block", "C", "H", "W", "E", "batch", "dtype", "impl"]
+
+
 def load_results(gpu: str) -> pd.DataFrame:
-    """The recorded block benchmark of ``gpu`` (data/block_bench_<gpu>.csv), plain timings (no CUDA graphs)."""
+    """The recorded block benchmark of ``gpu`` (data/block_bench_<gpu>.csv), plain timings (no CUDA graphs).
+
+    Only the most recent measurement of each (block, shape, batch, dtype, impl) is kept: when a kernel is
+    re-timed after a change, the new row supersedes the old one (which stays in the file as history).
+    """
     from .records import load_measurements, recorded_file
 
     df = load_measurements(recorded_file(BLOCK_BENCH_PREFIX, gpu))
     if "cuda_graph" in df:
         df = df[~df["cuda_graph"].astype(str).str.lower().eq("true")]
-    return df
+    latest = df.groupby(BENCH_KEY)["date"].transform("max")
+    return df[df["date"] == latest].reset_index(drop=True)
 
 
 def measure_or_replay(mode: str, gpu: str, shapes: Sequence[BlockShape], batches: Sequence[int],

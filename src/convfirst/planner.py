@@ -35,16 +35,14 @@ def _next_pow2(n: int) -> int:
 
 
 def load_block_bench(gpu: str) -> pd.DataFrame | None:
-    """The recorded block benchmark of ``gpu`` (plain timings, no CUDA graphs), or None if there is none."""
-    from .records import DataError, load_measurements, recorded_file
+    """The recorded block benchmark of ``gpu`` (latest plain timing per key), or None if there is none."""
+    from .bench_blocks import load_results
+    from .records import DataError
 
     try:
-        df = load_measurements(recorded_file("block_bench", gpu))
+        return load_results(gpu)
     except DataError:
         return None
-    if "cuda_graph" in df:
-        df = df[~df["cuda_graph"].astype(str).str.lower().eq("true")]
-    return df
 
 
 def executed_flop(block: str, channels: int, height: int, width: int, expansion: int, batch: int) -> float:

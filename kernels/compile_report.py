@@ -62,7 +62,7 @@ def report(block: str, shape: str) -> list[dict]:
         ca, cb = split_channels(int(shape))
         sig = _sig({"x_ptr": "*bf16", "w_taps_ptr": "*bf16", "b_g_ptr": "*fp32", "we_t_ptr": "*bf16",
                     "b_e_ptr": "*fp32", "wp_t_ptr": "*bf16", "b_p_ptr": "*fp32", "out_ptr": "*bf16"},
-                   ["NPIX", "H", "W", "C", "C16", "HID"], ["CA", "CB", "BLOCK_M", "BLOCK_H", "UNROLL_TAPS", "FP32_DOT"])
+                   ["NPIX", "H", "W", "C", "C16", "HID"], ["CA", "CB", "BLOCK_M", "BLOCK_H", "UNROLL_TAPS", "DENSE_GCONV", "FP32_DOT"])
         for cf in convfirst_fused._configs():
             rows.append({"config": cf.kwargs, "warps": cf.num_warps, **compile_config(
                 convfirst_fused.convfirst_block_kernel, sig, dict(cf.kwargs, CA=ca, CB=cb, FP32_DOT=False),

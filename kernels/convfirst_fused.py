@@ -5,9 +5,19 @@ straight from the input (halo read through L1/L2 with border masks), then walks 
 slices of BLOCK_H: h = silu(g @ We[:, slice] + be) stays in registers and is immediately multiplied into the
 [M, C] fp32 accumulator by Wp[slice, :], so the E*C-wide hidden activation never reaches DRAM.
 
-DRAM bytes per pixel (bf16): read x (2C), write out (2C) = 4C. FLOP per pixel: 2C(72 + 2EC) useful;
-the tensor cores execute 2C(144 + 2EC) (the block-diagonal grouped conv does 2x its useful work).
+DRAM bytes per pixel (bf16): read x (2C), write out (2C) = 4C. FLOP per pixel: 2C(72 + 2EC) useful.
 At C=64, E=4, 56x56, N=256 on an H100: Q = 205 MB (0.068 ms), W = 60 GFLOP (0.086 ms at 695 TFLOP/s).
+
+The grouped conv has two forms, chosen per config by the constexpr ``DENSE_GCONV``:
+
+- sliced (v2, ``False``): per tap, the [M, C] tile viewed as [C/16, M, 16] slices, one batched 3D dot with
+  16x16 block-diagonal weights; tensor cores execute 2x the useful grouped-conv FLOP (2C*144 per pixel).
+- dense (v3, ``True``): per tap, one plain 2D dot [M, CK] @ [CK, CK] with the tap's whole block-diagonal
+  weight (zero outside the 8x8 group blocks), expanded from the packed 16x16 slices as it is loaded; no
+  permutes, and Triton lowers it to wgmma. The tensor cores execute 2*9*CK per pixel per channel (8x the
+  useful work at C=64). Measured slower than v2 at 64@56, 96@56 and 192@28 (H100), so the default and the
+  autotuner use the sliced form; the dense form stays reachable through a config with ``DENSE_GCONV=True``
+  (see ``compare_gconv_forms.py``).
 
 Tiles of C channels are held as two power-of-two parts CA + CB (96 = 64 + 32), see ``split_channels``.
 """
@@ -29,12 +39,53 @@ def slices_to_tile(acc, BLOCK_M: tl.constexpr, CK: tl.constexpr):
 
 
 @triton.jit
+def grouped3x3_dense_tap_sum(tile_ptr, c0, C, w_taps_ptr, C16, pix_h, pix_w, pix_ok, H, W,
+                             CK: tl.constexpr, BLOCK_M: tl.constexpr, FP32_DOT: tl.constexpr):
+    """Sum over the 9 taps of (shifted [BLOCK_M, CK] input) @ (dense block-diagonal [CK, CK] tap weight).
+
+    Channels [c0, c0 + CK) in and out (c0 is a multiple of 16). The dense weight of tap t is
+    ``w[ci, co] = w_taps[t, ci, co % 16]`` where ci and co share a group of 8, else 0: the loads read whole
+    16-wide packed rows (contiguous, vectorised) and ``tl.where`` zeroes the other groups. Returns fp32
+    [BLOCK_M, CK] without bias.
+    """
+    rows = tl.arange(0, BLOCK_M)
+    cols = c0 + tl.arange(0, CK)
+    col_ok = cols < C
+    ci = cols[:, None]
+    co = cols[None, :]
+    w_off = ci * 16 + co % 16                           # [CK, CK] offsets into one tap's [C16, 16] slices
+    w_ok = ci < C16
+    same_group = (ci // 8) == (co // 8)
+    acc = tl.zeros([BLOCK_M, CK], dtype=tl.float32)
+    for t in range(9):
+        dy = t // 3 - 1
+        dx = t % 3 - 1
+        hh = pix_h + dy
+        ww = pix_w + dx
+        ok = pix_ok & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+        a_off = (rows + (dy * W + dx)) * C              # int32, relative to the tile's first pixel
+        a = tl.load(tile_ptr + a_off[:, None] + cols[None, :], mask=ok[:, None] & col_ok[None, :], other=0.0)
+        w = tl.load(w_taps_ptr + t * C16 * 16 + w_off, mask=w_ok, other=0.0)
+        w = tl.where(same_group, w, tl.zeros_like(w))
+        if FP32_DOT:
+            a = a.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = tl.dot(a, w, acc)
+    return acc
+
+
+@triton.jit
 def grouped3x3_tile(tile_ptr, w_taps_ptr, b_ptr, c0, C, C16, pix_h, pix_w, pix_ok, H, W,
-                    CK: tl.constexpr, BLOCK_M: tl.constexpr, UNROLL_TAPS: tl.constexpr, FP32_DOT: tl.constexpr):
+                    CK: tl.constexpr, BLOCK_M: tl.constexpr, UNROLL_TAPS: tl.constexpr, DENSE_GCONV: tl.constexpr,
+                    FP32_DOT: tl.constexpr):
     """Grouped 3x3 conv + bias of channels [c0, c0 + CK) for the tile, as [BLOCK_M, CK] fp32."""
-    acc = grouped3x3_tap_sum(tile_ptr, tl.arange(0, BLOCK_M), C, c0, C, w_taps_ptr, c0, C16, pix_h, pix_w,
-                             pix_ok, H, W, CK, BLOCK_M, UNROLL_TAPS, FP32_DOT)
-    g = slices_to_tile(acc, BLOCK_M, CK)
+    if DENSE_GCONV:
+        g = grouped3x3_dense_tap_sum(tile_ptr, c0, C, w_taps_ptr, C16, pix_h, pix_w, pix_ok, H, W,
+                                     CK, BLOCK_M, FP32_DOT)
+    else:
+        acc = grouped3x3_tap_sum(tile_ptr, tl.arange(0, BLOCK_M), C, c0, C, w_taps_ptr, c0, C16, pix_h, pix_w,
+                                 pix_ok, H, W, CK, BLOCK_M, UNROLL_TAPS, FP32_DOT)
+        g = slices_to_tile(acc, BLOCK_M, CK)
     ch = c0 + tl.arange(0, CK)
     return g + tl.load(b_ptr + ch, mask=ch < C, other=0.0).to(tl.float32)[None, :]
 
@@ -43,7 +94,7 @@ def grouped3x3_tile(tile_ptr, w_taps_ptr, b_ptr, c0, C, C16, pix_h, pix_w, pix_o
 def convfirst_block_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_ptr, b_p_ptr, out_ptr,
                            NPIX, H, W, C, C16, HID,
                            CA: tl.constexpr, CB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
-                           UNROLL_TAPS: tl.constexpr, FP32_DOT: tl.constexpr):
+                           UNROLL_TAPS: tl.constexpr, DENSE_GCONV: tl.constexpr, FP32_DOT: tl.constexpr):
     act = out_ptr.dtype.element_ty
     pid = tl.program_id(0)
     offs = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -56,7 +107,7 @@ def convfirst_block_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_p
     # 1. grouped 3x3 + bias, rounded to the activation dtype (as the unfused sequence stores it)
     tile_ptr = x_ptr + (pid * BLOCK_M).to(tl.int64) * C
     ga = grouped3x3_tile(tile_ptr, w_taps_ptr, b_g_ptr, 0, C, C16, pix_h, pix_w, pix_ok, H, W,
-                         CA, BLOCK_M, UNROLL_TAPS, FP32_DOT).to(act)
+                         CA, BLOCK_M, UNROLL_TAPS, DENSE_GCONV, FP32_DOT).to(act)
     if FP32_DOT:
         ga = ga.to(tl.float32)
     acc_a = tl.zeros([BLOCK_M, CA], dtype=tl.float32)
@@ -64,7 +115,7 @@ def convfirst_block_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_p
         cb = CA + tl.arange(0, CB)
         cb_ok = cb < C
         gb = grouped3x3_tile(tile_ptr, w_taps_ptr, b_g_ptr, CA, C, C16, pix_h, pix_w, pix_ok, H, W,
-                             CB, BLOCK_M, UNROLL_TAPS, FP32_DOT).to(act)
+                             CB, BLOCK_M, UNROLL_TAPS, DENSE_GCONV, FP32_DOT).to(act)
         if FP32_DOT:
             gb = gb.to(tl.float32)
         acc_b = tl.zeros([BLOCK_M, CB], dtype=tl.float32)
@@ -111,13 +162,27 @@ def convfirst_block_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_p
         tl.store(out_ptr + row[:, None] + cb[None, :], acc_b.to(act), mask=mask_b)
 
 
-def _configs():
+#: v2 (sliced grouped conv) candidates: (BLOCK_M, BLOCK_H, warps, stages, UNROLL_TAPS)
+SLICED_CONFIGS = ((64, 64, 4, 2, False), (64, 64, 4, 2, True), (128, 64, 8, 2, False), (128, 64, 8, 2, True),
+                  (64, 32, 4, 2, False), (64, 32, 4, 2, True), (32, 32, 4, 1, False))
+#: v3 (dense block-diagonal grouped conv) candidates: (BLOCK_M, BLOCK_H, warps, stages); C <= 128 only.
+#: BLOCK_M=128 with 8 warps gives each wgmma M=128 over two warp groups. Measured slower than v2 at every
+#: benchmark shape (NOTES_convfirst.md, v3), so they are not autotuning candidates unless asked for.
+DENSE_CONFIGS = ((64, 64, 4, 2), (64, 32, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 8, 2),
+                 (128, 64, 8, 3))
+#: Widest channel count for which the dense grouped conv is a candidate (its waste grows as C/8).
+DENSE_MAX_CHANNELS = 128
+
+
+def _configs(include_dense: bool = False):
+    """Autotuning candidates: the v2 (sliced grouped conv) tiles, plus the v3 dense ones if ``include_dense``."""
     out = []
-    for block_m, block_h, warps, stages, unroll in [
-            (64, 64, 4, 2, False), (64, 64, 4, 2, True), (128, 64, 8, 2, False), (128, 64, 8, 2, True),
-            (64, 32, 4, 2, False), (64, 32, 4, 2, True), (32, 32, 4, 1, False)]:
-        out.append(triton.Config({"BLOCK_M": block_m, "BLOCK_H": block_h, "UNROLL_TAPS": unroll}, num_warps=warps,
-                                 num_stages=stages))
+    for block_m, block_h, warps, stages, unroll in SLICED_CONFIGS:
+        out.append(triton.Config({"BLOCK_M": block_m, "BLOCK_H": block_h, "UNROLL_TAPS": unroll,
+                                  "DENSE_GCONV": False}, num_warps=warps, num_stages=stages))
+    for block_m, block_h, warps, stages in DENSE_CONFIGS if include_dense else ():
+        out.append(triton.Config({"BLOCK_M": block_m, "BLOCK_H": block_h, "UNROLL_TAPS": False,
+                                  "DENSE_GCONV": True}, num_warps=warps, num_stages=stages))
     return out
 
 
@@ -135,6 +200,8 @@ def _prune(configs, named_args, **kwargs):
         if m > max(64, next_pow2(npix)):
             continue
         if m == 32 and c <= 192:  # the smallest tile only pays where the accumulator is wide
+            continue
+        if cf.kwargs.get("DENSE_GCONV") and c > DENSE_MAX_CHANNELS:
             continue
         kept.append(cf)
     return kept or [min(configs, key=lambda cf: cf.kwargs["BLOCK_M"] * 1000 + cf.kwargs["BLOCK_H"])]
@@ -154,7 +221,7 @@ def _launcher():
 def heuristic_config(channels: int, npix: int) -> dict:
     """A fixed config (no autotuning): the interpreter's small tile, else a tile sized by the channel count."""
     if interpreting():
-        return {"BLOCK_M": 32, "BLOCK_H": 32, "UNROLL_TAPS": False}
+        return {"BLOCK_M": 32, "BLOCK_H": 32, "UNROLL_TAPS": False, "DENSE_GCONV": False}
     if channels >= 384:
         return {"BLOCK_M": 32, "BLOCK_H": 32, "UNROLL_TAPS": False, "num_warps": 4, "num_stages": 1}
     return {"BLOCK_M": 64, "BLOCK_H": 64 if channels <= 64 else 32, "UNROLL_TAPS": False, "num_warps": 4,
@@ -192,6 +259,7 @@ def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: di
         compiled = convfirst_block_kernel[grid](*args, CA=ca, CB=cb, BLOCK_M=config["BLOCK_M"],
                                                 BLOCK_H=config["BLOCK_H"],
                                                 UNROLL_TAPS=config.get("UNROLL_TAPS", False),
+                                                DENSE_GCONV=config.get("DENSE_GCONV", False),
                                                 FP32_DOT=interpreting(), **extra)
     else:
         grid = lambda meta: (triton.cdiv(npix, meta["BLOCK_M"]),)  # noqa: E731

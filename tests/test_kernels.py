@@ -55,6 +55,27 @@ def test_kernel_matches_reference(block, channels, height, width, batch, dtype):
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
+GCONV_FORMS = {"sliced": False, "dense": True}
+
+
+@pytest.mark.parametrize("gconv_form", list(GCONV_FORMS))
+@pytest.mark.parametrize("block, channels, height, width, batch",
+                         [c for c in CASES if c[0] == "convfirst"] + [("convfirst", 80, 5, 3, 1)])  # 80 = 64 + 32
+def test_convfirst_grouped_conv_forms_match_reference(block, channels, height, width, batch, gconv_form):
+    """Both forms of the fused ConvFirst kernel's grouped conv (v2 sliced 3D dots, v3 dense block-diagonal
+    2D dots), each forced through an explicit config, against the fp32 reference."""
+    from convfirst.kernels.convfirst_fused import DENSE_MAX_CHANNELS, heuristic_config
+
+    if GCONV_FORMS[gconv_form] and channels > DENSE_MAX_CHANNELS:
+        pytest.skip(f"the dense grouped conv is a candidate only up to C={DENSE_MAX_CHANNELS}")
+    case = BlockCase(BlockShape(block, channels, height, width), batch, "bfloat16", device=DEVICE, seed=_seed())
+    x = case.inputs[0]
+    config = dict(heuristic_config(channels, batch * height * width), DENSE_GCONV=GCONV_FORMS[gconv_form])
+    out = case.launch_poisoned(x, config)
+    err = relative_error(out, case.reference(x))
+    assert err < TOLERANCE["bfloat16"], f"{gconv_form} C={channels} {height}x{width} N={batch}: rel err {err:.3g}"
+
+
 @pytest.mark.parametrize("block", ["convfirst", "mbconv"])
 def test_unfused_sequence_and_op_match_reference(block):
     shape = BlockShape(block, 32 if not ON_GPU else 96, 5 if not ON_GPU else 28, 6 if not ON_GPU else 28)

@@ -7,7 +7,8 @@ run the kernels on CPU tensors in Triton's interpreter (slow; for tests at tiny 
 - :func:`convfirst_block_fused`, :func:`mbconv_block_fused`: the fused blocks (packed weights).
 - :func:`grouped_conv3x3_gw8`: the standalone grouped conv; :func:`convfirst_block_unfused` and
   :func:`mbconv_block_unfused`: the same blocks as a sequence of our gconv and cuBLAS matmuls.
-- :class:`FusedConvFirstBlock`, :class:`FusedMBConvBlock` (``from_block(block)``) and :func:`fuse`.
+- :class:`FusedConvFirstBlock`, :class:`FusedMBConvBlock` (``from_block(block)``), their unfused-sequence
+  counterparts :class:`SequenceConvFirstBlock`, :class:`SequenceMBConvBlock`, and :func:`fuse`.
 - :func:`pack_block_params`, :func:`pack_grouped_taps`: weight packing.
 
 Design notes, floors and measured versions: ``NOTES_convfirst.md``, ``NOTES_mbconv.md``, ``NOTES_gconv.md``.
@@ -18,12 +19,14 @@ from ._common import (KernelInputError, interpreting, pack_block_params, pack_gr
 from .convfirst_fused import convfirst_block_fused
 from .gconv import grouped_conv3x3_gw8
 from .mbconv_fused import mbconv_block_fused
-from .modules import FusedConvFirstBlock, FusedMBConvBlock, count_fused_blocks, fuse
+from .modules import (FusedConvFirstBlock, FusedMBConvBlock, SequenceConvFirstBlock, SequenceMBConvBlock,
+                      count_fused_blocks, count_sequence_blocks, fuse)
 from .unfused import convfirst_block_unfused, mbconv_block_unfused
 
 __all__ = ["KernelInputError", "interpreting", "pack_block_params", "pack_grouped_taps", "split_channels",
            "convfirst_block_fused", "mbconv_block_fused", "grouped_conv3x3_gw8", "FusedConvFirstBlock",
-           "FusedMBConvBlock", "fuse", "count_fused_blocks", "convfirst_block_unfused",
+           "FusedMBConvBlock", "SequenceConvFirstBlock", "SequenceMBConvBlock", "fuse", "count_fused_blocks",
+           "count_sequence_blocks", "convfirst_block_unfused",
            "mbconv_block_unfused", "run_block"]
 
 

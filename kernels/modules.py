@@ -22,11 +22,14 @@ import torch.nn as nn
 from ._common import KernelInputError, check_activation, pack_block_params
 from .convfirst_fused import convfirst_block_fused
 from .mbconv_fused import mbconv_block_fused
+from .unfused import convfirst_block_unfused, mbconv_block_unfused
 
 _PACKED_NAMES = ("w_taps", "b_g", "we_t", "b_e", "wp_t", "b_p")
 
 
-class _FusedBlock(nn.Module):
+class _PackedBlock(nn.Module):
+    """A ConvFirst/MBConv block in inference form: folded weights packed for this study's kernels."""
+
     block_type = ""
 
     def __init__(self, folded: dict[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16):
@@ -40,7 +43,7 @@ class _FusedBlock(nn.Module):
         self.eval()  # inference-only
 
     @classmethod
-    def from_block(cls, block: nn.Module, dtype: torch.dtype | None = None) -> "_FusedBlock":
+    def from_block(cls, block: nn.Module, dtype: torch.dtype | None = None) -> "_PackedBlock":
         """Build from a trained (unfused) block in eval mode; ``dtype`` defaults to the block's, or bf16 if fp32."""
         if getattr(block, "block_type", None) != cls.block_type:
             raise KernelInputError(f"{cls.__name__}.from_block: expected a {cls.block_type} block, got "
@@ -77,6 +80,16 @@ class _FusedBlock(nn.Module):
         return f"channels={self.channels}, expansion={self.expansion}, group_width=8, kernel_size=3"
 
 
+class _FusedBlock(_PackedBlock):
+    """The whole block in one kernel launch."""
+
+
+class _SequenceBlock(_PackedBlock):
+    """The block as a sequence of this study's unfused kernels: Triton grouped conv, cuBLAS 1x1 layers.
+
+    Used where the planner measured this path faster than the fused kernel (late stages, large C)."""
+
+
 class FusedConvFirstBlock(_FusedBlock):
     """One-kernel ConvFirst block (inference): same output as ``ConvFirstBlock.eval()``."""
 
@@ -99,7 +112,28 @@ class FusedMBConvBlock(_FusedBlock):
         return mbconv_block_fused(x, w["we_t"], w["b_e"], w["w_taps"], w["b_g"], w["wp_t"], w["b_p"])
 
 
+class SequenceConvFirstBlock(_SequenceBlock):
+    """ConvFirst block as our gconv kernel + cuBLAS matmuls (the benchmark's "unfused-triton" path)."""
+
+    block_type = "convfirst"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_mode(x)
+        return convfirst_block_unfused(x, self._weights(x))
+
+
+class SequenceMBConvBlock(_SequenceBlock):
+    """MBConv block as cuBLAS matmuls + our gconv kernel (the benchmark's "unfused-triton" path)."""
+
+    block_type = "mbconv"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_mode(x)
+        return mbconv_block_unfused(x, self._weights(x))
+
+
 FUSED_BLOCKS = {"convfirst": FusedConvFirstBlock, "mbconv": FusedMBConvBlock}
+SEQUENCE_BLOCKS = {"convfirst": SequenceConvFirstBlock, "mbconv": SequenceMBConvBlock}
 
 
 def fuse(model: nn.Module, dtype: torch.dtype | None = None, inplace: bool = False,
@@ -108,10 +142,13 @@ def fuse(model: nn.Module, dtype: torch.dtype | None = None, inplace: bool = Fal
 
     Returns a model that gives the same output (to bf16/fp16 rounding); the original is left untouched
     unless ``inplace=True``. ``dtype`` is the fused weights' dtype (default: the block's, or bf16 for fp32
-    blocks). ``planner``: optional ``planner(block, input_shape) -> bool`` deciding per block whether to fuse
-    (e.g. :func:`convfirst.planner.block_planner`); ``input_shape`` is the block's input (1, C, H, W) found
-    by one forward pass of a random ``(1, *input_size)`` input when ``input_size`` (C, H, W) is given, else
-    None. By default every block is fused. Raises ``RuntimeError`` in training mode (inference-only kernels).
+    blocks). ``planner``: optional ``planner(block, input_shape)`` deciding per block: ``True`` or
+    ``"fused"`` fuses it, ``"unfused-triton"`` replaces it by our unfused kernel sequence (Triton grouped conv
+    + cuBLAS 1x1 layers), anything else (``False``, ``"eager"``, ``"compile-default"``...) keeps its PyTorch
+    layers (e.g. :func:`convfirst.planner.block_planner`); ``input_shape`` is the block's input (1, C, H, W)
+    found by one forward pass of a random ``(1, *input_size)`` input when ``input_size`` (C, H, W) is given,
+    else None. By default every block is fused. Raises ``RuntimeError`` in training mode (inference-only
+    kernels).
     """
     if model.training:
         raise RuntimeError("fuse(model): the model is in training mode; fused kernels are inference-only "
@@ -123,10 +160,12 @@ def fuse(model: nn.Module, dtype: torch.dtype | None = None, inplace: bool = Fal
         for name, child in parent.named_children():
             path = f"{prefix}.{name}" if prefix else name
             kind = getattr(child, "block_type", None)
-            if kind in FUSED_BLOCKS and not isinstance(child, _FusedBlock):
-                if planner is not None and not planner(child, shapes.get(path)):
-                    continue
-                setattr(parent, name, FUSED_BLOCKS[kind].from_block(child, dtype))
+            if kind in FUSED_BLOCKS and not isinstance(child, _PackedBlock):
+                choice = True if planner is None else planner(child, shapes.get(path))
+                if choice is True or choice == "fused":
+                    setattr(parent, name, FUSED_BLOCKS[kind].from_block(child, dtype))
+                elif choice == "unfused-triton":
+                    setattr(parent, name, SEQUENCE_BLOCKS[kind].from_block(child, dtype))
             else:
                 swap(child, path)
 
@@ -158,4 +197,10 @@ def _block_input_shapes(model: nn.Module, input_size: tuple[int, int, int]) -> d
 
 
 def count_fused_blocks(model: nn.Module) -> int:
+    """Blocks of ``model`` that run as one fused kernel."""
     return sum(isinstance(m, _FusedBlock) for m in model.modules())
+
+
+def count_sequence_blocks(model: nn.Module) -> int:
+    """Blocks of ``model`` that run as our unfused kernel sequence (Triton gconv + cuBLAS)."""
+    return sum(isinstance(m, _SequenceBlock) for m in model.modules())

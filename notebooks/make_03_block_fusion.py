@@ -217,7 +217,17 @@ display(decisions[decisions["batch"] == max(batches)][["block", "C", "H", "sourc
     new_markdown_cell("""Reading the table (recorded H100 data): the fused ConvFirst kernel pays off where H*W is large (the 56x56 and
 28x28 stages), where the unfused path moves several times more bytes; at the 14x14 and 7x7 stages it does not.
 The MBConv kernel, as it stands, almost never pays off. Speed-ups in parentheses are unfused time / fused time; "measured" rows come
-from the benchmark above, the others from the calibrated model."""),
+from the benchmark above, the others from the calibrated model.
+
+A model has to run *something* for the blocks it does not fuse. `fuse` can install this study's unfused
+kernel sequence there (`unfused-triton`: the Triton grouped conv and cuBLAS 1x1 layers), or keep the
+block's PyTorch layers. The model benchmark of chapter 6 plans each block among the fused kernel and what
+that model would really run instead: eager PyTorch or `unfused-triton` for the `fused` variant,
+torch.compile or `unfused-triton` for `fused-compile`. The implementation each block shape gets at the
+largest batch, for the uncompiled `fused` variant:"""),
+    new_code_cell('''uses = planner.plan(models.family_block_shapes(), [max(batches)], gpu, dtype=dtype,
+                    alternatives=("eager", "unfused-triton"))
+display(uses[["block", "C", "H", "source", "fused_ms", "unfused_ms", "use"]].round(4))'''),
 ]
 
 nb = new_notebook(cells=cells, metadata={

@@ -16,8 +16,8 @@ import torch.nn as nn
 
 from convfirst.bench_blocks import relative_error
 from convfirst.blocks import ConvFirstBlock, ConvNeXtBlock, MBConvBlock
-from convfirst.kernels import (FusedConvFirstBlock, FusedMBConvBlock, KernelInputError, count_fused_blocks, fuse,
-                               interpreting)
+from convfirst.kernels import (FusedConvFirstBlock, FusedMBConvBlock, KernelInputError, count_fused_blocks,
+                               count_sequence_blocks, fuse, interpreting)
 from convfirst.models import ConvFirstNet
 
 ON_GPU = torch.cuda.is_available() and not interpreting()
@@ -121,6 +121,24 @@ def test_fuse_leaves_other_blocks_and_honours_the_planner():
     assert isinstance(fused[0], ConvNeXtBlock)
     assert isinstance(fused[1], FusedConvFirstBlock)
     assert isinstance(fused[2], ConvFirstBlock)
+
+
+@pytest.mark.parametrize("block", ["convfirst", "mbconv"])
+def test_planner_choices_install_fused_sequence_or_pytorch_blocks_with_the_same_output(block):
+    """A planner answering 'fused', 'unfused-triton' and 'eager' in turn gets one block of each kind."""
+    model = _randomize(_tiny_model(block), _seed()).eval().to(DEVICE)
+    answers = iter(["fused", "unfused-triton", "eager", "unfused-triton"])
+    mixed = fuse(model, dtype=torch.bfloat16, planner=lambda blk, shape: next(answers))
+    kinds = [type(m).__name__ for m in mixed.modules() if m is not mixed and getattr(m, "block_type", "") == block]
+    prefix = {"convfirst": "ConvFirst", "mbconv": "MBConv"}[block]
+    assert kinds == [f"Fused{prefix}Block", f"Sequence{prefix}Block", f"{prefix}Block", f"Sequence{prefix}Block"]
+    assert count_fused_blocks(mixed) == 1 and count_sequence_blocks(mixed) == 2
+    x = torch.randn(2, 3, 64, 64, device=DEVICE)
+    with torch.no_grad():
+        expected = model.to(torch.bfloat16).float().forward_features(x)
+        got = mixed.to(torch.bfloat16).to(memory_format=torch.channels_last).forward_features(
+            x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
+    assert relative_error(got, expected) < 3e-2
 
 
 @pytest.mark.gpu

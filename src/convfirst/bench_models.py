@@ -210,13 +210,14 @@ def create_model(name: str, *, dtype: str = "bfloat16", device: str = "cuda", se
     return model.eval().to(device=device, dtype=getattr(torch, dtype), memory_format=torch.channels_last)
 
 
-def fuse_model(model, resolution: int = 224, batch: int = 256, gpu: str | None = None):
-    """The model with its blocks replaced by fused one-kernel blocks where the planner says fusion pays.
+def fuse_model(model, resolution: int = 224, batch: int = 256, gpu: str | None = None, compiled: bool = False):
+    """The model with each block swapped for the fastest of this study's implementations of it.
 
     The planner (:func:`convfirst.planner.block_planner`) decides per block shape from the block benchmark
-    recorded for this GPU (``data/block_bench_<gpu>.csv``) at ``batch``: a block whose fused kernel was
-    measured slower than the best unfused implementation stays unfused (its PyTorch layers; under
-    ``fused-compile`` those are compiled). Without recorded data for the GPU every block is fused.
+    recorded for this GPU (``data/block_bench_<gpu>.csv``) at ``batch``: the fused one-kernel block, our
+    unfused kernel sequence (Triton grouped conv + cuBLAS 1x1 layers), or the block's own PyTorch layers
+    (eager, or compiled when ``compiled=True``, i.e. for ``fused-compile``), whichever was measured fastest.
+    Without recorded data for the GPU every block is fused.
     """
     from .kernels import fuse
     from .planner import block_planner
@@ -228,20 +229,20 @@ def fuse_model(model, resolution: int = 224, batch: int = 256, gpu: str | None =
 
         gpu = gpu_short_name(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else "h100"
     try:
-        planner = block_planner(gpu, batch)
+        alternatives = ("compile-default" if compiled else "eager", "unfused-triton")
+        planner = block_planner(gpu, batch, alternatives=alternatives)
         return fuse(model, planner=planner, input_size=(3, resolution, resolution)).eval()
     except DataError:  # no ceilings or block benchmark recorded for this GPU: fuse every block
         return fuse(model).eval()
 
 
 def fused_block_count(model) -> str:
-    """'fused/total' residual blocks of a (possibly partly) fused model, e.g. '15/18'."""
+    """How the residual blocks of a (possibly partly) fused model run, e.g. 'fused 6, triton-seq 12, pytorch 0'."""
     from .blocks import ConvFirstBlock, MBConvBlock
-    from .kernels import count_fused_blocks
+    from .kernels import count_fused_blocks, count_sequence_blocks
 
-    fused = count_fused_blocks(model)
-    unfused = sum(isinstance(m, (ConvFirstBlock, MBConvBlock)) for m in model.modules())
-    return f"{fused}/{fused + unfused}"
+    pytorch = sum(isinstance(m, (ConvFirstBlock, MBConvBlock)) for m in model.modules())
+    return f"fused {count_fused_blocks(model)}, triton-seq {count_sequence_blocks(model)}, pytorch {pytorch}"
 
 
 def _compile(module, variant: str):
@@ -266,7 +267,7 @@ def build_variant(model, name: str, variant: str, resolution: int = 224, batch: 
         if not is_fusable(name):
             raise ParameterError(f"variant={variant!r} applies only to the ConvFirstNet/MBConvNet families, "
                                  f"not to model={name!r}")
-        fused = fuse_model(model, resolution, batch)
+        fused = fuse_model(model, resolution, batch, compiled=variant == "fused-compile")
         return fused if variant == "fused" else _compile(fused, variant)
     return _compile(model, variant)
 

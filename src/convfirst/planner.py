@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 
-from .params import ParameterError, check_choice
+from .params import ParameterError, check_choice, check_choices
 
 UNFUSED_IMPLS = ("eager", "compile-default", "compile-max-autotune", "unfused-triton")
 #: Output pixels per tile the model assumes for the MBConv kernel's halo recompute.
@@ -83,7 +83,8 @@ def _nearest(options, value):
 
 
 def calibrated_estimate(bench: pd.DataFrame, block: str, channels: int, height: int, width: int, expansion: int,
-                        batch: int, peak_flops: float, bandwidth: float, dtype: str = "bfloat16") -> dict | None:
+                        batch: int, peak_flops: float, bandwidth: float, dtype: str = "bfloat16",
+                        alternatives: Sequence[str] = UNFUSED_IMPLS) -> dict | None:
     """Roofline estimate scaled by the efficiencies measured on the nearest measured shape of ``block``."""
     sel = bench[(bench["block"] == block) & (bench["dtype"] == dtype) & (bench["E"] == expansion)]
     shapes = sorted({(int(r.C), int(r.H), int(r.W)) for r in sel[sel["impl"] == "fused"].itertuples()})
@@ -91,7 +92,7 @@ def calibrated_estimate(bench: pd.DataFrame, block: str, channels: int, height: 
         return None
     ref = min(shapes, key=lambda s: (math.log(s[0] / channels)) ** 2
               + (math.log(s[1] * s[2] / (height * width))) ** 2)
-    measured = measured_estimate(bench, block, *ref, expansion, batch, dtype)
+    measured = measured_estimate(bench, block, *ref, expansion, batch, dtype, alternatives)
     if measured is None:
         return None
     ideal_ref = roofline_estimate(block, *ref, expansion, measured["measured_batch"], peak_flops, bandwidth)
@@ -104,15 +105,18 @@ def calibrated_estimate(bench: pd.DataFrame, block: str, channels: int, height: 
 
 
 def measured_estimate(bench: pd.DataFrame, block: str, channels: int, height: int, width: int, expansion: int,
-                      batch: int, dtype: str = "bfloat16") -> dict | None:
-    """Measured fused and best-unfused times at ``batch`` (or the nearest recorded batch), or None."""
+                      batch: int, dtype: str = "bfloat16", alternatives: Sequence[str] = UNFUSED_IMPLS) -> dict | None:
+    """Measured fused and best-unfused times at ``batch`` (or the nearest recorded batch), or None.
+
+    ``alternatives``: the unfused implementations the fused kernel competes with (those a model would
+    really run instead: e.g. eager and our unfused sequence for an uncompiled model)."""
     sel = bench[(bench["block"] == block) & (bench["C"] == channels) & (bench["H"] == height)
                 & (bench["W"] == width) & (bench["E"] == expansion) & (bench["dtype"] == dtype)]
     if sel.empty or "fused" not in set(sel["impl"]):
         return None
     nearest = _nearest(sorted(set(sel.loc[sel["impl"] == "fused", "batch"])), batch)
     at = sel[sel["batch"] == nearest].groupby("impl")["ms"].median()
-    unfused = at[[i for i in UNFUSED_IMPLS if i in at.index]]
+    unfused = at[[i for i in alternatives if i in at.index]]
     if unfused.empty:
         return None
     return {"fused_ms": float(at["fused"]), "unfused_ms": float(unfused.min()), "unfused_impl": unfused.idxmin(),
@@ -120,13 +124,15 @@ def measured_estimate(bench: pd.DataFrame, block: str, channels: int, height: in
 
 
 def plan(shapes: Iterable, batches: Sequence[int], gpu: str = "h100", source: str = "auto",
-         dtype: str = "bfloat16") -> pd.DataFrame:
+         dtype: str = "bfloat16", alternatives: Sequence[str] = UNFUSED_IMPLS) -> pd.DataFrame:
     """The decision table: one row per (shape, batch) with the fused and unfused times and the choice.
 
     ``shapes``: (block, C, H, W, E) tuples, dicts, or a :func:`convfirst.models.family_block_shapes` frame
     (rows of other block types are skipped). ``source``: 'auto' (measured where recorded, else the roofline
-    model), 'measured' (skip shapes without data) or 'model'.
+    model), 'measured' (skip shapes without data) or 'model'. ``alternatives``: the unfused implementations
+    the fused kernel competes with (default: all recorded ones); ``use`` names the winner.
     """
+    check_choices("alternatives", list(alternatives), UNFUSED_IMPLS)
     from .ceilings import bandwidth_bytes_per_s, load_ceilings, peak_flops
 
     check_choice("source", source, ("auto", "measured", "model"))
@@ -142,12 +148,14 @@ def plan(shapes: Iterable, batches: Sequence[int], gpu: str = "h100", source: st
         if blk not in ("convfirst", "mbconv"):
             continue
         for batch in batches:
-            est = measured_estimate(bench, blk, c, h, w, e, batch, dtype) if bench is not None else None
+            est = (measured_estimate(bench, blk, c, h, w, e, batch, dtype, alternatives)
+                   if bench is not None else None)
             src = "measured"
             if est is None:
                 if source == "measured":
                     continue
-                est = calibrated_estimate(bench, blk, c, h, w, e, batch, p, b, dtype) if bench is not None else None
+                est = (calibrated_estimate(bench, blk, c, h, w, e, batch, p, b, dtype, alternatives)
+                       if bench is not None else None)
                 src = f"roofline model calibrated on {est['calibrated_on']}" if est else "roofline model (ideal)"
                 if est is None:
                     est = roofline_estimate(blk, c, h, w, e, batch, p, b)
@@ -155,27 +163,32 @@ def plan(shapes: Iterable, batches: Sequence[int], gpu: str = "h100", source: st
                          "measured_batch": est.get("measured_batch"), "fused_ms": est["fused_ms"],
                          "unfused_ms": est["unfused_ms"], "best_unfused": est["unfused_impl"],
                          "speedup": est["unfused_ms"] / est["fused_ms"],
-                         "choice": "fused" if est["fused_ms"] <= est["unfused_ms"] else "unfused"})
+                         "choice": "fused" if est["fused_ms"] <= est["unfused_ms"] else "unfused",
+                         "use": "fused" if est["fused_ms"] <= est["unfused_ms"] else est["unfused_impl"]})
     return pd.DataFrame(rows)
 
 
-def block_planner(gpu: str = "h100", batch: int = 256, source: str = "auto",
-                  dtype: str = "bfloat16") -> Callable:
-    """A ``planner(block, input_shape) -> bool`` for :func:`convfirst.kernels.fuse` (True = fuse this block).
+def block_planner(gpu: str = "h100", batch: int = 256, source: str = "auto", dtype: str = "bfloat16",
+                  alternatives: Sequence[str] = UNFUSED_IMPLS) -> Callable:
+    """A ``planner(block, input_shape) -> str`` for :func:`convfirst.kernels.fuse`: the implementation to use
+    for this block, ``"fused"`` or the fastest of ``alternatives`` (``"unfused-triton"`` makes ``fuse``
+    install our unfused kernel sequence; any other name keeps the block's PyTorch layers).
 
+    Pass the alternatives the model will really run: ``("eager", "unfused-triton")`` for an uncompiled model,
+    ``("compile-default", "unfused-triton")`` for one that ``torch.compile`` compiles afterwards.
     ``input_shape`` is the block's input (N, C, H, W) as recorded by ``fuse(..., input_size=...)``; without
     it the block is fused.
     """
     cache: dict = {}
 
-    def decide(block, input_shape) -> bool:
+    def decide(block, input_shape) -> str:
         if input_shape is None:
-            return True
+            return "fused"
         _, c, h, w = input_shape
         key = (block.block_type, c, h, w, block.expansion)
         if key not in cache:
-            table = plan([key], [batch], gpu, source, dtype)
-            cache[key] = table.empty or table.iloc[0]["choice"] == "fused"
+            table = plan([key], [batch], gpu, source, dtype, alternatives)
+            cache[key] = "fused" if table.empty else table.iloc[0]["use"]
         return cache[key]
 
     return decide

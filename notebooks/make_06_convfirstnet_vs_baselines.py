@@ -87,8 +87,13 @@ show_mode(mode, gpu, [f"model_bench_{gpu}.csv", "cited_accuracy.csv"])"""),
     new_code_cell("""run = runs.iloc[0]
 P = run["peak_tflops"] * 1e12
 print(f"{run['gpu']} | driver {run['driver']} | torch {run['torch']} | triton {run['triton']} | CUDA {run['cuda']}")
-print(f"run of {run['date']} at commit {run['commit']}: {len(runs)} measurements")
-print(f"measured in this run: P = {run['peak_tflops']:.0f} TFLOP/s (bf16 matmul), B = {run['bandwidth_tbps']:.2f} TB/s")"""),
+print(f"most recent run: {run['date']} at commit {run['commit']}; "
+      f"P = {run['peak_tflops']:.0f} TFLOP/s (bf16 matmul), B = {run['bandwidth_tbps']:.2f} TB/s measured in it")
+display(runs.groupby(["date", "commit"]).agg(measurements=("ms", "size"), P_tflops=("peak_tflops", "first"),
+                                             models=("model", "nunique")).reset_index())"""),
+    new_markdown_cell("""The table above lists the runs the chapter draws on. The fused rows and ConvNeXt-T's reference rows
+come from the most recent run; PyTorch rows of cases that run did not reach come from the latest earlier
+run on the same GPU (each row keeps its own date, commit and the $P$ measured in its run)."""),
     new_markdown_cell("""## Accuracy, cost and speed of every model
 
 One row per model (EfficientNets also at the resolution their cited accuracy belongs to). Latency is the

@@ -540,6 +540,23 @@ def latest_run(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["date"] == df["date"].max()].reset_index(drop=True)
 
 
+def recorded_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows a chapter shows: the most recent run in full, plus earlier runs' PyTorch rows (eager and
+    torch.compile variants) for the cases that run did not reach.
+
+    Fused variants are taken from the most recent run only, since what ``fused`` installs changes as the
+    kernels and the planner improve; the PyTorch variants of an earlier run on the same GPU measure the same
+    thing. Every row keeps its own ``date``, ``commit`` and ``peak_tflops`` (E uses the P of its own run), and
+    every ratio against ConvNeXt-T uses rows of one run (the reference is always in the most recent one).
+    """
+    latest = latest_run(df)
+    earlier = df[(df["date"] != latest["date"].iloc[0]) & ~df["variant"].isin(FUSED_VARIANTS)]
+    earlier = earlier[earlier["date"] == earlier.groupby(list(KEY_COLUMNS))["date"].transform("max")]
+    have = set(map(tuple, latest[list(KEY_COLUMNS)].astype(str).values))
+    missing = [tuple(r) not in have for r in earlier[list(KEY_COLUMNS)].astype(str).values]
+    return pd.concat([latest, earlier[missing]], ignore_index=True)
+
+
 def best_latency(df: pd.DataFrame, variants: Sequence[str] | None = None) -> pd.DataFrame:
     """Per (model, resolution, batch): the fastest row among ``variants`` (any CUDA-graph setting).
 
@@ -635,7 +652,8 @@ def benchmark_rows(mode: str, gpu: str, *, plan: str = "budget", batches: Sequen
 
     ``mode='measure'``: run ``plan`` ('budget' or 'full') now on this machine's GPU, append the rows to
     ``data/model_bench_<gpu>.csv`` and return them (``gpu`` becomes this machine's); ``mode='replay'``: the
-    most recent recorded run of ``gpu``.
+    most recent recorded run of ``gpu`` with earlier runs' PyTorch rows for the cases it lacks
+    (:func:`recorded_rows`).
     """
     from .provenance import DATA_DIR, gpu_short_name
 
@@ -653,7 +671,7 @@ def benchmark_rows(mode: str, gpu: str, *, plan: str = "budget", batches: Sequen
         return result.rows, gpu
     if mode != "replay":
         raise ParameterError(f"mode={mode!r}: expected 'measure' or 'replay' (see convfirst.params.resolve_mode)")
-    return latest_run(load_model_bench(gpu)), gpu
+    return recorded_rows(load_model_bench(gpu)), gpu
 
 
 def plan_coverage(df: pd.DataFrame, cases: Sequence[BenchCase]) -> pd.DataFrame:

@@ -39,6 +39,24 @@ def slices_to_tile(acc, BLOCK_M: tl.constexpr, CK: tl.constexpr):
 
 
 @triton.jit
+def project_accumulate(h, wp_t_ptr, hcol, h_ok, C, cols, col_ok, acc, FP32_DOT: tl.constexpr):
+    """acc += h @ Wp[hcol, cols]: one hidden slice projected into one channel part of the [M, C] accumulator."""
+    wp = tl.load(wp_t_ptr + hcol[:, None] * C + cols[None, :], mask=h_ok[:, None] & col_ok[None, :], other=0.0)
+    if FP32_DOT:
+        wp = wp.to(tl.float32)
+    return tl.dot(h, wp, acc)
+
+
+@triton.jit
+def add_bias_residual_store(acc, x_ptr, b_p_ptr, out_ptr, row, pix_ok, cols, col_ok):
+    """out[row, cols] = acc + b_p[cols] + x[row, cols] for one channel part of the tile: the block's only write."""
+    mask = pix_ok[:, None] & col_ok[None, :]
+    x = tl.load(x_ptr + row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    acc += tl.load(b_p_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :] + x
+    tl.store(out_ptr + row[:, None] + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def grouped3x3_dense_tap_sum(tile_ptr, c0, C, w_taps_ptr, C16, pix_h, pix_w, pix_ok, H, W,
                              CK: tl.constexpr, BLOCK_M: tl.constexpr, FP32_DOT: tl.constexpr):
     """Sum over the 9 taps of (shifted [BLOCK_M, CK] input) @ (dense block-diagonal [CK, CK] tap weight).
@@ -136,30 +154,17 @@ def convfirst_block_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_p
             hpre = tl.dot(gb, we_b, hpre)
         hpre += tl.load(b_e_ptr + hcol, mask=h_ok, other=0.0).to(tl.float32)[None, :]
         h = (hpre * tl.sigmoid(hpre)).to(act)
-        wp_a = tl.load(wp_t_ptr + hcol[:, None] * C + ca[None, :], mask=h_ok[:, None] & ca_ok[None, :],
-                       other=0.0)
         if FP32_DOT:
             h = h.to(tl.float32)
-            wp_a = wp_a.to(tl.float32)
-        acc_a = tl.dot(h, wp_a, acc_a)
+        acc_a = project_accumulate(h, wp_t_ptr, hcol, h_ok, C, ca, ca_ok, acc_a, FP32_DOT)
         if CB > 0:
-            wp_b = tl.load(wp_t_ptr + hcol[:, None] * C + cb[None, :], mask=h_ok[:, None] & cb_ok[None, :],
-                           other=0.0)
-            if FP32_DOT:
-                wp_b = wp_b.to(tl.float32)
-            acc_b = tl.dot(h, wp_b, acc_b)
+            acc_b = project_accumulate(h, wp_t_ptr, hcol, h_ok, C, cb, cb_ok, acc_b, FP32_DOT)
 
     # 3. + project bias + residual, one write of C channels per pixel
     row = offs.to(tl.int64) * C
-    mask_a = pix_ok[:, None] & ca_ok[None, :]
-    xa = tl.load(x_ptr + row[:, None] + ca[None, :], mask=mask_a, other=0.0).to(tl.float32)
-    acc_a += tl.load(b_p_ptr + ca, mask=ca_ok, other=0.0).to(tl.float32)[None, :] + xa
-    tl.store(out_ptr + row[:, None] + ca[None, :], acc_a.to(act), mask=mask_a)
+    add_bias_residual_store(acc_a, x_ptr, b_p_ptr, out_ptr, row, pix_ok, ca, ca_ok)
     if CB > 0:
-        mask_b = pix_ok[:, None] & cb_ok[None, :]
-        xb = tl.load(x_ptr + row[:, None] + cb[None, :], mask=mask_b, other=0.0).to(tl.float32)
-        acc_b += tl.load(b_p_ptr + cb, mask=cb_ok, other=0.0).to(tl.float32)[None, :] + xb
-        tl.store(out_ptr + row[:, None] + cb[None, :], acc_b.to(act), mask=mask_b)
+        add_bias_residual_store(acc_b, x_ptr, b_p_ptr, out_ptr, row, pix_ok, cb, cb_ok)
 
 
 #: v2 (sliced grouped conv) candidates: (BLOCK_M, BLOCK_H, warps, stages, UNROLL_TAPS)

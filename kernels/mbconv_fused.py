@@ -20,7 +20,7 @@ import triton.language as tl
 
 from ._common import (LAST_COMPILED, KernelInputError, autotuning, check_activation, check_same_device,
                       check_shape, check_weight_dtype, interpreting, next_pow2, num_sms, packed_taps_rows)
-from .convfirst_fused import slices_to_tile
+from .convfirst_fused import add_bias_residual_store, project_accumulate, slices_to_tile
 from .gconv import grouped3x3_tap_sum
 
 
@@ -115,30 +115,17 @@ def mbconv_block_kernel(x_ptr, we_t_ptr, b_e_ptr, w_taps_ptr, b_g_ptr, wp_t_ptr,
             g += tl.load(b_g_ptr + hcol, mask=h_ok, other=0.0).to(tl.float32)[None, :]
             g = (g * tl.sigmoid(g)).to(act)
             # 3. project this hidden slice into the [BLOCK_M, C] accumulator
-            wp_a = tl.load(wp_t_ptr + hcol[:, None] * C + ca[None, :], mask=h_ok[:, None] & ca_ok[None, :],
-                           other=0.0)
             if FP32_DOT:
                 g = g.to(tl.float32)
-                wp_a = wp_a.to(tl.float32)
-            acc_a = tl.dot(g, wp_a, acc_a)
+            acc_a = project_accumulate(g, wp_t_ptr, hcol, h_ok, C, ca, ca_ok, acc_a, FP32_DOT)
             if CB > 0:
-                wp_b = tl.load(wp_t_ptr + hcol[:, None] * C + cb[None, :], mask=h_ok[:, None] & cb_ok[None, :],
-                               other=0.0)
-                if FP32_DOT:
-                    wp_b = wp_b.to(tl.float32)
-                acc_b = tl.dot(g, wp_b, acc_b)
+                acc_b = project_accumulate(g, wp_t_ptr, hcol, h_ok, C, cb, cb_ok, acc_b, FP32_DOT)
 
         # 4. + project bias + residual
         row = offs.to(tl.int64) * C
-        mask_a = pix_ok[:, None] & ca_ok[None, :]
-        xa = tl.load(x_ptr + row[:, None] + ca[None, :], mask=mask_a, other=0.0).to(tl.float32)
-        acc_a += tl.load(b_p_ptr + ca, mask=ca_ok, other=0.0).to(tl.float32)[None, :] + xa
-        tl.store(out_ptr + row[:, None] + ca[None, :], acc_a.to(act), mask=mask_a)
+        add_bias_residual_store(acc_a, x_ptr, b_p_ptr, out_ptr, row, pix_ok, ca, ca_ok)
         if CB > 0:
-            mask_b = pix_ok[:, None] & cb_ok[None, :]
-            xb = tl.load(x_ptr + row[:, None] + cb[None, :], mask=mask_b, other=0.0).to(tl.float32)
-            acc_b += tl.load(b_p_ptr + cb, mask=cb_ok, other=0.0).to(tl.float32)[None, :] + xb
-            tl.store(out_ptr + row[:, None] + cb[None, :], acc_b.to(act), mask=mask_b)
+            add_bias_residual_store(acc_b, x_ptr, b_p_ptr, out_ptr, row, pix_ok, cb, cb_ok)
 
 
 _CONFIGS = [  # BLOCK_M, BLOCK_H, PROGRAMS_PER_SM, num_warps, num_stages (tap loop), UNROLL_TAPS

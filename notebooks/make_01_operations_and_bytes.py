@@ -1,8 +1,9 @@
 """Writes notebooks/01_operations_and_bytes.ipynb (outputs stripped). Run: python notebooks/make_01_operations_and_bytes.py"""
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell
+
+from convfirst.book import write_notebook
 
 HERE = Path(__file__).resolve().parent
 
@@ -154,11 +155,4 @@ following chapters take up: the ceilings $P$ and $B$ of the GPU, then kernels an
 floors computed here."""),
 ]
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"name": "convfirst", "display_name": "Python (convfirst)", "language": "python"},
-    "language_info": {"name": "python"},
-})
-out = HERE / "01_operations_and_bytes.ipynb"
-nbformat.validate(nb)
-nbformat.write(nb, out)
-print(f"wrote {out}")
+write_notebook(cells, HERE / "01_operations_and_bytes.ipynb")

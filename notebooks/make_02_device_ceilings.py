@@ -1,8 +1,9 @@
 """Writes notebooks/02_device_ceilings.ipynb (outputs stripped). Run: python notebooks/make_02_device_ceilings.py"""
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell
+
+from convfirst.book import write_notebook
 
 HERE = Path(__file__).resolve().parent
 
@@ -79,11 +80,4 @@ reaches the ridge at this width. Chapter 3 measures how close real kernels come 
 chapter 5 stacks them for whole networks."""),
 ]
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"name": "convfirst", "display_name": "Python (convfirst)", "language": "python"},
-    "language_info": {"name": "python"},
-})
-out = HERE / "02_device_ceilings.ipynb"
-nbformat.validate(nb)
-nbformat.write(nb, out)
-print(f"wrote {out}")
+write_notebook(cells, HERE / "02_device_ceilings.ipynb")

@@ -1,8 +1,9 @@
 """Writes notebooks/03_block_fusion.ipynb (outputs stripped). Run: python notebooks/make_03_block_fusion.py"""
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell
+
+from convfirst.book import write_notebook
 
 HERE = Path(__file__).resolve().parent
 
@@ -230,9 +231,4 @@ largest batch, for the uncompiled `fused` variant:"""),
 display(uses[["block", "C", "H", "source", "fused_ms", "unfused_ms", "use"]].round(4))'''),
 ]
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"display_name": "Python (convfirst)", "language": "python", "name": "convfirst"},
-    "language_info": {"name": "python"},
-})
-nbformat.write(nb, HERE / "03_block_fusion.ipynb")
-print("wrote", HERE / "03_block_fusion.ipynb")
+write_notebook(cells, HERE / "03_block_fusion.ipynb")

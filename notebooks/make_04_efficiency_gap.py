@@ -1,8 +1,9 @@
 """Writes notebooks/04_efficiency_gap.ipynb (outputs stripped). Run: python notebooks/make_04_efficiency_gap.py"""
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell
+
+from convfirst.book import write_notebook
 
 HERE = Path(__file__).resolve().parent
 
@@ -119,11 +120,4 @@ architecture's cost on a GPU. Accuracy per unit of latency depends on the effici
 which is what block fusion (chapters 3, 5 and 6) changes."""),
 ]
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"name": "convfirst", "display_name": "Python (convfirst)", "language": "python"},
-    "language_info": {"name": "python"},
-})
-out = HERE / "04_efficiency_gap.ipynb"
-nbformat.validate(nb)
-nbformat.write(nb, out)
-print(f"wrote {out}")
+write_notebook(cells, HERE / "04_efficiency_gap.ipynb")

@@ -1,8 +1,9 @@
 """Writes notebooks/05_roofline_waterline.ipynb (outputs stripped). Run: python notebooks/make_05_roofline_waterline.py"""
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell
+
+from convfirst.book import write_notebook
 
 HERE = Path(__file__).resolve().parent
 
@@ -161,11 +162,4 @@ pass."""),
   recorded": its profile is taken by running this chapter with `mode="measure"` on a GPU."""),
 ]
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"name": "convfirst", "display_name": "Python (convfirst)", "language": "python"},
-    "language_info": {"name": "python"},
-})
-out = HERE / "05_roofline_waterline.ipynb"
-nbformat.validate(nb)
-nbformat.write(nb, out)
-print(f"wrote {out}")
+write_notebook(cells, HERE / "05_roofline_waterline.ipynb")

@@ -4,8 +4,9 @@ Run: python notebooks/make_06_convfirstnet_vs_baselines.py
 """
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell
+
+from convfirst.book import write_notebook
 
 HERE = Path(__file__).resolve().parent
 
@@ -244,11 +245,4 @@ and `-p plan full` measures every case (hours), `-p max_autotune True` adds torc
 max-autotune mode."""),
 ]
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"name": "convfirst", "display_name": "Python (convfirst)", "language": "python"},
-    "language_info": {"name": "python"},
-})
-out = HERE / "06_convfirstnet_vs_baselines.ipynb"
-nbformat.validate(nb)
-nbformat.write(nb, out)
-print(f"wrote {out}")
+write_notebook(cells, HERE / "06_convfirstnet_vs_baselines.ipynb")

@@ -49,6 +49,25 @@ class BookError(RuntimeError):
 # Reading a notebook's parameters
 # --------------------------------------------------------------------------------------------------
 
+def write_notebook(cells: list, path: Path) -> Path:
+    """Write a chapter's source notebook (cells from ``nbformat.v4``, no outputs) for the ``convfirst`` kernel.
+
+    Used by the ``notebooks/make_NN_*.py`` builders, which hold each chapter's text and code cells."""
+    import nbformat
+    from nbformat.v4 import new_notebook
+
+    for i, cell in enumerate(cells):  # stable ids: rebuilding an unchanged chapter changes nothing
+        cell["id"] = f"cell-{i:02d}"
+    nb = new_notebook(cells=cells, metadata={
+        "kernelspec": {"name": "convfirst", "display_name": "Python (convfirst)", "language": "python"},
+        "language_info": {"name": "python"},
+    })
+    nbformat.validate(nb)
+    nbformat.write(nb, path)
+    print(f"wrote {path}")
+    return Path(path)
+
+
 def _cell_source(cell: dict) -> str:
     src = cell.get("source", "")
     return "".join(src) if isinstance(src, list) else src

@@ -486,9 +486,6 @@ def main(argv: Iterable[str] | None = None) -> None:
         print("{:24s} {:9s} {:5d} {:7d} {:7.3f} {:9d} {:7.0f}".format(*row))
 
 
-if __name__ == "__main__":
-    main()
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Reading recorded profiles back
@@ -653,3 +650,7 @@ def check_recorded_batch(profiles: pd.DataFrame, batch: int) -> int:
         raise ParameterError(f"parameter batch={batch}: no kernel profile recorded at this batch; "
                              f"recorded batches: {have}")
     return batch
+
+
+if __name__ == "__main__":
+    main()

@@ -277,15 +277,16 @@ def test_stage_breakdown_adds_up_for_the_control():
 
 
 def test_recorded_rows_takes_the_latest_run_and_fills_pytorch_cases_from_earlier_runs():
-    def row(model, variant, batch, date, ms):
+    def row(model, variant, batch, date, ms, commit="abc1234"):
         return {"model": model, "variant": variant, "batch": batch, "resolution": 224, "dtype": "bfloat16",
-                "cuda_graphs": False, "ms": ms, "date": date}
+                "cuda_graphs": False, "ms": ms, "date": date, "commit": commit}
 
     old, new = "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"
     df = pd.DataFrame([
         row("convnext_tiny", "compile-default", 256, old, 16.0),   # superseded by the new run
         row("convnext_tiny", "compile-default", 256, new, 15.0),
         row("efficientnet_b0", "eager", 256, old, 13.0),          # not reached by the new run: kept
+        row("resnet50", "eager", 256, old, 20.0, "abc1234+dirty"),  # from an uncommitted tree: not shown
         row("convfirstnet_t", "fused", 256, old, 25.0),           # fused rows of old runs: dropped
         row("convfirstnet_h", "fused", 256, old, 7.0),            # even where the new run lacks the case
         row("convfirstnet_t", "fused", 256, new, 11.0),

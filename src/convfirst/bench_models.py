@@ -546,11 +546,14 @@ def recorded_rows(df: pd.DataFrame) -> pd.DataFrame:
 
     Fused variants are taken from the most recent run only, since what ``fused`` installs changes as the
     kernels and the planner improve; the PyTorch variants of an earlier run on the same GPU measure the same
-    thing. Every row keeps its own ``date``, ``commit`` and ``peak_tflops`` (E uses the P of its own run), and
-    every ratio against ConvNeXt-T uses rows of one run (the reference is always in the most recent one).
+    thing. Only runs made from a committed tree are used to fill in (a ``commit`` without ``+dirty``), so
+    every row shown can be traced to code in the repository. Every row keeps its own ``date``, ``commit``
+    and ``peak_tflops`` (E uses the P of its own run), and every ratio against ConvNeXt-T uses rows of one
+    run (the reference is always in the most recent one).
     """
     latest = latest_run(df)
-    earlier = df[(df["date"] != latest["date"].iloc[0]) & ~df["variant"].isin(FUSED_VARIANTS)]
+    clean = ~df["commit"].astype(str).str.contains("dirty")
+    earlier = df[(df["date"] != latest["date"].iloc[0]) & ~df["variant"].isin(FUSED_VARIANTS) & clean]
     earlier = earlier[earlier["date"] == earlier.groupby(list(KEY_COLUMNS))["date"].transform("max")]
     have = set(map(tuple, latest[list(KEY_COLUMNS)].astype(str).values))
     missing = [tuple(r) not in have for r in earlier[list(KEY_COLUMNS)].astype(str).values]

@@ -84,6 +84,21 @@ kernel more parallel work and amortises the launch of ~150 to 400 kernels per pa
 equal batch the models differ by several times in $E$, so their latencies are not in the ratio of their
 arithmetic. EfficientNet-B0, with the least arithmetic, reaches only a few percent of peak; its
 depthwise convs and squeeze-excite gates are memory-bound kernel after kernel."""),
+    new_markdown_cell("""### Against the ranges the paper reports (cited)
+
+The paper reports, per family, a range of computational efficiencies: EfficientNet 5-8%, ConvNeXt 19-35%,
+ConvFirst 47-55% of peak (`data/cited_paper_efficiency.csv`, cited from a public summary of the paper: the
+GPU, precision and the variable swept across each range are not stated there, so the comparison is
+indicative). Beside them, the best variant of each model measured here at the largest batch of the table.
+The `ConvFirst` rows are this study's ConvFirstNet members (its own design, not the paper's networks) under
+their best measured variant: fused where the fused model was measured, PyTorch otherwise."""),
+    new_code_cell("""from convfirst.bench_models import model_family
+
+cited_e = load_cited(DATA_DIR / "cited_paper_efficiency.csv")
+family_names = {"ConvFirstNet": "ConvFirst", "ConvNeXt": "ConvNeXt", "EfficientNet": "EfficientNet"}
+display(analysis.efficiency_against_cited(table, cited_e, max(batches),
+                                          lambda m: family_names.get(model_family(m), "other"))
+        .drop(columns="source").round(1))"""),
     new_markdown_cell("""## Work against latency
 
 Each point is one model under one variant at the chosen batch. The dashed diagonals are iso-efficiency

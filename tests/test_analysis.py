@@ -302,3 +302,20 @@ def test_recorded_ceilings_belong_to_the_run_nearest_in_time():
         ceilings_for("replay", "a100")
     with pytest.raises(ValueError, match="mode"):
         ceilings_for("auto", "h100")
+
+
+def test_efficiency_against_cited_keeps_the_best_variant_and_places_it_in_the_range():
+    table = pd.DataFrame({
+        "model": ["a", "a", "b", "c", "d"],
+        "variant": ["eager", "compiled", "eager", "eager", "eager"],
+        "batch": [256, 256, 256, 256, 32],
+        "efficiency": [0.10, 0.30, 0.04, 0.60, 0.99],
+    })
+    cited = pd.DataFrame({"family": ["F", "G"], "efficiency_low_pct": [19, 47], "efficiency_high_pct": [35, 55],
+                          "source": ["s1", "s2"]})
+    family = {"a": "F", "b": "F", "c": "G", "d": "G"}.get
+    got = analysis.efficiency_against_cited(table, cited, 256, family).set_index("model")
+    assert list(got.index) == ["a", "b", "c"]          # d has no row at batch 256
+    assert got.loc["a", "variant"] == "compiled" and got.loc["a", "measured_pct"] == pytest.approx(30.0)
+    assert list(got["position"]) == ["within", "below", "above"]
+    assert got.loc["c", "source"] == "s2"

@@ -18,7 +18,7 @@ Units are in the names: ``_s`` seconds, ``_us`` microseconds, ``_ms`` millisecon
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -537,3 +537,25 @@ def relative_to(points: pd.DataFrame, reference: str) -> pd.DataFrame:
                         "ideal_x": points["ideal_ms"] / r["ideal_ms"], "measured_x": points["ms"] / r["ms"],
                         "gap": points["ms"] / points["ideal_ms"]})
     return out.reset_index(drop=True)
+
+
+def efficiency_against_cited(table: pd.DataFrame, cited: pd.DataFrame, batch: int,
+                             family_of: Callable[[str], str]) -> pd.DataFrame:
+    """Measured E beside the efficiency range the paper reports for the model's family.
+
+    ``table``: rows with ``model``, ``variant``, ``batch``, ``efficiency`` (fraction), e.g. from
+    :func:`efficiency_table`; the fastest variant of each model at ``batch`` is kept. ``cited``: rows with
+    ``family``, ``efficiency_low_pct``, ``efficiency_high_pct``, ``source`` (data/cited_paper_efficiency.csv).
+    ``family_of(model)`` names the family a model belongs to in ``cited`` (models of other families are
+    dropped). Adds ``measured_pct`` and ``position`` ('below', 'within' or 'above' the cited range).
+    """
+    at = table[table["batch"] == batch]
+    best = at.loc[at.groupby("model")["efficiency"].idxmax()].copy()
+    best["family"] = [family_of(m) for m in best["model"]]
+    out = best.drop(columns="source", errors="ignore").merge(cited, on="family", how="inner")
+    out["measured_pct"] = 100 * out["efficiency"]
+    out["position"] = np.select([out["measured_pct"] < out["efficiency_low_pct"],
+                                 out["measured_pct"] > out["efficiency_high_pct"]], ["below", "above"], "within")
+    cols = ["model", "family", "variant", "batch", "measured_pct", "efficiency_low_pct", "efficiency_high_pct",
+            "position", "source"]
+    return out[cols].sort_values(["family", "model"]).reset_index(drop=True)

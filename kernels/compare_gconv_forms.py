@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from convfirst.bench_blocks import TOLERANCE, BlockCase, BlockShape, relative_error, time_case
-from convfirst.provenance import environment_info
+from convfirst.provenance import with_provenance
 from convfirst.timing import bench_ms, l2_rotation_count
 
 from . import convfirst_fused
@@ -120,10 +120,7 @@ def main() -> int:
             rows.append(row)
             log(f"time  {shape.label:24s} {row['form']:6s} {row.get('ms', float('nan')):.4f} ms "
                 f"err={row.get('rel_err', float('nan')):.1e} regs={row.get('regs')} {config} {row.get('error', '')}")
-            with_env = pd.DataFrame(rows)
-            for k, v in environment_info().items():
-                with_env[k] = v
-            with_env.to_csv(out / "compare_configs.csv", index=False)
+            with_provenance(pd.DataFrame(rows)).to_csv(out / "compare_configs.csv", index=False)
         del case
         torch.cuda.empty_cache()
 
@@ -138,11 +135,8 @@ def main() -> int:
                 log("out of time for the harness rows")
                 break
             bench += time_case(shape, batch, ["fused"], "bfloat16", ceilings.to_dict(), log=log)
-            df = pd.DataFrame(bench)
-            for k, v in environment_info().items():
-                df[k] = v
-            df["ceilings_date"] = ceilings["date"]
-            df.to_csv(out / "block_bench_fused.csv", index=False)
+            rows_so_far = with_provenance(pd.DataFrame(bench), ceilings_date=ceilings["date"])
+            rows_so_far.to_csv(out / "block_bench_fused.csv", index=False)
 
     # summary: best config per form and shape
     d = pd.DataFrame(rows)

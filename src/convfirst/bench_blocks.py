@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .params import ParameterError, check_choice, check_choices, check_positive_ints
-from .provenance import environment_info, gpu_short_name
+from .provenance import gpu_short_name, with_provenance
 from .reference import convfirst_folded_forward, mbconv_folded_forward, random_folded_params
 
 BLOCK_BENCH_PREFIX = "block_bench"
@@ -356,12 +356,7 @@ def _run_check(shapes, batches, dtypes, progress, impls, log) -> pd.DataFrame:
                 log(f"  check {s.label:28s} b={b} {d} {r['impl']:15s} rel_err={r['rel_err']:.2e} "
                     f"{'ok' if r['passed'] else 'FAILED'}")
         rows += new
-    df = pd.DataFrame(rows)
-    env = environment_info()
-    for k, v in env.items():
-        df[k] = v
-    df["layout"] = "channels_last"
-    return df
+    return with_provenance(pd.DataFrame(rows), layout="channels_last")
 
 
 # -------------------------------------------------------------------------------------------- timing
@@ -373,7 +368,6 @@ def time_case(shape: BlockShape, batch: int, impls: Sequence[str], dtype: str, c
     bytes_in = batch * shape.C * shape.H * shape.W * 2
     n_inputs = l2_rotation_count(bytes_in * 2)
     case = BlockCase(shape, batch, dtype, n_inputs=n_inputs)
-    ours_impl = "triton" if shape.block == "gconv" else "fused"
     err = relative_error(case.launch_poisoned(case.inputs[0]), case.reference(case.inputs[0]))
     if not err < TOLERANCE[dtype]:
         raise AssertionError(f"{shape.label} batch {batch} {dtype}: our kernel's relative error {err:.3g} "
@@ -446,11 +440,7 @@ def run_bench(shapes: Sequence[BlockShape], batches: Sequence[int], impls: Seque
             if batch in cuda_graph_batches:
                 ours = [i for i in use if i in ("fused", "unfused-triton", "eager")]
                 rows += time_case(shape, batch, ours, dtype, ceilings, cuda_graph=True, log=log)
-    df = pd.DataFrame(rows)
-    env = environment_info()
-    for k, v in env.items():
-        df[k] = v
-    return df
+    return with_provenance(pd.DataFrame(rows))
 
 
 def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -616,9 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows += check_configs(shape, batch, "bfloat16")
         per_config = pd.DataFrame(rows)
         per_config["check"] = "every autotuning config"
-        for k, v in environment_info().items():
-            per_config[k] = v
-        per_config["layout"] = "channels_last"
+        with_provenance(per_config, layout="channels_last")
         df = pd.concat([df, per_config], ignore_index=True, sort=False)
         out = args.out or data_path(f"{KERNEL_CHECK_PREFIX}_{gpu}.csv")
         save_measurements(df, out, key=["block", "C", "H", "W", "E", "batch", "dtype", "impl"])

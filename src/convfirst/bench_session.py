@@ -41,13 +41,9 @@ MAX_AUTOTUNE_LATER = (S("convfirst", 96, 56, 56), S("gconv", 96, 56, 56), S("mbc
 
 
 def _with_env(rows: list[dict]) -> pd.DataFrame:
-    from .provenance import environment_info
+    from .provenance import with_provenance
 
-    df = pd.DataFrame(rows)
-    for k, v in environment_info().items():
-        df[k] = v
-    df["layout"] = "channels_last"
-    return df
+    return with_provenance(pd.DataFrame(rows), layout="channels_last")
 
 
 def _stage_cfg(block: str, out: Path, log) -> None:

@@ -420,7 +420,7 @@ def main(argv: Iterable[str] | None = None) -> None:
     import torch
 
     from .ceilings import measure_ceilings
-    from .provenance import environment_info, gpu_short_name
+    from .provenance import environment_info, gpu_short_name, with_provenance
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=["convnext_tiny", "efficientnet_b0"])
@@ -471,8 +471,7 @@ def main(argv: Iterable[str] | None = None) -> None:
             print(f"FAILED {name} {variant} b{batch}: {type(exc).__name__}: {exc}", flush=True)
             continue
         table = tidy_profile(table)
-        for k, v in env.items():
-            table[k] = v
+        table = with_provenance(table, env)
         table.to_csv(profile_file, mode="a", header=not profile_file.exists(), index=False)
         unmapped = int((table["mapping"] == "unmapped").sum())
         summary.append((name, variant, batch, len(table), table["time_us"].sum() / 1e3, unmapped,
@@ -579,7 +578,7 @@ def record_profiles(cases: Sequence[Sequence[str]], batch: int, dtype: str = "bf
     import torch
     from tqdm.auto import tqdm
 
-    from .provenance import environment_info, gpu_short_name
+    from .provenance import environment_info, gpu_short_name, with_provenance
     from .records import data_path, save_measurements
 
     env = environment_info()
@@ -596,8 +595,7 @@ def record_profiles(cases: Sequence[Sequence[str]], batch: int, dtype: str = "bf
         if variant == "eager":
             eager[model] = table
         table = tidy_profile(table)
-        for k, v in env.items():
-            table[k] = v
+        table = with_provenance(table, env)
         save_measurements(table, path, key=["model", "variant", "batch", "dtype", "index"])
         torch.cuda.empty_cache()
     return gpu

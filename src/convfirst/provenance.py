@@ -73,3 +73,15 @@ def environment_info() -> dict[str, str]:
         "commit": git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+
+def with_provenance(df, env: dict[str, str] | None = None, **extra):
+    """``df`` (a pandas DataFrame) with the provenance columns set on every row, plus ``extra`` columns.
+
+    ``env``: a provenance dict from :func:`environment_info` taken once for a whole run (so all its rows share
+    one date stamp); taken now when omitted. Modifies and returns ``df``.
+    """
+    for key, value in {**(env if env is not None else environment_info()), **extra}.items():
+        df[key] = value
+    return df
+

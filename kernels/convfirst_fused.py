@@ -29,7 +29,7 @@ import triton.language as tl
 
 from ._common import (LAST_COMPILED, KernelInputError, autotuning, check_activation, check_same_device,
                       check_shape, check_weight_dtype, interpreting, next_pow2, packed_taps_rows, split_channels)
-from .gconv import grouped3x3_tap_sum
+from .gconv import grouped3x3_tap_sum, load_shifted_tap
 
 
 @triton.jit
@@ -76,13 +76,7 @@ def grouped3x3_dense_tap_sum(tile_ptr, c0, C, w_taps_ptr, C16, pix_h, pix_w, pix
     same_group = (ci // 8) == (co // 8)
     acc = tl.zeros([BLOCK_M, CK], dtype=tl.float32)
     for t in range(9):
-        dy = t // 3 - 1
-        dx = t % 3 - 1
-        hh = pix_h + dy
-        ww = pix_w + dx
-        ok = pix_ok & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-        a_off = (rows + (dy * W + dx)) * C              # int32, relative to the tile's first pixel
-        a = tl.load(tile_ptr + a_off[:, None] + cols[None, :], mask=ok[:, None] & col_ok[None, :], other=0.0)
+        a = load_shifted_tap(tile_ptr, t, rows, C, cols, col_ok, pix_h, pix_w, pix_ok, H, W)
         w = tl.load(w_taps_ptr + t * C16 * 16 + w_off, mask=w_ok, other=0.0)
         w = tl.where(same_group, w, tl.zeros_like(w))
         if FP32_DOT:

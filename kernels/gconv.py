@@ -19,6 +19,22 @@ from ._common import (LAST_COMPILED, autotuning, check_activation, check_same_de
 
 
 @triton.jit
+def load_shifted_tap(tile_ptr, t, rows, ROW_STRIDE, cols, col_ok, pix_h, pix_w, pix_ok, H, W):
+    """The [BLOCK_M, CK] input under tap t (dy, dx = t // 3 - 1, t % 3 - 1): row ``rows[m] + dy*W + dx`` of the
+    tile, columns ``cols``; zero where the neighbour falls outside the image ('same' padding, no padded copy).
+
+    The pixels' CK channels are contiguous, so a warp reads whole cache lines. Offsets are int32, relative to
+    the tile's first row."""
+    dy = t // 3 - 1
+    dx = t % 3 - 1
+    hh = pix_h + dy
+    ww = pix_w + dx
+    ok = pix_ok & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+    a_off = (rows + (dy * W + dx)) * ROW_STRIDE
+    return tl.load(tile_ptr + a_off[:, None] + cols[None, :], mask=ok[:, None] & col_ok[None, :], other=0.0)
+
+
+@triton.jit
 def grouped3x3_one_tap(acc, t, tile_ptr, rows, ROW_STRIDE, cols, col_ok, w_taps_ptr, w_off, w_ok, C16,
                        pix_h, pix_w, pix_ok, H, W, CK: tl.constexpr, BLOCK_M: tl.constexpr,
                        FP32_DOT: tl.constexpr):
@@ -27,13 +43,7 @@ def grouped3x3_one_tap(acc, t, tile_ptr, rows, ROW_STRIDE, cols, col_ok, w_taps_
     The shifted tile is loaded as [BLOCK_M, CK] (each pixel's CK channels contiguous, so a warp reads whole
     cache lines) and only then viewed as [CK//16, BLOCK_M, 16] slices for the batched dot.
     """
-    dy = t // 3 - 1
-    dx = t % 3 - 1
-    hh = pix_h + dy
-    ww = pix_w + dx
-    ok = pix_ok & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-    a_off = (rows + (dy * W + dx)) * ROW_STRIDE          # int32, relative to the tile's first row
-    a = tl.load(tile_ptr + a_off[:, None] + cols[None, :], mask=ok[:, None] & col_ok[None, :], other=0.0)
+    a = load_shifted_tap(tile_ptr, t, rows, ROW_STRIDE, cols, col_ok, pix_h, pix_w, pix_ok, H, W)
     a = tl.permute(tl.reshape(a, (BLOCK_M, CK // 16, 16)), (1, 0, 2))
     w = tl.load(w_taps_ptr + t * C16 * 16 + w_off, mask=w_ok, other=0.0)
     if FP32_DOT:

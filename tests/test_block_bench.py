@@ -1,7 +1,6 @@
 """The block benchmark's helpers and the fuse-or-not planner, on the recorded H100 data (CPU only)."""
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 
 from convfirst import bench_blocks as bb

@@ -474,11 +474,11 @@ def intensity_table(channels: int = 64, expansion: int = 4, group_width: int = 8
              False, f"g*k^2/{b}", g * k * k / b),
             (f"1x1 C->{e}C", nn.Conv2d(c, e * c, 1, bias=False), False, f"2*E*C/({b}*(1+E))",
              2 * e * c / (b * (1 + e))),
-            (f"ConvFirst block, unfused", ConvFirstBlock(c, e, g, k), False, "(see rows above, summed)", None),
-            (f"ConvFirst block, fused", ConvFirstBlock(c, e, g, k), True, f"(g*k^2 + 2*E*C)/{b}",
+            ("ConvFirst block, unfused", ConvFirstBlock(c, e, g, k), False, "(see rows above, summed)", None),
+            ("ConvFirst block, fused", ConvFirstBlock(c, e, g, k), True, f"(g*k^2 + 2*E*C)/{b}",
              (g * k * k + 2 * e * c) / b),
-            (f"MBConv block, unfused", MBConvBlock(c, e, g, k), False, "", None),
-            (f"MBConv block, fused", MBConvBlock(c, e, g, k), True, f"E*(g*k^2 + 2*C)/{b}",
+            ("MBConv block, unfused", MBConvBlock(c, e, g, k), False, "", None),
+            ("MBConv block, fused", MBConvBlock(c, e, g, k), True, f"E*(g*k^2 + 2*C)/{b}",
              e * (g * k * k + 2 * c) / b),
         ]
     rows = []

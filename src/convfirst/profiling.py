@@ -527,7 +527,8 @@ def recorded_latency(gpu: str, models: Sequence[str] | None = None, dtype: str =
     """Forward latency per (model, variant, batch) on ``gpu``, and where each number comes from.
 
     Preferred: the model benchmark (``data/model_bench_<gpu>.csv``: median wall-clock time of whole forward
-    passes at 224x224, the best of with and without CUDA graphs, latest run of each case), with the peak
+    passes at 224x224, the best of with and without CUDA graphs, the rows of
+    :func:`convfirst.bench_models.recorded_rows`), with the peak
     rate P measured in that run (``peak_tflops``). Cases the benchmark has not recorded come from this
     study's kernel profiles: the sum of kernel times, a lower bound that leaves out launch gaps
     (``peak_tflops`` empty: use the recorded ceilings). Columns ``model, variant, batch, ms, peak_tflops,
@@ -539,11 +540,10 @@ def recorded_latency(gpu: str, models: Sequence[str] | None = None, dtype: str =
     keys = ["model", "variant", "batch"]
     parts = []
     try:
-        from .bench_models import load_model_bench
+        from .bench_models import load_model_bench, recorded_rows
 
-        bench = load_model_bench(gpu)
+        bench = recorded_rows(load_model_bench(gpu))  # the rows chapter 6 shows, chosen by the same rule
         bench = bench[(bench["resolution"] == 224) & (bench["dtype"] == dtype)]
-        bench = bench[bench["date"] == bench.groupby(keys)["date"].transform("max")]
         best = bench.loc[bench.groupby(keys)["ms"].idxmin()]
         best = best[keys + ["ms", "peak_tflops", "cuda_graphs"]].copy()
         best["source"] = np.where(best["cuda_graphs"], "model benchmark (wall clock, CUDA graph)",

@@ -1,0 +1,167 @@
+"""Hardware counters of our kernels at benchmark shapes, read with Nsight Compute (``ncu``) on one GPU.
+
+Where the time of a kernel goes cannot be read from its latency alone. This runs each case in its own
+process under ``ncu`` (one profiled launch, after a warm-up launch that compiles it), with the sections
+that answer "which limit is it near": speed of light (SM, L1, L2, DRAM throughput as % of peak), memory
+workload (bytes per level, hit rates), occupancy and launch statistics (registers, shared memory, programs
+per SM), warp-state statistics (what the warps wait on) and the compute workload (pipe utilisation). The
+raw metrics of every case are written in long form (one row per case and metric) with provenance.
+
+    python -m convfirst.kernels.ncu_report --out results/            # the default cases
+    python -m convfirst.kernels.ncu_report --out results/ --cases "convfirst 64@56x56 256 BLOCK_M=64,BLOCK_H=32"
+
+``ncu`` runs with ``--clock-control none`` (the clocks stay as the benchmark sees them). A case whose
+profile fails is reported with its error and the others go on.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SECTIONS = ("SpeedOfLight", "MemoryWorkloadAnalysis", "Occupancy", "LaunchStats", "WarpStateStats",
+            "ComputeWorkloadAnalysis", "SchedulerStats", "InstructionStats")
+KERNEL_NAMES = {"convfirst": "convfirst_block_kernel", "mbconv": "mbconv_block_kernel", "gconv": "grouped3x3_kernel"}
+
+#: (block, shape, batch, config): the benchmark shapes' best autotuned configs (data/block_bench_h100.csv)
+#: and the alternatives the notes discuss.
+DEFAULT_CASES = (
+    "convfirst 64@56x56 256 BLOCK_M=64,BLOCK_H=32,UNROLL_TAPS=0,num_warps=4,num_stages=2",
+    "convfirst 64@56x56 256 BLOCK_M=64,BLOCK_H=32,UNROLL_TAPS=1,num_warps=4,num_stages=2",
+    "convfirst 64@56x56 256 BLOCK_M=128,BLOCK_H=64,UNROLL_TAPS=0,num_warps=8,num_stages=2",
+    "convfirst 96@56x56 256 BLOCK_M=64,BLOCK_H=64,UNROLL_TAPS=0,num_warps=4,num_stages=2",
+    "mbconv 64@56x56 256 BLOCK_M=64,BLOCK_H=64,PROGRAMS_PER_SM=2,UNROLL_TAPS=0,num_warps=4,num_stages=2",
+    "gconv 96@56x56 256 BLOCK_M=64,CK=32,UNROLL_TAPS=1,num_warps=4,num_stages=1",
+)
+
+#: Metrics printed in the short summary (when present in the raw page).
+SUMMARY_METRICS = {
+    "gpu__time_duration.sum": "time",
+    "sm__throughput.avg.pct_of_peak_sustained_elapsed": "SM %",
+    "l1tex__throughput.avg.pct_of_peak_sustained_elapsed": "L1 %",
+    "lts__throughput.avg.pct_of_peak_sustained_elapsed": "L2 %",
+    "gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed": "DRAM %",
+    "lts__t_bytes.sum": "L2 bytes",
+    "dram__bytes.sum": "DRAM bytes",
+    "sm__warps_active.avg.pct_of_peak_sustained_active": "occupancy %",
+    "launch__registers_per_thread": "regs",
+    "smsp__average_warp_latency_per_inst_issued.ratio": "cyc/issue",
+}
+
+
+def parse_config(text: str) -> dict:
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, value = item.split("=")
+        out[key] = int(value) if key not in ("UNROLL_TAPS", "DENSE_GCONV") else bool(int(value))
+    return out
+
+
+def launch(block: str, shape_text: str, batch: int, config: dict, launches: int = 2) -> None:
+    """The child process: build the case and launch our kernel ``launches`` times (ncu profiles the last)."""
+    import torch
+
+    from convfirst.bench_blocks import BlockCase, parse_shape
+
+    shape = parse_shape(f"{block}:{shape_text}")
+    case = BlockCase(shape, batch, "bfloat16", seed=0)
+    x = case.inputs[0]
+    for _ in range(launches):
+        case.launch_poisoned(x, dict(config))
+    torch.cuda.synchronize()
+
+
+def parse_raw_csv(text: str) -> list[dict]:
+    """ncu ``--page raw --csv`` output -> one dict per profiled kernel: metric -> (value, unit)."""
+    lines = [ln for ln in text.splitlines() if ln.startswith('"')]
+    if len(lines) < 3:
+        return []
+    table = list(csv.reader(io.StringIO("\n".join(lines))))
+    header, units, rows = table[0], table[1], table[2:]
+    return [{name: (value, unit) for name, unit, value in zip(header, units, row)} for row in rows]
+
+
+def profile_case(case: str, ncu: str, timeout_s: float) -> tuple[list[dict], str]:
+    block, shape_text, batch, *rest = case.split()
+    config = parse_config(rest[0] if rest else "")
+    cmd = [ncu, "--clock-control", "none", "--csv", "--page", "raw", "--launch-skip", "1", "--launch-count", "1",
+           "-k", f"regex:{KERNEL_NAMES[block]}"]
+    for s in SECTIONS:
+        cmd += ["--section", s]
+    cmd += [sys.executable, "-m", "convfirst.kernels.ncu_report", "--child", block, shape_text, batch,
+            json.dumps(config)]
+    env = dict(os.environ, CONVFIRST_AUTOTUNE="0")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    kernels = parse_raw_csv(proc.stdout)
+    log = proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = []
+    for k in kernels:
+        for metric, (value, unit) in k.items():
+            rows.append({"block": block, "shape": shape_text, "batch": int(batch), "config": rest[0] if rest else "",
+                         "metric": metric, "unit": unit, "value": value})
+    return rows, log
+
+
+def summary(rows: list[dict]) -> str:
+    import pandas as pd
+
+    if not rows:
+        return "no profiles"
+    d = pd.DataFrame(rows)
+    d = d[d.metric.isin(SUMMARY_METRICS)]
+    d["label"] = d.metric.map(SUMMARY_METRICS) + " [" + d.unit.fillna("") + "]"
+    t = d.pivot_table(index=["block", "shape", "config"], columns="label", values="value", aggfunc="first")
+    return t.to_string()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", help="folder for ncu_metrics.csv and ncu_log.txt")
+    ap.add_argument("--cases", nargs="*", default=list(DEFAULT_CASES),
+                    help='"block CxHxW-shape batch KEY=V,..." e.g. "convfirst 64@56x56 256 BLOCK_M=64,BLOCK_H=32"')
+    ap.add_argument("--timeout-s", type=float, default=120.0, help="limit per case")
+    ap.add_argument("--child", nargs=4, metavar=("BLOCK", "SHAPE", "BATCH", "CONFIG_JSON"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        block, shape_text, batch, config = args.child
+        launch(block, shape_text, int(batch), json.loads(config))
+        return 0
+    if not args.out:
+        ap.error("--out is required")
+    ncu = shutil.which("ncu")
+    if ncu is None:
+        raise SystemExit("ncu (Nsight Compute) is not on the PATH; it is needed to read hardware counters")
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from convfirst.provenance import with_provenance
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    all_rows = []
+    with open(out / "ncu_log.txt", "a") as log_file:
+        for case in tqdm(args.cases, desc="ncu cases"):
+            start = time.time()
+            try:
+                rows, log = profile_case(case, ncu, args.timeout_s)
+            except subprocess.TimeoutExpired:
+                rows, log = [], f"timed out after {args.timeout_s} s"
+            log_file.write(f"=== {case} ({time.time() - start:.1f} s, {len(rows)} metrics)\n{log}\n")
+            if not rows:
+                print(f"{case}: no profile (see ncu_log.txt)\n{log[-800:]}", flush=True)
+            all_rows += rows
+            if all_rows:
+                with_provenance(pd.DataFrame(all_rows)).to_csv(out / "ncu_metrics.csv", index=False)
+    print(summary(all_rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

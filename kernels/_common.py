@@ -17,6 +17,17 @@ GROUP_WIDTH = 8
 KERNEL_SIZE = 3
 
 
+#: Launch options a fixed config may carry next to its constexprs (``maxnreg``: register cap per thread).
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg")
+
+def launch_kwargs(cf) -> dict:
+    """A ``triton.Config`` as the keyword dict a fixed-config launch takes (constexprs + launch options)."""
+    out = dict(cf.kwargs, num_warps=cf.num_warps, num_stages=cf.num_stages)
+    if getattr(cf, "maxnreg", None):
+        out["maxnreg"] = cf.maxnreg
+    return out
+
+
 #: The compiled kernel object of the last launch per kernel ('convfirst', 'mbconv', 'gconv'): registers,
 #: spills and shared memory of the config in use (``.n_regs``, ``.n_spills``, ``.metadata.shared``).
 LAST_COMPILED: dict = {}

@@ -28,6 +28,7 @@ from convfirst.provenance import with_provenance
 from convfirst.timing import bench_ms, l2_rotation_count
 
 from . import convfirst_fused
+from ._common import launch_kwargs
 
 CHECK_SHAPES = [(BlockShape("convfirst", 64, 56, 56), 2), (BlockShape("convfirst", 96, 56, 56), 2),
                 (BlockShape("convfirst", 192, 28, 28), 2), (BlockShape("convfirst", 384, 14, 14), 2),
@@ -52,7 +53,7 @@ def candidate_configs(channels: int, npix: int) -> list[dict]:
         kept = convfirst_fused._prune(convfirst_fused._configs(include_dense=True), {"C": channels, "NPIX": npix, "HID": 4 * channels})
     finally:
         convfirst_fused.DENSE_MAX_CHANNELS = limit
-    return [dict(cf.kwargs, num_warps=cf.num_warps, num_stages=cf.num_stages) for cf in kept]
+    return [launch_kwargs(cf) for cf in kept]
 
 
 def main() -> int:

@@ -21,19 +21,22 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import convfirst_fused, gconv, mbconv_fused
-from ._common import next_pow2, split_channels
+from ._common import next_pow2, packed_taps_rows, split_channels
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 DIVISIBLE_INTS = {"NPIX", "C", "C16", "HID", "HID16"}
 
 
-def compile_config(fn, signature: dict, constexprs: dict, num_warps: int, num_stages: int) -> dict:
+def compile_config(fn, signature: dict, constexprs: dict, num_warps: int, num_stages: int,
+                   maxnreg: int | None = None) -> dict:
     """Compile one config for sm_90 and return ptxas' registers/spills and Triton's shared memory (bytes)."""
     attrs = {(i,): [["tt.divisibility", 16]] for i, (name, ty) in enumerate(signature.items())
-             if ty.startswith("*") or name in DIVISIBLE_INTS}
+             if ty.startswith("*") or (name in DIVISIBLE_INTS and ty != "constexpr")}
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    if maxnreg:
+        options["maxnreg"] = maxnreg
     kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
-                            target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps,
-                                                                       "num_stages": num_stages})
+                            target=GPUTarget("cuda", 90, 32), options=options)
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(kernel.asm["ptx"])
     report = subprocess.run([PTXAS, "-v", "--gpu-name", "sm_90a", f.name, "-o", os.devnull],
@@ -53,29 +56,33 @@ def report(block: str, shape: str) -> list[dict]:
     rows = []
     if block == "gconv":
         sig = _sig({"x_ptr": "*bf16", "w_taps_ptr": "*bf16", "bias_ptr": "*fp32", "out_ptr": "*bf16"},
-                   ["NPIX", "H", "W", "C", "C16"], ["BLOCK_M", "CK", "APPLY_SILU", "UNROLL_TAPS", "FP32_DOT"])
+                   ["NPIX", "H", "W"], ["C", "C16", "BLOCK_M", "CK", "APPLY_SILU", "UNROLL_TAPS", "FP32_DOT"])
+        c = int(shape)
         for cf in gconv._gconv_configs():
-            rows.append({"config": cf.kwargs, **compile_config(gconv.grouped3x3_kernel, sig,
-                                                               dict(cf.kwargs, APPLY_SILU=False, FP32_DOT=False),
-                                                               cf.num_warps, cf.num_stages)})
+            consts = dict(cf.kwargs, C=c, C16=packed_taps_rows(c), APPLY_SILU=False, FP32_DOT=False)
+            rows.append({"config": cf.kwargs, **compile_config(gconv.grouped3x3_kernel, sig, consts, cf.num_warps,
+                                                               cf.num_stages)})
     elif block == "convfirst":
-        ca, cb = split_channels(int(shape))
+        c = int(shape)
+        ca, cb = split_channels(c)
         sig = _sig({"x_ptr": "*bf16", "w_taps_ptr": "*bf16", "b_g_ptr": "*fp32", "we_t_ptr": "*bf16",
                     "b_e_ptr": "*fp32", "wp_t_ptr": "*bf16", "b_p_ptr": "*fp32", "out_ptr": "*bf16"},
-                   ["NPIX", "H", "W", "C", "C16", "HID"], ["CA", "CB", "BLOCK_M", "BLOCK_H", "UNROLL_TAPS", "DENSE_GCONV", "FP32_DOT"])
+                   ["NPIX", "H", "W"], ["C", "C16", "HID", "CA", "CB", "BLOCK_M", "BLOCK_H", "UNROLL_TAPS",
+                                        "DENSE_GCONV", "FP32_DOT"])
         for cf in convfirst_fused._configs():
-            rows.append({"config": cf.kwargs, "warps": cf.num_warps, **compile_config(
-                convfirst_fused.convfirst_block_kernel, sig, dict(cf.kwargs, CA=ca, CB=cb, FP32_DOT=False),
-                cf.num_warps, cf.num_stages)})
+            consts = dict(cf.kwargs, C=c, C16=packed_taps_rows(c), HID=4 * c, CA=ca, CB=cb, FP32_DOT=False)
+            rows.append({"config": cf.kwargs, "warps": cf.num_warps, "maxnreg": cf.maxnreg, **compile_config(
+                convfirst_fused.convfirst_block_kernel, sig, consts, cf.num_warps, cf.num_stages, cf.maxnreg)})
     elif block == "mbconv":
         c, w = (int(v) for v in shape.split("@"))
         sig = _sig({"x_ptr": "*bf16", "we_t_ptr": "*bf16", "b_e_ptr": "*fp32", "w_taps_ptr": "*bf16",
                     "b_g_ptr": "*fp32", "wp_t_ptr": "*bf16", "b_p_ptr": "*fp32", "out_ptr": "*bf16",
-                    "scratch_ptr": "*bf16"}, ["NPIX", "H", "W", "C", "HID", "HID16"],
-                   ["CA", "CB", "BLOCK_M", "HALO_B", "BLOCK_H", "PROGRAMS_PER_SM", "UNROLL_TAPS", "FP32_DOT"])
+                    "scratch_ptr": "*bf16"}, ["NPIX", "H", "W"],
+                   ["C", "HID", "HID16", "CA", "CB", "BLOCK_M", "HALO_B", "BLOCK_H", "PROGRAMS_PER_SM", "UNROLL_TAPS",
+                    "FP32_DOT"])
         for cf in mbconv_fused._configs():
-            consts = dict(cf.kwargs, CA=max(16, next_pow2(c)), CB=0, HALO_B=mbconv_fused.halo_rows(w),
-                          FP32_DOT=False)
+            consts = dict(cf.kwargs, C=c, HID=4 * c, HID16=packed_taps_rows(4 * c), CA=max(16, next_pow2(c)), CB=0,
+                          HALO_B=mbconv_fused.halo_rows(w), FP32_DOT=False)
             rows.append({"config": cf.kwargs, "warps": cf.num_warps, **compile_config(
                 mbconv_fused.mbconv_block_kernel, sig, consts, cf.num_warps, cf.num_stages)})
     else:

@@ -27,8 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (LAST_COMPILED, KernelInputError, autotuning, check_activation, check_same_device,
+from ._common import (LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, autotuning, check_activation, check_same_device,
                       check_shape, check_weight_dtype, interpreting, next_pow2, packed_taps_rows, split_channels)
+from .activation import silu
 from .gconv import grouped3x3_tap_sum, load_shifted_tap
 
 
@@ -104,7 +105,7 @@ def grouped3x3_tile(tile_ptr, w_taps_ptr, b_ptr, c0, C, C16, pix_h, pix_w, pix_o
 
 @triton.jit
 def convfirst_block_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_ptr, b_p_ptr, out_ptr,
-                           NPIX, H, W, C, C16, HID,
+                           NPIX, H, W, C: tl.constexpr, C16: tl.constexpr, HID: tl.constexpr,
                            CA: tl.constexpr, CB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
                            UNROLL_TAPS: tl.constexpr, DENSE_GCONV: tl.constexpr, FP32_DOT: tl.constexpr):
     act = out_ptr.dtype.element_ty
@@ -147,7 +148,7 @@ def convfirst_block_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_p
                 we_b = we_b.to(tl.float32)
             hpre = tl.dot(gb, we_b, hpre)
         hpre += tl.load(b_e_ptr + hcol, mask=h_ok, other=0.0).to(tl.float32)[None, :]
-        h = (hpre * tl.sigmoid(hpre)).to(act)
+        h = silu(hpre, FP32_DOT).to(act)
         if FP32_DOT:
             h = h.to(tl.float32)
         acc_a = project_accumulate(h, wp_t_ptr, hcol, h_ok, C, ca, ca_ok, acc_a, FP32_DOT)
@@ -161,9 +162,11 @@ def convfirst_block_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_p
         add_bias_residual_store(acc_b, x_ptr, b_p_ptr, out_ptr, row, pix_ok, cb, cb_ok)
 
 
-#: v2 (sliced grouped conv) candidates: (BLOCK_M, BLOCK_H, warps, stages, UNROLL_TAPS)
-SLICED_CONFIGS = ((64, 64, 4, 2, False), (64, 64, 4, 2, True), (128, 64, 8, 2, False), (128, 64, 8, 2, True),
-                  (64, 32, 4, 2, False), (64, 32, 4, 2, True), (32, 32, 4, 1, False))
+#: Sliced grouped-conv candidates: (BLOCK_M, BLOCK_H, warps, stages, UNROLL_TAPS, maxnreg). A register cap of
+#: 128 lets four 4-warp programs share an SM (the unrolled hidden loop of v4 otherwise takes 140-180).
+SLICED_CONFIGS = ((64, 64, 4, 2, False, 128), (64, 32, 4, 2, False, 128), (64, 64, 4, 2, False, 168),
+                  (64, 32, 4, 2, False, 168), (64, 64, 4, 2, False, None), (64, 64, 4, 2, True, 128),
+                  (128, 64, 8, 2, False, 128), (128, 64, 8, 2, False, None), (32, 32, 4, 1, False, None))
 #: v3 (dense block-diagonal grouped conv) candidates: (BLOCK_M, BLOCK_H, warps, stages); C <= 128 only.
 #: BLOCK_M=128 with 8 warps gives each wgmma M=128 over two warp groups. Measured slower than v2 at every
 #: benchmark shape (NOTES_convfirst.md, v3), so they are not autotuning candidates unless asked for.
@@ -176,9 +179,9 @@ DENSE_MAX_CHANNELS = 128
 def _configs(include_dense: bool = False):
     """Autotuning candidates: the v2 (sliced grouped conv) tiles, plus the v3 dense ones if ``include_dense``."""
     out = []
-    for block_m, block_h, warps, stages, unroll in SLICED_CONFIGS:
+    for block_m, block_h, warps, stages, unroll, maxnreg in SLICED_CONFIGS:
         out.append(triton.Config({"BLOCK_M": block_m, "BLOCK_H": block_h, "UNROLL_TAPS": unroll,
-                                  "DENSE_GCONV": False}, num_warps=warps, num_stages=stages))
+                                  "DENSE_GCONV": False}, num_warps=warps, num_stages=stages, maxnreg=maxnreg))
     for block_m, block_h, warps, stages in DENSE_CONFIGS if include_dense else ():
         out.append(triton.Config({"BLOCK_M": block_m, "BLOCK_H": block_h, "UNROLL_TAPS": False,
                                   "DENSE_GCONV": True}, num_warps=warps, num_stages=stages))
@@ -224,7 +227,7 @@ def heuristic_config(channels: int, npix: int) -> dict:
     if channels >= 384:
         return {"BLOCK_M": 32, "BLOCK_H": 32, "UNROLL_TAPS": False, "num_warps": 4, "num_stages": 1}
     return {"BLOCK_M": 64, "BLOCK_H": 64 if channels <= 64 else 32, "UNROLL_TAPS": False, "num_warps": 4,
-            "num_stages": 2}
+            "num_stages": 2, "maxnreg": 128}
 
 
 def check_convfirst_inputs(x, w_taps, b_g, we_t, b_e, wp_t, b_p) -> None:
@@ -253,7 +256,7 @@ def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: di
     if config is None and not autotuning():
         config = heuristic_config(c, npix)
     if config is not None:
-        extra = {k: v for k, v in config.items() if k in ("num_warps", "num_stages")}
+        extra = {k: v for k, v in config.items() if k in LAUNCH_OPTIONS and v is not None}
         grid = (triton.cdiv(npix, config["BLOCK_M"]),)
         compiled = convfirst_block_kernel[grid](*args, CA=ca, CB=cb, BLOCK_M=config["BLOCK_M"],
                                                 BLOCK_H=config["BLOCK_H"],

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .activation import silu
 from ._common import (LAST_COMPILED, autotuning, check_activation, check_same_device, check_shape,
                       check_weight_dtype, interpreting, next_pow2, packed_taps_rows)
 
@@ -89,7 +90,7 @@ def grouped3x3_tap_sum(tile_ptr, rows, ROW_STRIDE, c0, C, w_taps_ptr, wc0, C16, 
 
 
 @triton.jit
-def grouped3x3_kernel(x_ptr, w_taps_ptr, bias_ptr, out_ptr, NPIX, H, W, C, C16,
+def grouped3x3_kernel(x_ptr, w_taps_ptr, bias_ptr, out_ptr, NPIX, H, W, C: tl.constexpr, C16: tl.constexpr,
                       BLOCK_M: tl.constexpr, CK: tl.constexpr, APPLY_SILU: tl.constexpr,
                       UNROLL_TAPS: tl.constexpr, FP32_DOT: tl.constexpr):
     """out = [silu](grouped3x3_gw8(x) + bias) for one [BLOCK_M pixels, CK channels] tile."""
@@ -109,7 +110,7 @@ def grouped3x3_kernel(x_ptr, w_taps_ptr, bias_ptr, out_ptr, NPIX, H, W, C, C16,
     ch_ok = ch < C
     acc += tl.load(bias_ptr + ch, mask=ch_ok, other=0.0).to(tl.float32)[None, :]
     if APPLY_SILU:
-        acc = acc * tl.sigmoid(acc)
+        acc = silu(acc, FP32_DOT)
     dst = out_ptr + offs.to(tl.int64)[:, None] * C + ch[None, :]
     tl.store(dst, acc.to(out_ptr.dtype.element_ty), mask=pix_ok[:, None] & ch_ok[None, :])
 

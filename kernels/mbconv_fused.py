@@ -21,6 +21,7 @@ import triton.language as tl
 from ._common import (LAST_COMPILED, KernelInputError, autotuning, check_activation, check_same_device,
                       check_shape, check_weight_dtype, interpreting, next_pow2, num_sms, packed_taps_rows)
 from .convfirst_fused import add_bias_residual_store, project_accumulate, slices_to_tile
+from .activation import silu
 from .gconv import grouped3x3_tap_sum
 
 
@@ -39,7 +40,7 @@ def expand_rows(xa, xb, we_t_ptr, b_e_ptr, ca, ca_ok, cb, cb_ok, hcol, h_ok, HID
             we_b = we_b.to(tl.float32)
         hpre = tl.dot(xb, we_b, hpre)
     hpre += tl.load(b_e_ptr + hcol, mask=h_ok, other=0.0).to(tl.float32)[None, :]
-    return hpre * tl.sigmoid(hpre)
+    return silu(hpre, FP32_DOT)
 
 
 @triton.jit
@@ -53,7 +54,7 @@ def load_rows(x_ptr, q, q_ok, cols, col_ok, C, FP32_DOT: tl.constexpr):
 
 @triton.jit
 def mbconv_block_kernel(x_ptr, we_t_ptr, b_e_ptr, w_taps_ptr, b_g_ptr, wp_t_ptr, b_p_ptr, out_ptr, scratch_ptr,
-                        NPIX, H, W, C, HID, HID16,
+                        NPIX, H, W, C: tl.constexpr, HID: tl.constexpr, HID16: tl.constexpr,
                         CA: tl.constexpr, CB: tl.constexpr, BLOCK_M: tl.constexpr, HALO_B: tl.constexpr,
                         BLOCK_H: tl.constexpr, PROGRAMS_PER_SM: tl.constexpr, UNROLL_TAPS: tl.constexpr,
                         FP32_DOT: tl.constexpr):
@@ -113,7 +114,7 @@ def mbconv_block_kernel(x_ptr, we_t_ptr, b_e_ptr, w_taps_ptr, b_g_ptr, wp_t_ptr,
                                     pix_h, pix_w, pix_ok, H, W, BLOCK_H, BLOCK_M, UNROLL_TAPS, FP32_DOT)
             g = slices_to_tile(g3, BLOCK_M, BLOCK_H)
             g += tl.load(b_g_ptr + hcol, mask=h_ok, other=0.0).to(tl.float32)[None, :]
-            g = (g * tl.sigmoid(g)).to(act)
+            g = silu(g, FP32_DOT).to(act)
             # 3. project this hidden slice into the [BLOCK_M, C] accumulator
             if FP32_DOT:
                 g = g.to(tl.float32)

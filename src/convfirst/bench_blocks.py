@@ -239,7 +239,8 @@ def tuned_config(block: str) -> str:
     if cfg is None:
         return ""
     kw = ",".join(f"{k}={v}" for k, v in cfg.kwargs.items())
-    return f"{kw},warps={cfg.num_warps},stages={cfg.num_stages}"
+    cap = f",maxnreg={cfg.maxnreg}" if getattr(cfg, "maxnreg", None) else ""
+    return f"{kw},warps={cfg.num_warps},stages={cfg.num_stages}{cap}"
 
 
 # ------------------------------------------------------------------------------------- correctness
@@ -273,10 +274,11 @@ CONFIG_CHECK_SHAPES = ((BlockShape("convfirst", 80, 13, 11), 2), (BlockShape("co
 def candidate_configs(block: str) -> list[dict]:
     """Every autotuning candidate of our kernel for ``block``, as launch keyword dicts."""
     from convfirst.kernels import convfirst_fused, gconv, mbconv_fused
+    from convfirst.kernels._common import launch_kwargs
 
     configs = {"convfirst": convfirst_fused._configs, "mbconv": mbconv_fused._configs,
                "gconv": gconv._gconv_configs}[block]()
-    return [dict(cf.kwargs, num_warps=cf.num_warps, num_stages=cf.num_stages) for cf in configs]
+    return [launch_kwargs(cf) for cf in configs]
 
 
 def check_configs(shape: BlockShape, batch: int, dtype: str = "bfloat16", log=print) -> list[dict]:

@@ -78,9 +78,10 @@ def _stage_sweep(out: Path, deadline: float, log) -> None:
 def _restrict_to_safe_configs(out: Path, log) -> None:
     """Autotune only among the configs every stage-2 check passed (a config never checked is left out)."""
     from convfirst.kernels import convfirst_fused, gconv, mbconv_fused
+    from convfirst.kernels._common import launch_kwargs
 
     def key(cf):
-        return str(dict(cf.kwargs, num_warps=cf.num_warps, num_stages=cf.num_stages))
+        return str(launch_kwargs(cf))
 
     for block, module, attr in (("convfirst", convfirst_fused, "_configs"), ("mbconv", mbconv_fused, "_configs"),
                                 ("gconv", gconv, "_gconv_configs")):

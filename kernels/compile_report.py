@@ -83,8 +83,8 @@ def report(block: str, shape: str) -> list[dict]:
         for cf in mbconv_fused._configs():
             consts = dict(cf.kwargs, C=c, HID=4 * c, HID16=packed_taps_rows(4 * c), CA=max(16, next_pow2(c)), CB=0,
                           HALO_B=mbconv_fused.halo_rows(w), FP32_DOT=False)
-            rows.append({"config": cf.kwargs, "warps": cf.num_warps, **compile_config(
-                mbconv_fused.mbconv_block_kernel, sig, consts, cf.num_warps, cf.num_stages)})
+            rows.append({"config": cf.kwargs, "warps": cf.num_warps, "maxnreg": cf.maxnreg, **compile_config(
+                mbconv_fused.mbconv_block_kernel, sig, consts, cf.num_warps, cf.num_stages, cf.maxnreg)})
     else:
         raise SystemExit(f"block {block!r}: choose convfirst (shape = C), mbconv (shape = C@W) or gconv")
     return rows

@@ -163,10 +163,12 @@ def convfirst_block_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_p
 
 
 #: Sliced grouped-conv candidates: (BLOCK_M, BLOCK_H, warps, stages, UNROLL_TAPS, maxnreg). A register cap of
-#: 128 lets four 4-warp programs share an SM (the unrolled hidden loop of v4 otherwise takes 140-180).
+#: 128 lets four 4-warp programs share an SM (the unrolled hidden loop of v4 otherwise takes 140-180). With one
+#: stage the loads are plain (L1-cached) loads instead of cp.async copies that bypass L1.
 SLICED_CONFIGS = ((64, 64, 4, 2, False, 128), (64, 32, 4, 2, False, 128), (64, 64, 4, 2, False, 168),
                   (64, 32, 4, 2, False, 168), (64, 64, 4, 2, False, None), (64, 64, 4, 2, True, 128),
-                  (128, 64, 8, 2, False, 128), (128, 64, 8, 2, False, None), (32, 32, 4, 1, False, None))
+                  (64, 64, 4, 1, False, 128), (64, 64, 4, 1, True, 128), (128, 64, 8, 2, False, 128),
+                  (128, 64, 8, 2, False, None), (32, 32, 4, 1, False, None))
 #: v3 (dense block-diagonal grouped conv) candidates: (BLOCK_M, BLOCK_H, warps, stages); C <= 128 only.
 #: BLOCK_M=128 with 8 warps gives each wgmma M=128 over two warp groups. Measured slower than v2 at every
 #: benchmark shape (NOTES_convfirst.md, v3), so they are not autotuning candidates unless asked for.

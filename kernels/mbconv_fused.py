@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (LAST_COMPILED, KernelInputError, autotuning, check_activation, check_same_device,
+from ._common import (LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, autotuning, check_activation, check_same_device,
                       check_shape, check_weight_dtype, interpreting, next_pow2, num_sms, packed_taps_rows)
 from .convfirst_fused import add_bias_residual_store, project_accumulate, slices_to_tile
 from .activation import silu
@@ -129,15 +129,16 @@ def mbconv_block_kernel(x_ptr, we_t_ptr, b_e_ptr, w_taps_ptr, b_g_ptr, wp_t_ptr,
             add_bias_residual_store(acc_b, x_ptr, b_p_ptr, out_ptr, row, pix_ok, cb, cb_ok)
 
 
-_CONFIGS = [  # BLOCK_M, BLOCK_H, PROGRAMS_PER_SM, num_warps, num_stages (tap loop), UNROLL_TAPS
-    (128, 64, 2, 8, 2, False), (128, 64, 1, 8, 1, False), (128, 64, 1, 8, 1, True), (64, 64, 2, 4, 2, False),
-    (64, 64, 2, 4, 1, False), (128, 32, 2, 8, 1, False), (64, 32, 2, 4, 2, False), (32, 32, 2, 4, 1, False),
+_CONFIGS = [  # BLOCK_M, BLOCK_H, PROGRAMS_PER_SM, num_warps, num_stages (tap loop), UNROLL_TAPS, maxnreg
+    (64, 64, 4, 4, 2, False, 128), (64, 64, 3, 4, 2, False, 168), (64, 32, 4, 4, 2, False, 128),
+    (128, 64, 2, 8, 2, False, 128), (128, 64, 1, 8, 1, False, None), (64, 64, 2, 4, 2, False, None),
+    (64, 64, 2, 4, 1, False, None), (64, 32, 2, 4, 2, False, None), (32, 32, 2, 4, 1, False, None),
 ]
 
 
 def _configs():
     return [triton.Config({"BLOCK_M": m, "BLOCK_H": bh, "PROGRAMS_PER_SM": p, "UNROLL_TAPS": u}, num_warps=w,
-                          num_stages=st) for m, bh, p, w, st, u in _CONFIGS]
+                          num_stages=st, maxnreg=r) for m, bh, p, w, st, u, r in _CONFIGS]
 
 
 def _prune(configs, named_args, **kwargs):
@@ -209,7 +210,7 @@ def launch_mbconv_block(x, we_t, b_e, w_taps, b_g, wp_t, b_p, out, config: dict 
     if config is not None:
         cfgs = [(config["BLOCK_M"], config["BLOCK_H"], config.get("PROGRAMS_PER_SM", 1))]
     else:
-        cfgs = [(m, bh, p) for m, bh, p, *_ in _CONFIGS]
+        cfgs = [(cf.kwargs["BLOCK_M"], cf.kwargs["BLOCK_H"], cf.kwargs["PROGRAMS_PER_SM"]) for cf in _configs()]
     # one scratch big enough for every candidate config: programs x (BLOCK_M + HALO_B) x BLOCK_H
     scratch_elems = max(min(triton.cdiv(npix, m), sms * p) * (m + halo) * bh for m, bh, p in cfgs)
     scratch = torch.empty(scratch_elems, dtype=x.dtype, device=x.device)
@@ -222,7 +223,7 @@ def launch_mbconv_block(x, we_t, b_e, w_taps, b_g, wp_t, b_p, out, config: dict 
     if config is not None:
         m = config["BLOCK_M"]
         meta = {"BLOCK_M": m, "PROGRAMS_PER_SM": config.get("PROGRAMS_PER_SM", 1)}
-        extra = {k: v for k, v in config.items() if k in ("num_warps", "num_stages")}
+        extra = {k: v for k, v in config.items() if k in LAUNCH_OPTIONS and v is not None}
         compiled = mbconv_block_kernel[grid(meta)](*common, CA=ca, CB=cb, BLOCK_M=m, HALO_B=halo,
                                                    BLOCK_H=config["BLOCK_H"],
                                                    PROGRAMS_PER_SM=meta["PROGRAMS_PER_SM"],

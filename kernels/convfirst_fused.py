@@ -164,11 +164,12 @@ def convfirst_block_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_p
 
 #: Sliced grouped-conv candidates: (BLOCK_M, BLOCK_H, warps, stages, UNROLL_TAPS, maxnreg). A register cap of
 #: 128 lets four 4-warp programs share an SM (the unrolled hidden loop of v4 otherwise takes 140-180). With one
-#: stage the loads are plain (L1-cached) loads instead of cp.async copies that bypass L1.
+#: stage the loads would be plain (L1-cached) loads instead of cp.async copies that bypass L1, but the two
+#: single-stage 64x64 tiles under the 128 cap faulted (illegal address) at C=80 on the H100 (triton 3.6) and
+#: are not candidates (NOTES_convfirst.md, v4).
 SLICED_CONFIGS = ((64, 64, 4, 2, False, 128), (64, 32, 4, 2, False, 128), (64, 64, 4, 2, False, 168),
                   (64, 32, 4, 2, False, 168), (64, 64, 4, 2, False, None), (64, 64, 4, 2, True, 128),
-                  (64, 64, 4, 1, False, 128), (64, 64, 4, 1, True, 128), (128, 64, 8, 2, False, 128),
-                  (128, 64, 8, 2, False, None), (32, 32, 4, 1, False, None))
+                  (128, 64, 8, 2, False, 128), (128, 64, 8, 2, False, None), (32, 32, 4, 1, False, None))
 #: v3 (dense block-diagonal grouped conv) candidates: (BLOCK_M, BLOCK_H, warps, stages); C <= 128 only.
 #: BLOCK_M=128 with 8 warps gives each wgmma M=128 over two warp groups. Measured slower than v2 at every
 #: benchmark shape (NOTES_convfirst.md, v3), so they are not autotuning candidates unless asked for.
@@ -196,8 +197,9 @@ def _prune(configs, named_args, **kwargs):
     for cf in configs:
         m, bh = cf.kwargs["BLOCK_M"], cf.kwargs["BLOCK_H"]
         width = sum(split_channels(c))
-        # the fp32 accumulator is [M, C]: keep it within ~128 registers per thread
-        if m * width > 128 * 32 * cf.num_warps:
+        # the fp32 accumulator is [M, C]: keep it within ~128 registers per thread, and within 60% of a cap
+        acc_regs = m * width // (32 * cf.num_warps)
+        if acc_regs > 128 or (cf.maxnreg and acc_regs > 0.6 * cf.maxnreg):
             continue
         if bh > max(32, next_pow2(named_args["HID"])):
             continue
@@ -228,8 +230,10 @@ def heuristic_config(channels: int, npix: int) -> dict:
         return {"BLOCK_M": 32, "BLOCK_H": 32, "UNROLL_TAPS": False, "DENSE_GCONV": False}
     if channels >= 384:
         return {"BLOCK_M": 32, "BLOCK_H": 32, "UNROLL_TAPS": False, "num_warps": 4, "num_stages": 1}
+    # register caps as the autotuner picked them on the H100 (64@56: 128, 192@28: 168); none above 192
+    cap = 128 if channels <= 96 else (168 if channels <= 192 else None)
     return {"BLOCK_M": 64, "BLOCK_H": 64 if channels <= 64 else 32, "UNROLL_TAPS": False, "num_warps": 4,
-            "num_stages": 2, "maxnreg": 128}
+            "num_stages": 2, "maxnreg": cap}
 
 
 def check_convfirst_inputs(x, w_taps, b_g, we_t, b_e, wp_t, b_p) -> None:

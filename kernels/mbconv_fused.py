@@ -144,8 +144,11 @@ def _configs():
 def _prune(configs, named_args, **kwargs):
     c, npix = named_args["C"], named_args["NPIX"]
     width = max(16, next_pow2(c))
+    def acc_regs(cf):  # fp32 [BLOCK_M, C] accumulator registers per thread
+        return cf.kwargs["BLOCK_M"] * width // (32 * cf.num_warps)
+
     kept = [cf for cf in configs
-            if cf.kwargs["BLOCK_M"] * width <= 128 * 32 * cf.num_warps
+            if acc_regs(cf) <= 128 and not (cf.maxnreg and acc_regs(cf) > 0.6 * cf.maxnreg)
             and cf.kwargs["BLOCK_M"] <= max(64, next_pow2(npix))]
     return kept or [min(configs, key=lambda cf: cf.kwargs["BLOCK_M"] * 1000 + cf.kwargs["BLOCK_H"])]
 

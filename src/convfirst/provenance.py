@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -15,7 +16,13 @@ PROVENANCE_COLUMNS = ("gpu", "driver", "torch", "triton", "cuda", "commit", "dat
 
 
 def git_commit(short: bool = True) -> str:
-    """The commit of the working tree, with '+dirty' when it has uncommitted changes; 'unknown' outside git."""
+    """The commit of the working tree, with '+dirty' when it has uncommitted changes; 'unknown' outside git.
+
+    ``CONVFIRST_COMMIT`` in the environment overrides it: a tree copied to a GPU machine may carry a ``.git``
+    that does not match its files, so the measuring command names the commit it was copied from.
+    """
+    if os.environ.get("CONVFIRST_COMMIT"):
+        return os.environ["CONVFIRST_COMMIT"]
     try:
         args = ["git", "rev-parse"] + (["--short"] if short else []) + ["HEAD"]
         sha = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()

@@ -165,3 +165,38 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+#: Counters of the chapter's table: (metric, column name, scale).
+TABLE_METRICS = (
+    ("gpu__time_duration.sum", "time_us", 1e-3),
+    ("smsp__inst_executed.sum", "warp_instr_M", 1e-6),
+    ("smsp__issue_active.avg.pct_of_peak_sustained_active", "issue_active_pct", 1.0),
+    ("sm__throughput.avg.pct_of_peak_sustained_elapsed", "sm_pct", 1.0),
+    ("lts__throughput.avg.pct_of_peak_sustained_elapsed", "l2_pct", 1.0),
+    ("gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed", "dram_pct", 1.0),
+    ("sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active", "tensor_pipe_pct", 1.0),
+    ("smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio", "stall_global_load", 1.0),
+    ("smsp__average_warps_issue_stalled_wait_per_issue_active.ratio", "stall_fixed_latency", 1.0),
+    ("smsp__average_warps_issue_stalled_short_scoreboard_per_issue_active.ratio", "stall_smem_mufu", 1.0),
+    ("launch__registers_per_thread", "regs", 1.0),
+    ("sm__warps_active.avg.pct_of_peak_sustained_active", "occupancy_pct", 1.0),
+)
+
+
+def counter_table(df) -> "pd.DataFrame":
+    """Recorded ncu rows (``data/kernel_ncu_<gpu>.csv``) -> one row per kernel version, block, shape and config,
+    with the counters of :data:`TABLE_METRICS` (time in µs, instructions in millions of warp instructions,
+    throughputs in % of peak, stalls in cycles per issued instruction)."""
+    import pandas as pd
+
+    names = {m: (col, scale) for m, col, scale in TABLE_METRICS}
+    d = df[df["metric"].isin(names)].copy()
+    d["value"] = pd.to_numeric(d["value"].astype(str).str.replace(",", ""), errors="coerce")
+    d["column"] = d["metric"].map(lambda m: names[m][0])
+    d["value"] = d["value"] * d["metric"].map(lambda m: names[m][1])
+    version = d["kernel_version"] if "kernel_version" in d else ""
+    d["kernel_version"] = version
+    t = d.pivot_table(index=["kernel_version", "block", "shape", "config"], columns="column", values="value",
+                      aggfunc="last")
+    return t[[c for _, c, _ in TABLE_METRICS if c in t.columns]].reset_index()

@@ -66,7 +66,9 @@ run of about one image row at 56x56) and all C channels:
    of 8) in one batched tensor-core product. Result: g `[BLOCK_M, C]`, rounded to bf16.
 2. *Hidden loop.* For each slice of `BLOCK_H` of the E*C hidden channels: h = SiLU(g @ We[:, slice] + b),
    cast to bf16 in registers, then acc += h @ Wp[slice, :]. The E*C-wide hidden tensor exists only one slice
-   at a time, on chip.
+   at a time, on chip. The channel and hidden widths are compile-time constants, so the loop is unrolled and
+   no channel masks are computed; SiLU is evaluated as h/2 + (h/2)·tanh(h/2) with the hardware tanh (three
+   instructions per element instead of about eleven for the exp-and-divide form).
 3. *Epilogue.* out = acc + bias + x, one store of C channels per pixel.
 
 DRAM sees the block input once (plus halo re-reads that hit L2) and the output once: 4C bytes per pixel.
@@ -158,36 +160,64 @@ display(targets.round(3))
 for t in targets.itertuples():
     verdict = "met" if t.met else f"missed: needs {t.ours_needed_ms:.3f} ms, {t.shortfall_x:.2f}x faster than now"
     print(f"{t.target}: {t.measured:.2f} (required {t.required}) -> {verdict}")'''),
-    new_markdown_cell("""### Why the targets are missed
+    new_markdown_cell("""### What the hardware counters say
+
+One launch of each kernel at batch 256 was profiled with Nsight Compute (`python -m convfirst.kernels.ncu_report`;
+the counters are recorded in `data/kernel_ncu_<gpu>.csv` and shown here in both modes, since they need `ncu`
+on the GPU machine). Two versions of the fused kernels are recorded: **v2**, and **v4**, which computes SiLU
+on the hardware tanh and makes the channel and hidden widths compile-time constants. Columns: time (µs),
+instructions executed (millions of warp instructions), the share of cycles a scheduler issued an
+instruction, SM / L2 / DRAM / tensor-pipe throughput as % of peak, the three largest stall reasons in
+cycles per issued instruction (waiting on a global load, on a fixed-latency dependency, on shared memory or
+the special-function unit), registers per thread and achieved occupancy."""),
+    new_code_cell('''from convfirst.kernels import ncu_report
+
+counters = ncu_report.counter_table(load_measurements(recorded_file("kernel_ncu", gpu)))
+display(counters.round(2))
+v2 = counters[(counters["kernel_version"] == "v2") & (counters["block"] == "convfirst") & (counters["shape"] == "64@56x56")]
+v4 = counters[(counters["kernel_version"] == "v4") & (counters["block"] == "convfirst") & (counters["shape"] == "64@56x56")]
+if len(v2) and len(v4):
+    a, b = v2.sort_values("time_us").iloc[0], v4.sort_values("time_us").iloc[0]
+    print(f"ConvFirst 64@56, fastest profiled config of each version: {a.time_us:.0f} -> {b.time_us:.0f} us; "
+          f"instructions x{b.warp_instr_M / a.warp_instr_M:.2f}; issue active {a.issue_active_pct:.0f}% -> "
+          f"{b.issue_active_pct:.0f}%; L2 throughput {a.l2_pct:.0f}% -> {b.l2_pct:.0f}% of peak; "
+          f"global-load stall {a.stall_global_load:.1f} -> {b.stall_global_load:.1f} cycles per issue")'''),
+    new_markdown_cell("""### Why the targets are met or missed
 
 **The grouped conv kernel meets its target**: loading each shifted tile as whole cache lines and running the
 16x16 block-diagonal slices on the tensor cores takes it to about 40% of its (memory) floor, over 2x cuDNN.
 
 **The fused ConvFirst kernel is the fastest implementation at every early- and mid-stage shape** (64@56,
-96@56, 192@28), 2.4x the best `torch.compile` mode at 64@56, but it reaches only about 20% of its floor, so the
-3x and 50% targets are missed. The evidence is in the tables above and in the per-config resource report
-below: the kernel runs at about 145 TFLOP/s of useful work and 0.5 TB/s of DRAM traffic, far under *both*
-roofs, so it is neither compute- nor memory-bound but latency-bound. Per 64-pixel tile one program runs nine
-dependent load -> shared memory -> tensor-core steps for the grouped conv, then a short chain of small
-(64-row) matrix products with the SiLU in between; with 100-250 registers per thread only a few programs
-share a multiprocessor, and nothing overlaps one tile's grouped conv with another tile's 1x1 products. Making
-the gather path faster (version 2 of the kernel loads whole cache lines) sped the standalone grouped conv up
-by 31% and left the fused kernel unchanged, which confirms that the loads are not the limit.
+96@56, 192@28). The v2 counters showed a kernel bound by neither roof but by instruction issue: a scheduler
+issued on more than half of the cycles, and the SiLU alone (an exp with a denormal guard and an IEEE
+reciprocal, about eleven instructions per hidden element) was about a third of all instructions. v4 halves
+the instruction count (table above) and the time fell by about a quarter at 64@56 and by more at 96@56,
+where v2 also held a 256-register tile. The target table says where that leaves each target: against
+`torch.compile`, 64@56 passes 3x and 96@56 does not; both stay far under 50% of the floor.
 
-**The fused MBConv kernel is slower than the unfused layers** at every measured shape. Staging the expanded
-halo through an L2 scratch buffer costs a 1.5-3x recomputation of the expansion for halo rows, nine reads of a
-4C-wide slice through L2 per hidden slice and two CTA-wide barriers per slice; at 255 registers per thread
-every configuration runs one or two programs per multiprocessor. The planner below therefore keeps MBConv
-blocks unfused. At late stages (C = 384, 768) the fused ConvFirst kernel's [pixels, C] fp32 accumulator does
-not fit in registers at any useful tile size (the resource report shows spills), and those blocks are
-compute-bound anyway: fusion has nothing to save there.
+**What limits v4** is the L2: its throughput is the highest of the kernel's units, and waiting on global
+loads is now the largest stall. Counted from the kernel's loads, every 64-pixel tile at C = 64 reads from
+L2 both 1x1 weight matrices (2·E·C² bf16 values, 64 KB), nine shifted input tiles (72 KB), the packed
+grouped-conv weights (18 KB) and its input again for the residual (8 KB), through `cp.async` copies that
+bypass L1: about 2.5 KB per pixel, against 256 B per pixel of compulsory DRAM traffic. Larger tiles amortise
+the weights but halve the programs per SM (the `BLOCK_M = 128` rows of the table); single-stage tiles, whose
+plain loads would hit L1, faulted at C = 80 on this Triton version and are not candidates.
 
-**What would close the gaps** (notes in `kernels/NOTES_*.md`): stage the input (or expanded) halo tile once
-in shared memory and feed the 9 shifted views to the tensor cores from there; a persistent, warp-specialised
-kernel that keeps the 1x1 weights in shared memory and overlaps the grouped conv of the next tile with the 1x1
-work of the current one; 2D tiles and a rolling halo buffer for MBConv. These need explicit shared-memory
-control (CUTLASS or Triton's lower-level dialects); plain Triton 3.6 does not expose shifted shared-memory
-views."""),
+**The fused MBConv kernel** gained from the same change (fewer instructions, 168 instead of 255 registers,
+three programs per SM), but it still recomputes the expansion of the halo rows (3x at 56x56 with 64-pixel
+tiles) and reads the expanded slice nine times through the L2 scratch buffer, with two CTA-wide barriers per
+hidden slice: its counters show the L2 as the busiest unit with less than a third of the instruction issue
+slots used. It stays far from 2.5x `torch.compile`, and the planner keeps it only where it beats our unfused
+sequence. At late stages (C = 384, 768) the fused ConvFirst kernel's [pixels, C] fp32 accumulator does not
+fit in registers at any useful tile size, and those blocks are compute-bound anyway: fusion has little to
+save there.
+
+**What would close the gaps** (notes in `kernels/NOTES_*.md`): a persistent kernel that keeps the two 1x1
+weight matrices in shared memory for all its tiles (removing most of the L2 traffic); the input (or
+expanded) halo tile staged once in shared memory with the 9 shifted views fed to the tensor cores from there;
+a warp-specialised pipeline that overlaps the next tile's grouped conv with the current tile's 1x1 work;
+2D tiles and a rolling halo buffer for MBConv. These need explicit shared-memory control (CUTLASS or
+Triton's lower-level Gluon dialect)."""),
     new_code_cell('''check = load_measurements(recorded_file("kernel_check", gpu))
 per_config = check[check["check"] == "every autotuning config"]
 display(per_config[["block", "C", "H", "W", "config", "rel_err", "regs", "spills"]].round(4))'''),

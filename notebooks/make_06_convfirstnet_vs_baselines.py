@@ -16,8 +16,11 @@ cells = [
 The paper's headline is that ConvFirst networks with block-fusion kernels run about **4x as fast as
 ConvNeXt** at equal ImageNet accuracy, with less arithmetic *and* a higher computational efficiency. This
 chapter measures the half of that claim that can be measured on one GPU: latency, throughput and efficiency
-of the ConvFirstNet family (with this study's fused kernels) and of the usual baselines, all in **one run**
-on one GPU, with the peak rate $P$ measured in the same run.
+of the ConvFirstNet family (with this study's fused kernels) and of the usual baselines on one GPU. The
+tables rest on **one recorded run**: the most recent run with the fused kernels, with the peak rate $P$
+measured at its start. PyTorch cases that run did not reach (eager and torch.compile variants) are filled
+in from other recorded runs on the same GPU model; every row keeps its own `date` and `commit`, and its
+$E$ uses the $P$ of its own run.
 
 For two models timed at the same batch on the same GPU, the latency identity $T = W / (E \cdot P)$ splits
 every speed-up into two factors:
@@ -47,8 +50,9 @@ which this study could not run (no ImageNet on these machines). So:
 - variants: PyTorch **eager** (cuDNN), **compile-default** (`torch.compile`), **compile-max-autotune**
   (`max-autotune-no-cudagraphs`, only when asked for: see the end of the chapter), and for our families
   **fused** (`convfirst.kernels.fuse` with the block planner of chapter 3: one Triton kernel per residual
-  block wherever the recorded block benchmark says the fused kernel beats the block's unfused layers; the
-  other blocks keep their PyTorch layers, and the `fused_blocks` column counts fused/total blocks) and
+  block wherever the recorded block benchmark says the fused kernel beats the alternatives; every other
+  block runs whichever of this study's unfused Triton sequence and its PyTorch layers was measured faster,
+  and the `fused_blocks` column counts each kind) and
   **fused-compile** (the same model under `torch.compile`, which compiles the unfused blocks); the
   fused model's output is checked against the unfused model before it is timed;
 - median of many forward passes (`triton.testing.do_bench`), distinct random inputs rotated, with and
@@ -100,7 +104,8 @@ run on the same GPU (each row keeps its own date, commit and the $P$ measured in
 One row per model (EfficientNets also at the resolution their cited accuracy belongs to). Latency is the
 best setting measured at that batch (the variant, and whether CUDA graphs were on, is named beside it);
 images/s, $E$ and the speed-up are at the largest batch. The speed-up divides by ConvNeXt-T's throughput
-under its best torch.compile mode measured in the same run. Top-1 is cited, at the image size in
+under its best torch.compile mode (default or max-autotune-no-cudagraphs, whichever was faster; the row's
+`date` says which run measured it). Top-1 is cited, at the image size in
 `top1_img_size`, which for some models is larger than the 224x224 timed here."""),
     new_code_cell("""table = bm.model_table(runs, table_batches, accuracy=accuracy)
 shown = table.assign(**{f"efficiency_b{big}": (100 * table[f"efficiency_b{big}"]).round(1)})
@@ -221,13 +226,15 @@ Shapes the block benchmark did not measure are empty."""),
 The recorded run had about five minutes of GPU time, which cannot hold every model under every variant at
 every batch: `torch.compile` compiles each new batch size afresh (10-20 s each on the H100 machine), the
 fused kernels autotune their tile sizes for every new block shape and batch, and max-autotune benchmarks
-Triton templates for every conv and matmul shape, which took more than two minutes for ConvNeXt-T alone in
-a trial run and was stopped there. The run therefore goes in priority order: all batches for the comparison
-the chapter rests on, then every other model at batch 1 and 256, then the other family members fused, a
-few baselines compiled at batch 256, and the EfficientNets at their native resolutions; max-autotune is
-left out (`max_autotune = True` adds it), so "best torch.compile mode" in this chapter means the default
-mode. The table lists every planned case that is missing batches in this run: it was skipped when the time
-budget ran out, or failed (a failure is printed when the run happens)."""),
+Triton templates for every conv and matmul shape, minutes per model. The run therefore goes in priority
+order: all batches for the comparison the chapter rests on, then every other model at batch 1 and 256, then
+the other family members fused, a few baselines compiled at batch 256, and the EfficientNets at their native
+resolutions; max-autotune is added with `max_autotune = True`. ConvNeXt-T under max-autotune-no-cudagraphs
+at batch 256 was measured by a separate call on the same machine right after the recorded run
+(`python -m convfirst.bench_models --models convnext_tiny --variants compile-max-autotune --batches 256`),
+and enters the tables as a filled-in PyTorch row. The table lists every planned case that is missing batches
+in the shown rows: it was skipped when the time budget ran out, or failed (a failure is printed when the run
+happens)."""),
     new_code_cell("""cases = bm.budget_plan(batches, max_autotune=max_autotune) if plan == "budget" else bm.full_plan(batches=batches)
 coverage = bm.plan_coverage(runs, cases)
 display(coverage[coverage["missing_batches"].map(len) > 0] if (coverage["missing_batches"].map(len) > 0).any()

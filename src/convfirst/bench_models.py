@@ -541,23 +541,26 @@ def latest_run(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def recorded_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows a chapter shows: the most recent run in full, plus earlier runs' PyTorch rows (eager and
-    torch.compile variants) for the cases that run did not reach.
+    """The rows a chapter shows: the anchor run in full, plus other runs' PyTorch rows (eager and
+    torch.compile variants) for the cases the anchor run did not reach.
 
-    Fused variants are taken from the most recent run only, since what ``fused`` installs changes as the
-    kernels and the planner improve; the PyTorch variants of an earlier run on the same GPU measure the same
-    thing. Only runs made from a committed tree are used to fill in (a ``commit`` without ``+dirty``), so
-    every row shown can be traced to code in the repository. Every row keeps its own ``date``, ``commit``
-    and ``peak_tflops`` (E uses the P of its own run), and every ratio against ConvNeXt-T uses rows of one
-    run (the reference is always in the most recent one).
+    The anchor is the most recent run with fused rows (the most recent run if none has any). Fused variants
+    are taken from the anchor only, since what ``fused`` installs changes as the kernels and the planner
+    improve; the PyTorch variants of another run on the same GPU measure the same thing, so a later run that
+    adds, say, one max-autotune case fills it in, and where several runs have a case the most recent wins.
+    Only runs made from a committed tree are used to fill in (a ``commit`` without ``+dirty``), so every row
+    shown can be traced to code in the repository. Every row keeps its own ``date``, ``commit`` and
+    ``peak_tflops`` (E uses the P of its own run).
     """
-    latest = latest_run(df)
+    fused = df[df["variant"].isin(FUSED_VARIANTS)]
+    anchor = latest_run(fused if len(fused) else df)
+    anchor = df[df["date"] == anchor["date"].iloc[0]].reset_index(drop=True)
     clean = ~df["commit"].astype(str).str.contains("dirty")
-    earlier = df[(df["date"] != latest["date"].iloc[0]) & ~df["variant"].isin(FUSED_VARIANTS) & clean]
-    earlier = earlier[earlier["date"] == earlier.groupby(list(KEY_COLUMNS))["date"].transform("max")]
-    have = set(map(tuple, latest[list(KEY_COLUMNS)].astype(str).values))
-    missing = [tuple(r) not in have for r in earlier[list(KEY_COLUMNS)].astype(str).values]
-    return pd.concat([latest, earlier[missing]], ignore_index=True)
+    other = df[(df["date"] != anchor["date"].iloc[0]) & ~df["variant"].isin(FUSED_VARIANTS) & clean]
+    other = other[other["date"] == other.groupby(list(KEY_COLUMNS))["date"].transform("max")]
+    have = set(map(tuple, anchor[list(KEY_COLUMNS)].astype(str).values))
+    missing = [tuple(r) not in have for r in other[list(KEY_COLUMNS)].astype(str).values]
+    return pd.concat([anchor, other[missing]], ignore_index=True)
 
 
 def best_latency(df: pd.DataFrame, variants: Sequence[str] | None = None) -> pd.DataFrame:

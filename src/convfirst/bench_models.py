@@ -169,6 +169,28 @@ def budget_plan(batches: Sequence[int] = BATCHES, *, max_autotune: bool = False)
     return sorted(cases, key=lambda c: c.priority)
 
 
+def family_plan(batches: Sequence[int] = BATCHES) -> list[BenchCase]:
+    """A second ~9-minute call that completes the budget plan's later priorities in a run of its own.
+
+    The comparison it rests on first (ConvNeXt-T compiled, ConvFirstNet-T and -H fused, at the smallest and
+    largest batch, CUDA graphs at batch 1), so the run stands alone as the chapter's anchor; then every other
+    family member fused, the baselines compiled at the largest batch, the EfficientNets at their native
+    resolution.
+    """
+    b = tuple(check_positive_ints("batches", list(batches)))
+    ends, big = tuple(dict.fromkeys((min(b), max(b)))), (max(b),)
+    one = (min(b),) if min(b) <= 8 else ()
+    cases = [BenchCase(REFERENCE_MODEL, "compile-default", ends, 224, one, 0),
+             BenchCase(CONTROL_MODEL, "fused", ends, 224, one, 0),
+             BenchCase(HALF_GMAC_MODEL, "fused", ends, 224, one, 0)]
+    others = [m for m in CONVFIRSTNET_FAMILY + MBCONVNET_FAMILY if m not in (CONTROL_MODEL, HALF_GMAC_MODEL)]
+    cases += [BenchCase(m, "fused", ends, 224, one, 1) for m in others]
+    cases += [BenchCase(m, "compile-default", big, 224, (), 2)
+              for m in ("efficientnet_b0", "resnet50", "mobilenetv3_large_100", "convnext_small", "convnext_nano")]
+    cases += [BenchCase(m, "eager", big, r, (), 3) for m, r in NATIVE_RESOLUTION.items()]
+    return cases
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Building the models
 # ----------------------------------------------------------------------------------------------------------
@@ -822,8 +844,9 @@ def main(argv: Iterable[str] | None = None) -> RunResult:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--max-autotune", action="store_true", help="with --plan budget: add max-autotune cases")
-    ap.add_argument("--plan", choices=["budget", "full", "custom"], default="custom",
-                    help="budget: the recorded ~10-minute plan; full: everything; custom: --models/--variants")
+    ap.add_argument("--plan", choices=["budget", "family", "full", "custom"], default="custom",
+                    help="budget: the recorded ~10-minute plan; family: its later priorities with the comparison "
+                         "(a second call); full: everything; custom: --models/--variants")
     ap.add_argument("--models", nargs="+", default=[REFERENCE_MODEL, CONTROL_MODEL])
     ap.add_argument("--variants", nargs="+", default=["eager", "compile-default", "fused"])
     ap.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
@@ -837,6 +860,8 @@ def main(argv: Iterable[str] | None = None) -> RunResult:
 
     if args.plan == "budget":
         cases = budget_plan(args.batches, max_autotune=args.max_autotune)
+    elif args.plan == "family":
+        cases = family_plan(args.batches)
     else:
         cases = full_plan(args.models if args.plan == "custom" else ALL_MODELS,
                           args.variants if args.plan == "custom" else VARIANTS, args.batches, args.graph_batches)

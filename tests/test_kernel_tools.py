@@ -1,0 +1,124 @@
+"""The tools around the kernels: the SiLU identity of the GPU path, sm_90 code generation, register-cap
+pruning, launch options, the Nsight Compute report parser, and the commit stamp of GPU-machine rows."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from convfirst import bench_models as bm
+from convfirst.kernels import convfirst_fused, mbconv_fused, ncu_report
+from convfirst.kernels._common import launch_kwargs
+from convfirst.provenance import REPO_ROOT, git_commit
+
+
+def test_silu_identity_of_the_gpu_path():
+    # the GPU path computes h + h * tanh(h) with h = x / 2; it must equal x * sigmoid(x)
+    x = torch.linspace(-30, 30, 20001, dtype=torch.float64)
+    h = 0.5 * x
+    torch.testing.assert_close(h + h * torch.tanh(h), x * torch.sigmoid(x), rtol=1e-12, atol=1e-12)
+
+
+def test_gpu_path_compiles_to_hardware_tanh_without_the_reciprocal():
+    """Compile the fused ConvFirst kernel for sm_90 (no GPU needed, outside the interpreter) and read its PTX."""
+    code = r"""
+import json
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import triton
+from convfirst.kernels import convfirst_fused
+from convfirst.kernels.compile_report import _sig
+sig = _sig({"x_ptr": "*bf16", "w_taps_ptr": "*bf16", "b_g_ptr": "*fp32", "we_t_ptr": "*bf16", "b_e_ptr": "*fp32",
+            "wp_t_ptr": "*bf16", "b_p_ptr": "*fp32", "out_ptr": "*bf16"}, ["NPIX", "H", "W"],
+           ["C", "C16", "HID", "CA", "CB", "BLOCK_M", "BLOCK_H", "UNROLL_TAPS", "DENSE_GCONV", "FP32_DOT"])
+consts = dict(C=64, C16=64, HID=256, CA=64, CB=0, BLOCK_M=64, BLOCK_H=64, UNROLL_TAPS=False, DENSE_GCONV=False,
+              FP32_DOT=False)
+k = triton.compile(ASTSource(fn=convfirst_fused.convfirst_block_kernel, signature=sig, constexprs=consts),
+                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 2, "maxnreg": 128})
+ptx = k.asm["ptx"]
+print(json.dumps({"tanh": ptx.count("tanh.approx.f32"), "rcp": ptx.count("rcp.") + ptx.count("div.full"),
+                  "maxnreg": ".maxnreg 128" in ptx}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["tanh"] > 0, "SiLU should use tanh.approx.f32 on the GPU"
+    assert got["rcp"] == 0, "no reciprocal/division should remain in the SiLU"
+    assert got["maxnreg"], "the register cap should reach the PTX"
+
+
+def _cf(m, bh, warps, maxnreg):
+    import triton
+
+    return triton.Config({"BLOCK_M": m, "BLOCK_H": bh, "UNROLL_TAPS": False, "DENSE_GCONV": False},
+                         num_warps=warps, num_stages=2, maxnreg=maxnreg)
+
+
+def test_register_cap_pruning_keeps_only_tiles_whose_accumulator_fits():
+    configs = [_cf(64, 32, 4, 128), _cf(64, 32, 4, 168), _cf(64, 32, 4, None)]
+    kept = lambda c: [cf.maxnreg for cf in convfirst_fused._prune(configs, {"C": c, "NPIX": 10**6, "HID": 4 * c})]
+    assert kept(64) == [128, 168, None]
+    assert kept(192) == [168, None]      # 96 accumulator registers: over 60% of 128, under 60% of 168
+    assert kept(256) == [None]           # 128 accumulator registers: only uncapped
+    caps = lambda c: {cf.maxnreg for cf in mbconv_fused._prune(mbconv_fused._configs(), {"C": c, "NPIX": 10**6})}
+    assert {128, 168} <= caps(64)
+    assert 128 not in caps(256) and 168 not in caps(256)
+
+
+def test_launch_kwargs_carry_the_register_cap():
+    assert launch_kwargs(_cf(64, 64, 4, 128))["maxnreg"] == 128
+    assert "maxnreg" not in launch_kwargs(_cf(64, 64, 4, None))
+    assert convfirst_fused.heuristic_config(64, 10**6).get("maxnreg") in (None, 128)
+
+
+def test_ncu_raw_page_parsing_and_counter_table():
+    raw = ('==PROF== Connected to process\n'
+           '"ID","Kernel Name","gpu__time_duration.sum","smsp__inst_executed.sum","launch__registers_per_thread"\n'
+           '"","","nsecond","inst","register/thread"\n'
+           '"0","convfirst_block_kernel","410,432","215,556,096","104"\n')
+    kernels = ncu_report.parse_raw_csv(raw)
+    assert len(kernels) == 1 and kernels[0]["gpu__time_duration.sum"] == ("410,432", "nsecond")
+    rows = [{"block": "convfirst", "shape": "64@56x56", "batch": 256, "config": "BLOCK_M=64", "metric": m,
+             "unit": u, "value": v, "kernel_version": "v2"} for m, (v, u) in kernels[0].items()]
+    t = ncu_report.counter_table(pd.DataFrame(rows))
+    np.testing.assert_allclose(t["time_us"], [410.432])
+    np.testing.assert_allclose(t["warp_instr_M"], [215.556096])
+    np.testing.assert_allclose(t["regs"], [104])
+    assert ncu_report.parse_config("BLOCK_M=64,UNROLL_TAPS=1,maxnreg=128") == {"BLOCK_M": 64, "UNROLL_TAPS": True,
+                                                                               "maxnreg": 128}
+
+
+def test_recorded_ncu_counters_show_v2_and_v4():
+    path = REPO_ROOT / "data" / "kernel_ncu_h100.csv"
+    if not path.exists():
+        pytest.skip("no data/kernel_ncu_h100.csv recorded")
+    t = ncu_report.counter_table(pd.read_csv(path))
+    assert {"v2", "v4"} <= set(t["kernel_version"])
+    cf = t[(t["block"] == "convfirst") & (t["shape"] == "64@56x56")]
+    best = cf.sort_values("time_us").groupby("kernel_version").head(1).set_index("kernel_version")
+    assert best.loc["v4", "warp_instr_M"] < best.loc["v2", "warp_instr_M"]
+
+
+def test_commit_stamp_can_be_named_by_the_measuring_command(monkeypatch):
+    monkeypatch.setenv("CONVFIRST_COMMIT", "abc1234")
+    assert git_commit() == "abc1234"
+    monkeypatch.delenv("CONVFIRST_COMMIT")
+    assert git_commit() != "abc1234"
+
+
+def test_family_plan_carries_its_own_comparison_first():
+    cases = bm.family_plan()
+    first = {(c.model, c.variant) for c in cases if c.priority == 0}
+    assert first == {(bm.REFERENCE_MODEL, "compile-default"), (bm.CONTROL_MODEL, "fused"),
+                     (bm.HALF_GMAC_MODEL, "fused")}
+    fused = {c.model for c in cases if c.variant == "fused"}
+    assert fused == set(bm.CONVFIRSTNET_FAMILY + bm.MBCONVNET_FAMILY)
+    assert {c.resolution for c in cases if c.model.startswith("efficientnet_b4")} == {384}

@@ -153,13 +153,16 @@ def test_profile_of_a_real_model_maps_almost_every_kernel():
 def test_recorded_latency_prefers_the_model_benchmark_and_fills_in_from_profiles():
     from convfirst.records import DataError
 
-    lat = profiling.recorded_latency("h100", ["convnext_tiny", "efficientnet_b0", "convfirstnet_t"])
+    asked = ["convnext_tiny", "efficientnet_b0", "convfirstnet_t"]
+    lat = profiling.recorded_latency("h100", asked)
     assert not lat.duplicated(["model", "variant", "batch"]).any()
     assert (lat["ms"] > 0).all()
     assert set(lat["source"]) <= {"model benchmark (wall clock)", "model benchmark (wall clock, CUDA graph)",
                                   "kernel profile (sum of kernel times)"}
     prof = profiling.load_kernel_profiles("h100")
-    # every profiled case has a latency
+    prof = prof[prof["model"].isin(asked)]
+    assert set(lat["model"]) <= set(asked)
+    # every profiled case of the models asked for has a latency
     assert set(zip(prof["model"], prof["variant"], prof["batch"])) <= set(zip(lat["model"], lat["variant"],
                                                                               lat["batch"]))
     with pytest.raises(DataError, match="h100"):

@@ -232,7 +232,9 @@ the other family members fused, a few baselines compiled at batch 256, and the E
 resolutions; max-autotune is added with `max_autotune = True`. ConvNeXt-T under max-autotune-no-cudagraphs
 at batch 256 was measured by a separate call on the same machine right after the recorded run
 (`python -m convfirst.bench_models --models convnext_tiny --variants compile-max-autotune --batches 256`),
-and enters the tables as a filled-in PyTorch row. The table lists every planned case that is missing batches
+and enters the tables as a filled-in PyTorch row. The other baselines were not timed under max-autotune: for
+EfficientNet-B0 its autotuning of the depthwise convolutions (Triton convolution templates at 40-240 ms per
+candidate) was still running after seven minutes and was stopped, with no row recorded. The table lists every planned case that is missing batches
 in the shown rows: it was skipped when the time budget ran out, or failed (a failure is printed when the run
 happens)."""),
     new_code_cell("""cases = bm.budget_plan(batches, max_autotune=max_autotune) if plan == "budget" else bm.full_plan(batches=batches)

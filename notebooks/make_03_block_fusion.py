@@ -247,8 +247,8 @@ display(decisions[decisions["batch"] == max(batches)][["block", "C", "H", "sourc
                                                         "best_unfused", "choice"]].round(4))'''),
     new_markdown_cell("""Reading the table (recorded H100 data): the fused ConvFirst kernel pays off where H*W is large (the 56x56 and
 28x28 stages), where the unfused path moves several times more bytes; at the 14x14 and 7x7 stages it does not.
-The MBConv kernel pays off, by a small margin, only at the widest early-stage shapes (56x56, and 28x28 at
-small C). Speed-ups in parentheses are unfused time / fused time; "measured" rows come
+The MBConv kernel pays off only by small margins, at some of the narrower shapes (the table says which); at
+C >= 128 on 28x28 and at the wider late-stage shapes our unfused sequence is faster. Speed-ups in parentheses are unfused time / fused time; "measured" rows come
 from the benchmark above, the others from the calibrated model.
 
 A model has to run *something* for the blocks it does not fuse. `fuse` can install this study's unfused

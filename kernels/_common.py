@@ -20,6 +20,7 @@ KERNEL_SIZE = 3
 #: Launch options a fixed config may carry next to its constexprs (``maxnreg``: register cap per thread).
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg")
 
+
 def launch_kwargs(cf) -> dict:
     """A ``triton.Config`` as the keyword dict a fixed-config launch takes (constexprs + launch options)."""
     out = dict(cf.kwargs, num_warps=cf.num_warps, num_stages=cf.num_stages)

@@ -27,8 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, autotuning, check_activation, check_same_device,
-                      check_shape, check_weight_dtype, interpreting, next_pow2, packed_taps_rows, split_channels)
+from ._common import (LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, autotuning, check_activation,
+                      check_same_device, check_shape, check_weight_dtype, interpreting, next_pow2, packed_taps_rows,
+                      split_channels)
 from .activation import silu
 from .gconv import grouped3x3_tap_sum, load_shifted_tap
 

@@ -14,9 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .activation import silu
 from ._common import (LAST_COMPILED, autotuning, check_activation, check_same_device, check_shape,
                       check_weight_dtype, interpreting, next_pow2, packed_taps_rows)
+from .activation import silu
 
 
 @triton.jit

@@ -18,10 +18,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, autotuning, check_activation, check_same_device,
-                      check_shape, check_weight_dtype, interpreting, next_pow2, num_sms, packed_taps_rows)
-from .convfirst_fused import add_bias_residual_store, project_accumulate, slices_to_tile
+from ._common import (LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, autotuning, check_activation,
+                      check_same_device, check_shape, check_weight_dtype, interpreting, next_pow2, num_sms,
+                      packed_taps_rows)
 from .activation import silu
+from .convfirst_fused import add_bias_residual_store, project_accumulate, slices_to_tile
 from .gconv import grouped3x3_tap_sum
 
 

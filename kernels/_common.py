@@ -21,6 +21,18 @@ KERNEL_SIZE = 3
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg")
 
 
+def launch_options(config: dict) -> dict:
+    """The launch options (``num_warps``, ``num_stages``, ``maxnreg``) a fixed config sets, unset ones left out."""
+    return {k: v for k, v in config.items() if k in LAUNCH_OPTIONS and v is not None}
+
+
+def accumulator_fits(block_m: int, width: int, cf) -> bool:
+    """Whether a [block_m, width] fp32 accumulator fits config ``cf``: at most 128 registers per thread, and at
+    most 60% of its register cap (``maxnreg``) where it has one (ptxas cannot compile tighter caps)."""
+    regs = block_m * width // (32 * cf.num_warps)
+    return regs <= 128 and not (cf.maxnreg and regs > 0.6 * cf.maxnreg)
+
+
 def launch_kwargs(cf) -> dict:
     """A ``triton.Config`` as the keyword dict a fixed-config launch takes (constexprs + launch options)."""
     out = dict(cf.kwargs, num_warps=cf.num_warps, num_stages=cf.num_stages)

@@ -27,16 +27,22 @@ PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bi
 DIVISIBLE_INTS = {"NPIX", "C", "C16", "HID", "HID16"}
 
 
-def compile_config(fn, signature: dict, constexprs: dict, num_warps: int, num_stages: int,
-                   maxnreg: int | None = None) -> dict:
-    """Compile one config for sm_90 and return ptxas' registers/spills and Triton's shared memory (bytes)."""
+def compile_sm90(fn, signature: dict, constexprs: dict, num_warps: int, num_stages: int,
+                 maxnreg: int | None = None):
+    """Compile one config of a Triton kernel for sm_90 (no GPU needed); the compiled kernel (``.asm``)."""
     attrs = {(i,): [["tt.divisibility", 16]] for i, (name, ty) in enumerate(signature.items())
              if ty.startswith("*") or (name in DIVISIBLE_INTS and ty != "constexpr")}
     options = {"num_warps": num_warps, "num_stages": num_stages}
     if maxnreg:
         options["maxnreg"] = maxnreg
-    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
-                            target=GPUTarget("cuda", 90, 32), options=options)
+    return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
+                          target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def compile_config(fn, signature: dict, constexprs: dict, num_warps: int, num_stages: int,
+                   maxnreg: int | None = None) -> dict:
+    """Compile one config for sm_90 and return ptxas' registers/spills and Triton's shared memory (bytes)."""
+    kernel = compile_sm90(fn, signature, constexprs, num_warps, num_stages, maxnreg)
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(kernel.asm["ptx"])
     report = subprocess.run([PTXAS, "-v", "--gpu-name", "sm_90a", f.name, "-o", os.devnull],
@@ -52,6 +58,19 @@ def _sig(pointers: dict, ints: list[str], constexprs: list[str]) -> dict:
     return {**pointers, **{n: "i32" for n in ints}, **{n: "constexpr" for n in constexprs}}
 
 
+CONVFIRST_SIGNATURE = _sig({"x_ptr": "*bf16", "w_taps_ptr": "*bf16", "b_g_ptr": "*fp32", "we_t_ptr": "*bf16",
+                            "b_e_ptr": "*fp32", "wp_t_ptr": "*bf16", "b_p_ptr": "*fp32", "out_ptr": "*bf16"},
+                           ["NPIX", "H", "W"], ["C", "C16", "HID", "CA", "CB", "BLOCK_M", "BLOCK_H", "UNROLL_TAPS",
+                                                "DENSE_GCONV", "FP32_DOT"])
+
+
+def convfirst_constexprs(channels: int, tile: dict, expansion: int = 4) -> dict:
+    """The fused ConvFirst kernel's constexprs at ``channels`` for a tile config (as the launcher sets them)."""
+    ca, cb = split_channels(channels)
+    return dict(tile, C=channels, C16=packed_taps_rows(channels), HID=expansion * channels, CA=ca, CB=cb,
+                FP32_DOT=False)
+
+
 def report(block: str, shape: str) -> list[dict]:
     rows = []
     if block == "gconv":
@@ -64,15 +83,10 @@ def report(block: str, shape: str) -> list[dict]:
                                                                cf.num_stages)})
     elif block == "convfirst":
         c = int(shape)
-        ca, cb = split_channels(c)
-        sig = _sig({"x_ptr": "*bf16", "w_taps_ptr": "*bf16", "b_g_ptr": "*fp32", "we_t_ptr": "*bf16",
-                    "b_e_ptr": "*fp32", "wp_t_ptr": "*bf16", "b_p_ptr": "*fp32", "out_ptr": "*bf16"},
-                   ["NPIX", "H", "W"], ["C", "C16", "HID", "CA", "CB", "BLOCK_M", "BLOCK_H", "UNROLL_TAPS",
-                                        "DENSE_GCONV", "FP32_DOT"])
         for cf in convfirst_fused._configs():
-            consts = dict(cf.kwargs, C=c, C16=packed_taps_rows(c), HID=4 * c, CA=ca, CB=cb, FP32_DOT=False)
             rows.append({"config": cf.kwargs, "warps": cf.num_warps, "maxnreg": cf.maxnreg, **compile_config(
-                convfirst_fused.convfirst_block_kernel, sig, consts, cf.num_warps, cf.num_stages, cf.maxnreg)})
+                convfirst_fused.convfirst_block_kernel, CONVFIRST_SIGNATURE, convfirst_constexprs(c, cf.kwargs),
+                cf.num_warps, cf.num_stages, cf.maxnreg)})
     elif block == "mbconv":
         c, w = (int(v) for v in shape.split("@"))
         sig = _sig({"x_ptr": "*bf16", "we_t_ptr": "*bf16", "b_e_ptr": "*fp32", "w_taps_ptr": "*bf16",

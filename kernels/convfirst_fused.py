@@ -27,9 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, autotuning, check_activation,
-                      check_same_device, check_shape, check_weight_dtype, interpreting, next_pow2, packed_taps_rows,
-                      split_channels)
+from ._common import (LAST_COMPILED, KernelInputError, accumulator_fits, autotuning, check_activation,
+                      check_same_device, check_shape, check_weight_dtype, interpreting, next_pow2, launch_options,
+                      packed_taps_rows, split_channels)
 from .activation import silu
 from .gconv import grouped3x3_tap_sum, load_shifted_tap
 
@@ -198,9 +198,7 @@ def _prune(configs, named_args, **kwargs):
     for cf in configs:
         m, bh = cf.kwargs["BLOCK_M"], cf.kwargs["BLOCK_H"]
         width = sum(split_channels(c))
-        # the fp32 accumulator is [M, C]: keep it within ~128 registers per thread, and within 60% of a cap
-        acc_regs = m * width // (32 * cf.num_warps)
-        if acc_regs > 128 or (cf.maxnreg and acc_regs > 0.6 * cf.maxnreg):
+        if not accumulator_fits(m, width, cf):  # the fp32 accumulator is [M, C]
             continue
         if bh > max(32, next_pow2(named_args["HID"])):
             continue
@@ -263,7 +261,7 @@ def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: di
     if config is None and not autotuning():
         config = heuristic_config(c, npix)
     if config is not None:
-        extra = {k: v for k, v in config.items() if k in LAUNCH_OPTIONS and v is not None}
+        extra = launch_options(config)
         grid = (triton.cdiv(npix, config["BLOCK_M"]),)
         compiled = convfirst_block_kernel[grid](*args, CA=ca, CB=cb, BLOCK_M=config["BLOCK_M"],
                                                 BLOCK_H=config["BLOCK_H"],

@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (LAST_COMPILED, autotuning, check_activation, check_same_device, check_shape,
-                      check_weight_dtype, interpreting, next_pow2, packed_taps_rows)
+from ._common import (LAST_COMPILED, LAUNCH_OPTIONS, autotuning, check_activation, check_same_device, check_shape,
+                      check_weight_dtype, interpreting, launch_options, next_pow2, packed_taps_rows)
 from .activation import silu
 
 
@@ -172,8 +172,8 @@ def launch_grouped_conv3x3(x: torch.Tensor, w_taps: torch.Tensor, bias: torch.Te
     if config is None and not autotuning():
         config = heuristic_config(c, npix)
     if config is not None:
-        config = {"UNROLL_TAPS": False, **config}
-        extra = {k: config.pop(k) for k in ("num_warps", "num_stages") if k in config}
+        extra = launch_options(config)
+        config = {"UNROLL_TAPS": False, **{k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}}
         grid = (triton.cdiv(npix, config["BLOCK_M"]), triton.cdiv(c, config["CK"]))
         compiled = grouped3x3_kernel[grid](x, w_taps, bias, out, npix, h, w, c, c16, APPLY_SILU=apply_silu,
                                            FP32_DOT=fp32_dot, **config, **extra)

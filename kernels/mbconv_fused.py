@@ -18,9 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, autotuning, check_activation,
-                      check_same_device, check_shape, check_weight_dtype, interpreting, next_pow2, num_sms,
-                      packed_taps_rows)
+from ._common import (LAST_COMPILED, KernelInputError, accumulator_fits, autotuning, check_activation,
+                      check_same_device, check_shape, check_weight_dtype, interpreting, launch_options, next_pow2,
+                      num_sms, packed_taps_rows)
 from .activation import silu
 from .convfirst_fused import add_bias_residual_store, project_accumulate, slices_to_tile
 from .gconv import grouped3x3_tap_sum
@@ -145,11 +145,8 @@ def _configs():
 def _prune(configs, named_args, **kwargs):
     c, npix = named_args["C"], named_args["NPIX"]
     width = max(16, next_pow2(c))
-    def acc_regs(cf):  # fp32 [BLOCK_M, C] accumulator registers per thread
-        return cf.kwargs["BLOCK_M"] * width // (32 * cf.num_warps)
-
     kept = [cf for cf in configs
-            if acc_regs(cf) <= 128 and not (cf.maxnreg and acc_regs(cf) > 0.6 * cf.maxnreg)
+            if accumulator_fits(cf.kwargs["BLOCK_M"], width, cf)  # the fp32 accumulator is [BLOCK_M, C]
             and cf.kwargs["BLOCK_M"] <= max(64, next_pow2(npix))]
     return kept or [min(configs, key=lambda cf: cf.kwargs["BLOCK_M"] * 1000 + cf.kwargs["BLOCK_H"])]
 
@@ -227,7 +224,7 @@ def launch_mbconv_block(x, we_t, b_e, w_taps, b_g, wp_t, b_p, out, config: dict 
     if config is not None:
         m = config["BLOCK_M"]
         meta = {"BLOCK_M": m, "PROGRAMS_PER_SM": config.get("PROGRAMS_PER_SM", 1)}
-        extra = {k: v for k, v in config.items() if k in LAUNCH_OPTIONS and v is not None}
+        extra = launch_options(config)
         compiled = mbconv_block_kernel[grid(meta)](*common, CA=ca, CB=cb, BLOCK_M=m, HALO_B=halo,
                                                    BLOCK_H=config["BLOCK_H"],
                                                    PROGRAMS_PER_SM=meta["PROGRAMS_PER_SM"],

@@ -41,21 +41,6 @@ DEFAULT_CASES = (
     "gconv 96@56x56 256 BLOCK_M=64,CK=32,UNROLL_TAPS=1,num_warps=4,num_stages=1",
 )
 
-#: Metrics printed in the short summary (when present in the raw page).
-SUMMARY_METRICS = {
-    "gpu__time_duration.sum": "time",
-    "sm__throughput.avg.pct_of_peak_sustained_elapsed": "SM %",
-    "l1tex__throughput.avg.pct_of_peak_sustained_elapsed": "L1 %",
-    "lts__throughput.avg.pct_of_peak_sustained_elapsed": "L2 %",
-    "gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed": "DRAM %",
-    "lts__t_bytes.sum": "L2 bytes",
-    "dram__bytes.sum": "DRAM bytes",
-    "sm__warps_active.avg.pct_of_peak_sustained_active": "occupancy %",
-    "launch__registers_per_thread": "regs",
-    "smsp__average_warp_latency_per_inst_issued.ratio": "cyc/issue",
-}
-
-
 def parse_config(text: str) -> dict:
     out = {}
     for item in filter(None, text.split(",")):
@@ -110,15 +95,10 @@ def profile_case(case: str, ncu: str, timeout_s: float) -> tuple[list[dict], str
 
 
 def summary(rows: list[dict]) -> str:
+    """The short table printed at the end of a run: :func:`counter_table` of the rows."""
     import pandas as pd
 
-    if not rows:
-        return "no profiles"
-    d = pd.DataFrame(rows)
-    d = d[d.metric.isin(SUMMARY_METRICS)]
-    d["label"] = d.metric.map(SUMMARY_METRICS) + " [" + d.unit.fillna("") + "]"
-    t = d.pivot_table(index=["block", "shape", "config"], columns="label", values="value", aggfunc="first")
-    return t.to_string()
+    return counter_table(pd.DataFrame(rows)).round(2).to_string(index=False) if rows else "no profiles"
 
 
 def main(argv=None) -> int:

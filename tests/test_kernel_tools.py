@@ -29,18 +29,11 @@ def test_gpu_path_compiles_to_hardware_tanh_without_the_reciprocal():
     """Compile the fused ConvFirst kernel for sm_90 (no GPU needed, outside the interpreter) and read its PTX."""
     code = r"""
 import json
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-import triton
 from convfirst.kernels import convfirst_fused
-from convfirst.kernels.compile_report import _sig
-sig = _sig({"x_ptr": "*bf16", "w_taps_ptr": "*bf16", "b_g_ptr": "*fp32", "we_t_ptr": "*bf16", "b_e_ptr": "*fp32",
-            "wp_t_ptr": "*bf16", "b_p_ptr": "*fp32", "out_ptr": "*bf16"}, ["NPIX", "H", "W"],
-           ["C", "C16", "HID", "CA", "CB", "BLOCK_M", "BLOCK_H", "UNROLL_TAPS", "DENSE_GCONV", "FP32_DOT"])
-consts = dict(C=64, C16=64, HID=256, CA=64, CB=0, BLOCK_M=64, BLOCK_H=64, UNROLL_TAPS=False, DENSE_GCONV=False,
-              FP32_DOT=False)
-k = triton.compile(ASTSource(fn=convfirst_fused.convfirst_block_kernel, signature=sig, constexprs=consts),
-                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 2, "maxnreg": 128})
+from convfirst.kernels.compile_report import CONVFIRST_SIGNATURE, compile_sm90, convfirst_constexprs
+tile = dict(BLOCK_M=64, BLOCK_H=64, UNROLL_TAPS=False, DENSE_GCONV=False)
+k = compile_sm90(convfirst_fused.convfirst_block_kernel, CONVFIRST_SIGNATURE, convfirst_constexprs(64, tile),
+                 num_warps=4, num_stages=2, maxnreg=128)
 ptx = k.asm["ptx"]
 print(json.dumps({"tanh": ptx.count("tanh.approx.f32"), "rcp": ptx.count("rcp.") + ptx.count("div.full"),
                   "maxnreg": ".maxnreg 128" in ptx}))

@@ -17,7 +17,7 @@ The grouped conv has two forms, chosen per config by the constexpr ``DENSE_GCONV
   permutes, and Triton lowers it to wgmma. The tensor cores execute 2*9*CK per pixel per channel (8x the
   useful work at C=64). Measured slower than v2 at 64@56, 96@56 and 192@28 (H100), so the default and the
   autotuner use the sliced form; the dense form stays reachable through a config with ``DENSE_GCONV=True``
-  (see ``compare_gconv_forms.py``).
+  (see ``compare_forms.py``).
 
 Tiles of C channels are held as two power-of-two parts CA + CB (96 = 64 + 32), see ``split_channels``.
 """
@@ -29,7 +29,7 @@ import triton.language as tl
 
 from ._common import (LAST_COMPILED, KernelInputError, accumulator_fits, autotuning, check_activation,
                       check_same_device, check_shape, check_weight_dtype, interpreting, next_pow2, launch_options,
-                      packed_taps_rows, split_channels)
+                      num_sms, packed_taps_rows, split_channels)
 from .activation import silu
 from .gconv import grouped3x3_tap_sum, load_shifted_tap
 
@@ -163,6 +163,88 @@ def convfirst_block_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_p
         add_bias_residual_store(acc_b, x_ptr, b_p_ptr, out_ptr, row, pix_ok, cb, cb_ok)
 
 
+@triton.jit
+def load_resident_weights(we_t_ptr, wp_t_ptr, HID: tl.constexpr, C, cols, col_ok, BLOCK_H: tl.constexpr,
+                          FP32_DOT: tl.constexpr):
+    """We[cols, :] and Wp[:, cols] as tuples of HID // BLOCK_H hidden slices, loaded once per program.
+
+    A persistent program keeps them for all its tiles: loop-invariant dot operands, which the compiler
+    places in shared memory once (one local_alloc before the tile loop) instead of re-reading them through
+    L2 for every tile. (The expand bias is not among them: a loop-invariant bias is folded into the dot's
+    initial accumulator and hoisted as a [BLOCK_M, BLOCK_H] fp32 register tile per slice.)"""
+    hh = tl.arange(0, BLOCK_H)
+    wes = ()
+    wps = ()
+    for j in tl.static_range(0, HID, BLOCK_H):
+        we = tl.load(we_t_ptr + cols[:, None] * HID + (j + hh)[None, :], mask=col_ok[:, None], other=0.0)
+        wp = tl.load(wp_t_ptr + (j + hh)[:, None] * C + cols[None, :], mask=col_ok[None, :], other=0.0)
+        if FP32_DOT:
+            we = we.to(tl.float32)
+            wp = wp.to(tl.float32)
+        wes = wes + (we,)
+        wps = wps + (wp,)
+    return wes, wps
+
+
+@triton.jit
+def convfirst_resident_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_ptr, b_p_ptr, out_ptr,
+                              NPIX, H, W, C: tl.constexpr, C16: tl.constexpr, HID: tl.constexpr,
+                              CA: tl.constexpr, CB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
+                              PROGRAMS_PER_SM: tl.constexpr, UNROLL_TAPS: tl.constexpr,
+                              FP32_DOT: tl.constexpr):
+    """v5: the v4 tile walk in a persistent program whose 1x1 weights stay on chip (HID % BLOCK_H == 0).
+
+    Per 64-pixel tile, v4 re-reads both 1x1 weight matrices through L2 (64 KB at C=64, 40% of its L2
+    traffic). Here each program loads We, be and Wp once, as tuples of hidden slices, and walks tiles
+    ``pid, pid + nprog, ...``; the tile body is v4's."""
+    act = out_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    ca = tl.arange(0, CA)
+    ca_ok = ca < C
+    wes_a, wps_a = load_resident_weights(we_t_ptr, wp_t_ptr, HID, C, ca, ca_ok, BLOCK_H, FP32_DOT)
+    if CB > 0:
+        cb = CA + tl.arange(0, CB)
+        cb_ok = cb < C
+        wes_b, wps_b = load_resident_weights(we_t_ptr, wp_t_ptr, HID, C, cb, cb_ok, BLOCK_H, FP32_DOT)
+    num_tiles = tl.cdiv(NPIX, BLOCK_M)
+    for tile in range(pid, num_tiles, nprog):
+        offs = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        pix_ok = offs < NPIX
+        pix_w = offs % W
+        pix_h = (offs // W) % H
+        tile_ptr = x_ptr + tl.cast(tile, tl.int64) * (BLOCK_M * C)
+        # 1. grouped 3x3 + bias, rounded to the activation dtype
+        ga = grouped3x3_tile(tile_ptr, w_taps_ptr, b_g_ptr, 0, C, C16, pix_h, pix_w, pix_ok, H, W,
+                             CA, BLOCK_M, UNROLL_TAPS, False, FP32_DOT).to(act)
+        if FP32_DOT:
+            ga = ga.to(tl.float32)
+        acc_a = tl.zeros([BLOCK_M, CA], dtype=tl.float32)
+        if CB > 0:
+            gb = grouped3x3_tile(tile_ptr, w_taps_ptr, b_g_ptr, CA, C, C16, pix_h, pix_w, pix_ok, H, W,
+                                 CB, BLOCK_M, UNROLL_TAPS, False, FP32_DOT).to(act)
+            if FP32_DOT:
+                gb = gb.to(tl.float32)
+            acc_b = tl.zeros([BLOCK_M, CB], dtype=tl.float32)
+        # 2. hidden slices from the resident weights
+        for k in tl.static_range(HID // BLOCK_H):
+            hpre = tl.dot(ga, wes_a[k])
+            if CB > 0:
+                hpre = tl.dot(gb, wes_b[k], hpre)
+            hpre += tl.load(b_e_ptr + k * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.float32)[None, :]
+            h = silu(hpre, FP32_DOT).to(act)
+            if FP32_DOT:
+                h = h.to(tl.float32)
+            acc_a = tl.dot(h, wps_a[k], acc_a)
+            if CB > 0:
+                acc_b = tl.dot(h, wps_b[k], acc_b)
+        # 3. + project bias + residual
+        row = offs.to(tl.int64) * C
+        add_bias_residual_store(acc_a, x_ptr, b_p_ptr, out_ptr, row, pix_ok, ca, ca_ok)
+        if CB > 0:
+            add_bias_residual_store(acc_b, x_ptr, b_p_ptr, out_ptr, row, pix_ok, cb, cb_ok)
+
+
 #: Sliced grouped-conv candidates: (BLOCK_M, BLOCK_H, warps, stages, UNROLL_TAPS, maxnreg). A register cap of
 #: 128 lets four 4-warp programs share an SM (the unrolled hidden loop of v4 otherwise takes 140-180). With one
 #: stage the loads would be plain (L1-cached) loads instead of cp.async copies that bypass L1, but the two
@@ -212,7 +294,68 @@ def _prune(configs, named_args, **kwargs):
     return kept or [min(configs, key=lambda cf: cf.kwargs["BLOCK_M"] * 1000 + cf.kwargs["BLOCK_H"])]
 
 
+#: v5 (resident 1x1 weights, persistent) candidates: (BLOCK_M, BLOCK_H, PROGRAMS_PER_SM, warps, stages, maxnreg).
+#: Programs per SM is what shared memory allows: the weights take 2 * (CA + CB) * HID * 2 bytes per program
+#: (64 KB at C=64, 144 KB at C=96), the tap pipeline about 12 KB more.
+RESIDENT_CONFIGS = ((64, 64, 3, 4, 2, None), (64, 64, 3, 4, 2, 168), (64, 64, 2, 4, 2, None),
+                    (64, 32, 3, 4, 2, None), (64, 64, 1, 4, 2, None), (64, 64, 1, 8, 2, None),
+                    (128, 64, 1, 8, 2, None), (64, 32, 1, 4, 2, None))
+#: Shared memory the resident weights may take per program; wider blocks use the v4 kernel.
+RESIDENT_MAX_BYTES = 160 * 1024
+#: Shared memory per SM on Hopper (227 KB usable by one block, 228 KB in all) and the v5 kernel's other use.
+SMEM_PER_SM = 228 * 1024
+RESIDENT_PIPELINE_BYTES = 12 * 1024
+
+
+def resident_weight_bytes(channels: int, hidden: int, itemsize: int = 2) -> int:
+    """Bytes of We and Wp as the v5 kernel keeps them in shared memory (channel parts padded to powers of two)."""
+    return 2 * sum(split_channels(channels)) * hidden * itemsize
+
+
+def resident_fits(channels: int, hidden: int) -> bool:
+    """Whether a block takes the v5 kernel: its 1x1 weights fit on chip and its hidden width splits into slices."""
+    return resident_weight_bytes(channels, hidden) <= RESIDENT_MAX_BYTES and hidden % 32 == 0
+
+
+def _resident_configs():
+    return [triton.Config({"BLOCK_M": m, "BLOCK_H": bh, "PROGRAMS_PER_SM": p, "UNROLL_TAPS": False}, num_warps=w,
+                          num_stages=st, maxnreg=r) for m, bh, p, w, st, r in RESIDENT_CONFIGS]
+
+
+def _prune_resident(configs, named_args, **kwargs):
+    c, hid = named_args["C"], named_args["HID"]
+    width = sum(split_channels(c))
+    per_program = resident_weight_bytes(c, hid) + RESIDENT_PIPELINE_BYTES
+    kept = [cf for cf in configs if hid % cf.kwargs["BLOCK_H"] == 0
+            and accumulator_fits(cf.kwargs["BLOCK_M"], width, cf)
+            and cf.kwargs["PROGRAMS_PER_SM"] * per_program <= SMEM_PER_SM]
+    return kept or [min(configs, key=lambda cf: cf.kwargs["BLOCK_H"])]
+
+
+_tuned_resident = None
+
+
+def _resident_launcher():
+    global _tuned_resident
+    if _tuned_resident is None:
+        _tuned_resident = triton.autotune(configs=_resident_configs(), key=["C", "HID", "H", "W", "NPIX"],
+                                          prune_configs_by={"early_config_prune": _prune_resident})(
+                                              convfirst_resident_kernel)
+    return _tuned_resident
+
+
+def candidate_configs():
+    """Every autotuning candidate of both kernels: v4's tiles, then v5's (``PROGRAMS_PER_SM`` marks them)."""
+    return _configs() + _resident_configs()
+
+
 _tuned = None
+_last_tuner = None
+
+
+def last_tuner():
+    """The autotuner (v4's or v5's) of the last autotuned launch, None before one."""
+    return _last_tuner
 
 
 def _launcher():
@@ -223,10 +366,15 @@ def _launcher():
     return _tuned
 
 
-def heuristic_config(channels: int, npix: int) -> dict:
-    """A fixed config (no autotuning): the interpreter's small tile, else a tile sized by the channel count."""
+def heuristic_config(channels: int, npix: int, hidden: int | None = None) -> dict:
+    """A fixed config (no autotuning): the interpreter's small tile, else a tile sized by the channel count.
+    With ``hidden`` given and the weights fitting on chip, a v5 (resident-weight) config."""
     if interpreting():
         return {"BLOCK_M": 32, "BLOCK_H": 32, "UNROLL_TAPS": False, "DENSE_GCONV": False}
+    if hidden is not None and resident_fits(channels, hidden):
+        per_sm = SMEM_PER_SM // (resident_weight_bytes(channels, hidden) + RESIDENT_PIPELINE_BYTES)
+        return {"BLOCK_M": 64, "BLOCK_H": 64 if hidden % 64 == 0 else 32, "PROGRAMS_PER_SM": max(1, min(per_sm, 3)),
+                "UNROLL_TAPS": False, "num_warps": 4, "num_stages": 2}
     if channels >= 384:
         return {"BLOCK_M": 32, "BLOCK_H": 32, "UNROLL_TAPS": False, "num_warps": 4, "num_stages": 1}
     # register caps as the autotuner picked them on the H100 (64@56: 128, 192@28: 168); none above 192
@@ -252,6 +400,9 @@ def check_convfirst_inputs(x, w_taps, b_g, we_t, b_e, wp_t, b_p) -> None:
 
 
 def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: dict | None = None):
+    """Launch the fused block into ``out``. ``config`` fixes the kernel and tile: one with ``PROGRAMS_PER_SM``
+    runs the v5 kernel (resident weights, persistent), any other the v4 kernel; without one, blocks whose
+    weights fit on chip (:func:`resident_fits`) take v5, the others v4, each autotuned on the GPU."""
     n, c, h, w = x.shape
     npix, hid = n * h * w, we_t.shape[1]
     if npix == 0:
@@ -259,18 +410,32 @@ def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: di
     ca, cb = split_channels(c)
     args = (x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, npix, h, w, c, packed_taps_rows(c), hid)
     if config is None and not autotuning():
-        config = heuristic_config(c, npix)
-    if config is not None:
-        extra = launch_options(config)
-        grid = (triton.cdiv(npix, config["BLOCK_M"]),)
-        compiled = convfirst_block_kernel[grid](*args, CA=ca, CB=cb, BLOCK_M=config["BLOCK_M"],
-                                                BLOCK_H=config["BLOCK_H"],
-                                                UNROLL_TAPS=config.get("UNROLL_TAPS", False),
-                                                DENSE_GCONV=config.get("DENSE_GCONV", False),
-                                                FP32_DOT=interpreting(), **extra)
+        config = heuristic_config(c, npix, hid)
+    resident = resident_fits(c, hid) if config is None else "PROGRAMS_PER_SM" in config
+    sms = num_sms(x.device)
+
+    def grid(meta):
+        tiles = triton.cdiv(npix, meta["BLOCK_M"])
+        return (min(tiles, sms * meta["PROGRAMS_PER_SM"]) if resident else tiles,)
+
+    if config is not None and resident:
+        if hid % config["BLOCK_H"]:
+            raise KernelInputError(f"config BLOCK_H={config['BLOCK_H']} does not divide the {hid} hidden channels "
+                                   f"(the resident-weight kernel needs whole slices)")
+        compiled = convfirst_resident_kernel[grid(config)](
+            *args, CA=ca, CB=cb, BLOCK_M=config["BLOCK_M"], BLOCK_H=config["BLOCK_H"],
+            PROGRAMS_PER_SM=config["PROGRAMS_PER_SM"], UNROLL_TAPS=config.get("UNROLL_TAPS", False),
+            FP32_DOT=interpreting(), **launch_options(config))
+    elif config is not None:
+        compiled = convfirst_block_kernel[grid(config)](*args, CA=ca, CB=cb, BLOCK_M=config["BLOCK_M"],
+                                                        BLOCK_H=config["BLOCK_H"],
+                                                        UNROLL_TAPS=config.get("UNROLL_TAPS", False),
+                                                        DENSE_GCONV=config.get("DENSE_GCONV", False),
+                                                        FP32_DOT=interpreting(), **launch_options(config))
     else:
-        grid = lambda meta: (triton.cdiv(npix, meta["BLOCK_M"]),)  # noqa: E731
-        compiled = _launcher()[grid](*args, CA=ca, CB=cb, FP32_DOT=False)
+        global _last_tuner
+        _last_tuner = _resident_launcher() if resident else _launcher()
+        compiled = _last_tuner[grid](*args, CA=ca, CB=cb, FP32_DOT=False)
     LAST_COMPILED["convfirst"] = compiled
     return out
 

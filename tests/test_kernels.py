@@ -55,25 +55,63 @@ def test_kernel_matches_reference(block, channels, height, width, batch, dtype):
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
-GCONV_FORMS = {"sliced": False, "dense": True}
+KERNEL_FORMS = ("sliced", "dense", "resident")
 
 
-@pytest.mark.parametrize("gconv_form", list(GCONV_FORMS))
+def form_config(form: str, channels: int, npix: int) -> dict | None:
+    """An explicit config of one form of the fused ConvFirst kernel (None where the form does not apply):
+    v4 sliced grouped conv, v3 dense grouped conv, v5 resident weights (persistent programs)."""
+    from convfirst.kernels.convfirst_fused import DENSE_MAX_CHANNELS, heuristic_config, resident_fits
+
+    if form == "resident":
+        if not resident_fits(channels, 4 * channels):
+            return None
+        if interpreting():  # 16-pixel tiles: each of the 4 programs walks several tiles
+            return {"BLOCK_M": 16, "BLOCK_H": 32, "PROGRAMS_PER_SM": 1}
+        return heuristic_config(channels, npix, 4 * channels)
+    if form == "dense" and channels > DENSE_MAX_CHANNELS:
+        return None
+    return dict(heuristic_config(channels, npix), DENSE_GCONV=form == "dense")
+
+
+@pytest.mark.parametrize("form", KERNEL_FORMS)
 @pytest.mark.parametrize("block, channels, height, width, batch",
                          [c for c in CASES if c[0] == "convfirst"] + [("convfirst", 80, 5, 3, 1)])  # 80 = 64 + 32
-def test_convfirst_grouped_conv_forms_match_reference(block, channels, height, width, batch, gconv_form):
-    """Both forms of the fused ConvFirst kernel's grouped conv (v2 sliced 3D dots, v3 dense block-diagonal
-    2D dots), each forced through an explicit config, against the fp32 reference."""
-    from convfirst.kernels.convfirst_fused import DENSE_MAX_CHANNELS, heuristic_config
-
-    if GCONV_FORMS[gconv_form] and channels > DENSE_MAX_CHANNELS:
-        pytest.skip(f"the dense grouped conv is a candidate only up to C={DENSE_MAX_CHANNELS}")
+def test_convfirst_kernel_forms_match_reference(block, channels, height, width, batch, form):
+    """Each form of the fused ConvFirst kernel, forced through an explicit config, against the fp32 reference."""
+    config = form_config(form, channels, batch * height * width)
+    if config is None:
+        pytest.skip(f"the {form} form does not take C={channels}")
     case = BlockCase(BlockShape(block, channels, height, width), batch, "bfloat16", device=DEVICE, seed=_seed())
     x = case.inputs[0]
-    config = dict(heuristic_config(channels, batch * height * width), DENSE_GCONV=GCONV_FORMS[gconv_form])
     out = case.launch_poisoned(x, config)
     err = relative_error(out, case.reference(x))
-    assert err < TOLERANCE["bfloat16"], f"{gconv_form} C={channels} {height}x{width} N={batch}: rel err {err:.3g}"
+    assert err < TOLERANCE["bfloat16"], f"{form} C={channels} {height}x{width} N={batch}: rel err {err:.3g}"
+
+
+def test_resident_form_walks_more_tiles_than_programs():
+    """The v5 grid is persistent: fewer programs than tiles, each program looping over several."""
+    from convfirst.kernels._common import num_sms
+
+    config = form_config("resident", 16, 0)
+    assert config is not None
+    height, width, batch = (9, 13, 2) if interpreting() else (56, 56, 64)
+    tiles = -(-batch * height * width // config["BLOCK_M"])
+    assert tiles > 2 * num_sms(torch.device(DEVICE)) * config["PROGRAMS_PER_SM"]
+    case = BlockCase(BlockShape("convfirst", 16, height, width), batch, "bfloat16", device=DEVICE, seed=_seed())
+    x = case.inputs[0]
+    err = relative_error(case.launch_poisoned(x, config), case.reference(x))
+    assert err < TOLERANCE["bfloat16"]
+
+
+def test_resident_config_must_divide_hidden_width():
+    from convfirst.kernels.convfirst_fused import launch_convfirst_block
+
+    p = _on(_packed("convfirst", 24))  # hidden width 96: slices of 64 do not divide it
+    x = _x(24)
+    with pytest.raises(KernelInputError, match="BLOCK_H=64 does not divide the 96 hidden"):
+        launch_convfirst_block(x, p["w_taps"], p["b_g"], p["we_t"], p["b_e"], p["wp_t"], p["b_p"], torch.empty_like(x),
+                               config={"BLOCK_M": 16, "BLOCK_H": 64, "PROGRAMS_PER_SM": 1})
 
 
 @pytest.mark.parametrize("block", ["convfirst", "mbconv"])

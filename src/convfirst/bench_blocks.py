@@ -234,7 +234,8 @@ def tuned_config(block: str) -> str:
     """The autotuned config our kernel for ``block`` used last ('' if not tuned yet)."""
     from convfirst.kernels import convfirst_fused, gconv, mbconv_fused
 
-    tuner = {"convfirst": convfirst_fused._tuned, "mbconv": mbconv_fused._tuned, "gconv": gconv._tuned_gconv}[block]
+    tuner = {"convfirst": convfirst_fused.last_tuner(), "mbconv": mbconv_fused._tuned,
+             "gconv": gconv._tuned_gconv}[block]
     cfg = getattr(tuner, "best_config", None) if tuner is not None else None
     if cfg is None:
         return ""
@@ -276,7 +277,7 @@ def candidate_configs(block: str) -> list[dict]:
     from convfirst.kernels import convfirst_fused, gconv, mbconv_fused
     from convfirst.kernels._common import launch_kwargs
 
-    configs = {"convfirst": convfirst_fused._configs, "mbconv": mbconv_fused._configs,
+    configs = {"convfirst": convfirst_fused.candidate_configs, "mbconv": mbconv_fused._configs,
                "gconv": gconv._gconv_configs}[block]()
     return [launch_kwargs(cf) for cf in configs]
 

@@ -83,8 +83,9 @@ def _restrict_to_safe_configs(out: Path, log) -> None:
     def key(cf):
         return str(launch_kwargs(cf))
 
-    for block, module, attr in (("convfirst", convfirst_fused, "_configs"), ("mbconv", mbconv_fused, "_configs"),
-                                ("gconv", gconv, "_gconv_configs")):
+    for block, module, attr in (("convfirst", convfirst_fused, "_configs"),
+                                ("convfirst", convfirst_fused, "_resident_configs"),
+                                ("mbconv", mbconv_fused, "_configs"), ("gconv", gconv, "_gconv_configs")):
         path = out / f"cfg_{block}.csv"
         if not path.exists():
             continue

@@ -1,18 +1,21 @@
-"""v2 (sliced) vs v3 (dense block-diagonal) grouped conv inside the fused ConvFirst kernel, on one GPU.
+"""The forms of the fused ConvFirst kernel, config by config, on one GPU.
 
-How the v2/v3 rows of ``NOTES_convfirst.md`` were measured, in one run:
+Forms: ``sliced`` (v2/v4: per-tile weight reads, sliced grouped conv), ``dense`` (v3: dense block-diagonal
+grouped conv) and ``resident`` (v5: persistent programs whose 1x1 weights stay on chip). How the v3 and v5
+rows of ``NOTES_convfirst.md`` were measured, in one run:
 
-1. correctness of both forms (fixed configs, NaN-poisoned outputs, fp32 reference) at the five ConvFirst
-   family shapes (batch 2; the dense form only up to ``DENSE_MAX_CHANNELS``) and at odd sizes, batch 1;
-2. every candidate config of both forms timed at batch 256 (each one checked before it is timed), so the
+1. correctness of each form (fixed configs, NaN-poisoned outputs, fp32 reference) at family shapes (batch 2;
+   the dense form only up to ``DENSE_MAX_CHANNELS``, the resident one only where the weights fit) and at odd
+   sizes, batch 1;
+2. every candidate config of the asked forms timed at batch 256 (each one checked before it is timed), so the
    best config per form is known per shape;
 3. the fused impl timed again through the benchmark harness (:func:`convfirst.bench_blocks.time_case`,
    autotuning over the default candidates) for the block-benchmark CSV.
 
-``compare_configs.csv`` carries the provenance columns; append it to ``data/convfirst_gconv_forms_<gpu>.csv``
-with :func:`convfirst.records.save_measurements`.
+``compare_configs.csv`` carries the provenance columns; append it to ``data/convfirst_forms_<gpu>.csv`` with
+:func:`convfirst.records.save_measurements`.
 
-    python -m convfirst.kernels.compare_gconv_forms --out results/
+    python -m convfirst.kernels.compare_forms --out results/ --forms sliced resident
 """
 from __future__ import annotations
 
@@ -34,25 +37,50 @@ CHECK_SHAPES = [(BlockShape("convfirst", 64, 56, 56), 2), (BlockShape("convfirst
                 (BlockShape("convfirst", 192, 28, 28), 2), (BlockShape("convfirst", 384, 14, 14), 2),
                 (BlockShape("convfirst", 768, 7, 7), 2), (BlockShape("convfirst", 64, 13, 11), 1),
                 (BlockShape("convfirst", 96, 9, 15), 1), (BlockShape("convfirst", 80, 29, 31), 1),
-                (BlockShape("convfirst", 64, 56, 56), 1)]
+                (BlockShape("convfirst", 64, 56, 56), 1), (BlockShape("convfirst", 32, 56, 56), 2),
+                (BlockShape("convfirst", 48, 56, 56), 1)]
 TIME_SHAPES = [BlockShape("convfirst", 64, 56, 56), BlockShape("convfirst", 96, 56, 56),
                BlockShape("convfirst", 192, 28, 28)]
+FORMS = ("sliced", "dense", "resident")
 
 
-def fixed_config(dense: bool, channels: int, npix: int) -> dict:
-    """The kernel's heuristic tile with the grouped conv forced to one form."""
-    return dict(convfirst_fused.heuristic_config(channels, npix), DENSE_GCONV=dense)
+def form_of(config: dict) -> str:
+    if "PROGRAMS_PER_SM" in config:
+        return "resident"
+    return "dense" if config.get("DENSE_GCONV") else "sliced"
 
 
-def candidate_configs(channels: int, npix: int) -> list[dict]:
-    """Both forms' candidates that the autotuner's pruning keeps, the dense form at any width (to measure
+def applies(form: str, channels: int) -> bool:
+    if form == "dense":
+        return channels <= convfirst_fused.DENSE_MAX_CHANNELS
+    if form == "resident":
+        return convfirst_fused.resident_fits(channels, 4 * channels)
+    return True
+
+
+def fixed_config(form: str, channels: int, npix: int) -> dict:
+    """The kernel's heuristic tile in one form."""
+    if form == "resident":
+        return convfirst_fused.heuristic_config(channels, npix, 4 * channels)
+    return dict(convfirst_fused.heuristic_config(channels, npix), DENSE_GCONV=form == "dense")
+
+
+def candidate_configs(channels: int, npix: int, forms=FORMS) -> list[dict]:
+    """The candidates of ``forms`` that the autotuners' pruning keeps (the dense form at any width, to measure
     where it stops paying), as launch keyword dicts."""
-    limit = convfirst_fused.DENSE_MAX_CHANNELS
-    convfirst_fused.DENSE_MAX_CHANNELS = max(limit, channels)
-    try:
-        kept = convfirst_fused._prune(convfirst_fused._configs(include_dense=True), {"C": channels, "NPIX": npix, "HID": 4 * channels})
-    finally:
-        convfirst_fused.DENSE_MAX_CHANNELS = limit
+    named = {"C": channels, "NPIX": npix, "HID": 4 * channels}
+    kept = []
+    if "sliced" in forms or "dense" in forms:
+        limit = convfirst_fused.DENSE_MAX_CHANNELS
+        convfirst_fused.DENSE_MAX_CHANNELS = max(limit, channels)
+        try:
+            kept += [cf for cf in convfirst_fused._prune(convfirst_fused._configs(include_dense="dense" in forms),
+                                                         named)
+                     if ("dense" if cf.kwargs["DENSE_GCONV"] else "sliced") in forms]
+        finally:
+            convfirst_fused.DENSE_MAX_CHANNELS = limit
+    if "resident" in forms and applies("resident", channels):
+        kept += convfirst_fused._prune_resident(convfirst_fused._resident_configs(), named)
     return [launch_kwargs(cf) for cf in kept]
 
 
@@ -60,7 +88,18 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--limit-s", type=float, default=270.0)
+    ap.add_argument("--forms", nargs="+", choices=FORMS, default=list(FORMS))
+    ap.add_argument("--time-shapes", nargs="+", default=None,
+                    help="ConvFirst shapes to time, as C@HxW (default: 64@56x56 96@56x56 192@28x28)")
+    ap.add_argument("--harness-batches", nargs="*", type=int, default=[256, 32, 1])
     args = ap.parse_args()
+    time_shapes = TIME_SHAPES
+    if args.time_shapes:
+        time_shapes = []
+        for text in args.time_shapes:
+            c, hw = text.split("@")
+            h, w = hw.split("x")
+            time_shapes.append(BlockShape("convfirst", int(c), int(h), int(w)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -78,32 +117,33 @@ def main() -> int:
         case = BlockCase(shape, batch, "bfloat16")
         x = case.inputs[0]
         ref = case.reference(x)
-        for dense in (False, True):
-            if dense and shape.C > convfirst_fused.DENSE_MAX_CHANNELS:
+        for form in args.forms:
+            if not applies(form, shape.C):
                 continue
-            err = relative_error(case.launch_poisoned(x, fixed_config(dense, shape.C, batch * shape.H * shape.W)), ref)
-            checks.append({"shape": shape.label, "batch": batch, "form": "dense" if dense else "sliced",
+            config = fixed_config(form, shape.C, batch * shape.H * shape.W)
+            err = relative_error(case.launch_poisoned(x, config), ref)
+            checks.append({"shape": shape.label, "batch": batch, "form": form, "config": str(config),
                            "rel_err": err, "passed": err < TOLERANCE["bfloat16"]})
-            log(f"check {shape.label:24s} N={batch} {'dense ' if dense else 'sliced'} rel_err={err:.2e} "
+            log(f"check {shape.label:24s} N={batch} {form:8s} rel_err={err:.2e} "
                 f"{'ok' if err < TOLERANCE['bfloat16'] else 'FAILED'}")
         del case
     pd.DataFrame(checks).to_csv(out / "compare_checks.csv", index=False)
 
     # 2. every candidate config of both forms, batch 256
     rows = []
-    for shape in TIME_SHAPES:
+    for shape in time_shapes:
         batch = 256
         npix = batch * shape.H * shape.W
         case = BlockCase(shape, batch, "bfloat16", n_inputs=l2_rotation_count(2 * 2 * npix * shape.C))
         x0 = case.inputs[0]
         ref = case.reference(x0)
-        for config in candidate_configs(shape.C, npix):
+        for config in candidate_configs(shape.C, npix, args.forms):
             if time.time() - start > args.limit_s * 0.7:
                 log("out of time for config timing")
                 break
             row = {"block": shape.block, "C": shape.C, "H": shape.H, "W": shape.W, "E": shape.E, "batch": batch,
                    "dtype": "bfloat16", "layout": "channels_last", "shape": shape.label,
-                   "form": "dense" if config["DENSE_GCONV"] else "sliced", "config": str(config)}
+                   "form": form_of(config), "config": str(config)}
             try:
                 err = relative_error(case.launch_poisoned(x0, config), ref)
                 k = convfirst_fused.LAST_COMPILED["convfirst"]
@@ -119,7 +159,7 @@ def main() -> int:
             except Exception as exc:  # e.g. too much shared memory
                 row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
             rows.append(row)
-            log(f"time  {shape.label:24s} {row['form']:6s} {row.get('ms', float('nan')):.4f} ms "
+            log(f"time  {shape.label:24s} {row['form']:8s} {row.get('ms', float('nan')):.4f} ms "
                 f"err={row.get('rel_err', float('nan')):.1e} regs={row.get('regs')} {config} {row.get('error', '')}")
             with_provenance(pd.DataFrame(rows)).to_csv(out / "compare_configs.csv", index=False)
         del case
@@ -130,8 +170,8 @@ def main() -> int:
 
     ceilings = load_ceilings("h100")
     bench = []
-    for shape in TIME_SHAPES:
-        for batch in (256, 32, 1):
+    for shape in time_shapes:
+        for batch in args.harness_batches:
             if time.time() - start > args.limit_s:
                 log("out of time for the harness rows")
                 break

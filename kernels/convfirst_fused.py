@@ -31,7 +31,7 @@ from ._common import (LAST_COMPILED, KernelInputError, accumulator_fits, autotun
                       check_same_device, check_shape, check_weight_dtype, interpreting, next_pow2, launch_options,
                       num_sms, packed_taps_rows, split_channels)
 from .activation import silu
-from .gconv import grouped3x3_tap_sum, load_shifted_tap
+from .gconv import ROW_TAPS, grouped3x3_tap_sum, load_shifted_tap
 
 
 @triton.jit
@@ -248,11 +248,15 @@ def convfirst_resident_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_
 #: Sliced grouped-conv candidates: (BLOCK_M, BLOCK_H, warps, stages, UNROLL_TAPS, maxnreg). A register cap of
 #: 128 lets four 4-warp programs share an SM (the unrolled hidden loop of v4 otherwise takes 140-180). With one
 #: stage the loads would be plain (L1-cached) loads instead of cp.async copies that bypass L1, but the two
-#: single-stage 64x64 tiles under the 128 cap faulted (illegal address) at C=80 on the H100 (triton 3.6) and
-#: are not candidates (NOTES_convfirst.md, v4).
+#: single-stage 64x64 tiles under the 128 cap with the pipelined tap loop faulted (illegal address) at C=80
+#: on the H100 (triton 3.6) and are not candidates (NOTES_convfirst.md, v4). ``ROW_TAPS`` tiles walk the taps
+#: by kernel row (three plain loads in flight, two of them L1 hits); at one stage their 1x1 weights are plain
+#: loads too, read from L1 after an SM's first tile.
 SLICED_CONFIGS = ((64, 64, 4, 2, False, 128), (64, 32, 4, 2, False, 128), (64, 64, 4, 2, False, 168),
                   (64, 32, 4, 2, False, 168), (64, 64, 4, 2, False, None), (64, 64, 4, 2, True, 128),
-                  (128, 64, 8, 2, False, 128), (128, 64, 8, 2, False, None), (32, 32, 4, 1, False, None))
+                  (128, 64, 8, 2, False, 128), (128, 64, 8, 2, False, None), (32, 32, 4, 1, False, None),
+                  (64, 64, 4, 1, ROW_TAPS, 128), (64, 32, 4, 1, ROW_TAPS, 128), (64, 64, 4, 1, ROW_TAPS, None),
+                  (64, 64, 4, 2, ROW_TAPS, 128), (128, 64, 8, 1, ROW_TAPS, None))
 #: v3 (dense block-diagonal grouped conv) candidates: (BLOCK_M, BLOCK_H, warps, stages); C <= 128 only.
 #: BLOCK_M=128 with 8 warps gives each wgmma M=128 over two warp groups. Measured slower than v2 at every
 #: benchmark shape (NOTES_convfirst.md, v3), so they are not autotuning candidates unless asked for.
@@ -294,12 +298,15 @@ def _prune(configs, named_args, **kwargs):
     return kept or [min(configs, key=lambda cf: cf.kwargs["BLOCK_M"] * 1000 + cf.kwargs["BLOCK_H"])]
 
 
-#: v5 (resident 1x1 weights, persistent) candidates: (BLOCK_M, BLOCK_H, PROGRAMS_PER_SM, warps, stages, maxnreg).
+#: v5 (resident 1x1 weights, persistent) candidates: (BLOCK_M, BLOCK_H, PROGRAMS_PER_SM, warps, stages, maxnreg,
+#: UNROLL_TAPS).
 #: Programs per SM is what shared memory allows: the weights take 2 * (CA + CB) * HID * 2 bytes per program
 #: (64 KB at C=64, 144 KB at C=96), the tap pipeline about 12 KB more.
-RESIDENT_CONFIGS = ((64, 64, 3, 4, 2, None), (64, 64, 3, 4, 2, 168), (64, 64, 2, 4, 2, None),
-                    (64, 32, 3, 4, 2, None), (64, 64, 1, 4, 2, None), (64, 64, 1, 8, 2, None),
-                    (128, 64, 1, 8, 2, None), (64, 32, 1, 4, 2, None))
+RESIDENT_CONFIGS = ((64, 64, 3, 4, 2, None, False), (64, 64, 3, 4, 2, 168, False), (64, 64, 2, 4, 2, None, False),
+                    (64, 32, 3, 4, 2, None, False), (64, 64, 1, 4, 2, None, False), (64, 64, 1, 8, 2, None, False),
+                    (128, 64, 1, 8, 2, None, False), (64, 32, 1, 4, 2, None, False),
+                    (64, 64, 3, 4, 1, None, ROW_TAPS), (64, 64, 3, 4, 1, 168, ROW_TAPS),
+                    (64, 32, 3, 4, 1, None, ROW_TAPS))
 #: Shared memory the resident weights may take per program; wider blocks use the v4 kernel.
 RESIDENT_MAX_BYTES = 160 * 1024
 #: Shared memory per SM on Hopper (227 KB usable by one block, 228 KB in all) and the v5 kernel's other use.
@@ -318,8 +325,8 @@ def resident_fits(channels: int, hidden: int) -> bool:
 
 
 def _resident_configs():
-    return [triton.Config({"BLOCK_M": m, "BLOCK_H": bh, "PROGRAMS_PER_SM": p, "UNROLL_TAPS": False}, num_warps=w,
-                          num_stages=st, maxnreg=r) for m, bh, p, w, st, r in RESIDENT_CONFIGS]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_H": bh, "PROGRAMS_PER_SM": p, "UNROLL_TAPS": u}, num_warps=w,
+                          num_stages=st, maxnreg=r) for m, bh, p, w, st, r, u in RESIDENT_CONFIGS]
 
 
 def _prune_resident(configs, named_args, **kwargs):

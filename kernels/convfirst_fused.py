@@ -248,15 +248,15 @@ def convfirst_resident_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_
 #: Sliced grouped-conv candidates: (BLOCK_M, BLOCK_H, warps, stages, UNROLL_TAPS, maxnreg). A register cap of
 #: 128 lets four 4-warp programs share an SM (the unrolled hidden loop of v4 otherwise takes 140-180). With one
 #: stage the loads would be plain (L1-cached) loads instead of cp.async copies that bypass L1, but the two
-#: single-stage 64x64 tiles under the 128 cap with the pipelined tap loop faulted (illegal address) at C=80
-#: on the H100 (triton 3.6) and are not candidates (NOTES_convfirst.md, v4). ``ROW_TAPS`` tiles walk the taps
+#: single-stage 64-row tiles under the 128 cap faulted (illegal address) on the H100 (triton 3.6): with the
+#: pipelined tap loop at C=80, with the row-walked one at C=32, 96 (not at 64); they are not candidates
+#: (NOTES_convfirst.md, v4 and v5). ``ROW_TAPS`` tiles walk the taps
 #: by kernel row (three plain loads in flight, two of them L1 hits); at one stage their 1x1 weights are plain
 #: loads too, read from L1 after an SM's first tile.
 SLICED_CONFIGS = ((64, 64, 4, 2, False, 128), (64, 32, 4, 2, False, 128), (64, 64, 4, 2, False, 168),
                   (64, 32, 4, 2, False, 168), (64, 64, 4, 2, False, None), (64, 64, 4, 2, True, 128),
                   (128, 64, 8, 2, False, 128), (128, 64, 8, 2, False, None), (32, 32, 4, 1, False, None),
-                  (64, 64, 4, 1, ROW_TAPS, 128), (64, 32, 4, 1, ROW_TAPS, 128), (64, 64, 4, 1, ROW_TAPS, None),
-                  (64, 64, 4, 2, ROW_TAPS, 128), (128, 64, 8, 1, ROW_TAPS, None))
+                  (64, 64, 4, 1, ROW_TAPS, None), (64, 64, 4, 2, ROW_TAPS, 128), (128, 64, 8, 1, ROW_TAPS, None))
 #: v3 (dense block-diagonal grouped conv) candidates: (BLOCK_M, BLOCK_H, warps, stages); C <= 128 only.
 #: BLOCK_M=128 with 8 warps gives each wgmma M=128 over two warp groups. Measured slower than v2 at every
 #: benchmark shape (NOTES_convfirst.md, v3), so they are not autotuning candidates unless asked for.

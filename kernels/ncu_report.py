@@ -28,7 +28,7 @@ from pathlib import Path
 
 SECTIONS = ("SpeedOfLight", "MemoryWorkloadAnalysis", "Occupancy", "LaunchStats", "WarpStateStats",
             "ComputeWorkloadAnalysis", "SchedulerStats", "InstructionStats")
-KERNEL_NAMES = {"convfirst": "convfirst_block_kernel", "mbconv": "mbconv_block_kernel", "gconv": "grouped3x3_kernel"}
+KERNEL_NAMES = {"convfirst": "convfirst_(block|resident)_kernel", "mbconv": "mbconv_block_kernel", "gconv": "grouped3x3_kernel"}
 
 #: (block, shape, batch, config): the benchmark shapes' best autotuned configs (data/block_bench_h100.csv)
 #: and the alternatives the notes discuss.
@@ -45,7 +45,7 @@ def parse_config(text: str) -> dict:
     out = {}
     for item in filter(None, text.split(",")):
         key, value = item.split("=")
-        out[key] = int(value) if key not in ("UNROLL_TAPS", "DENSE_GCONV") else bool(int(value))
+        out[key] = bool(int(value)) if key == "DENSE_GCONV" else int(value)  # UNROLL_TAPS: 0, 1 or 3 (ROW_TAPS)
     return out
 
 

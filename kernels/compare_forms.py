@@ -61,7 +61,7 @@ def applies(form: str, channels: int) -> bool:
 def fixed_config(form: str, channels: int, npix: int) -> dict:
     """The kernel's heuristic tile in one form."""
     if form == "resident":
-        return convfirst_fused.heuristic_config(channels, npix, 4 * channels)
+        return convfirst_fused.resident_config(channels, 4 * channels)
     return dict(convfirst_fused.heuristic_config(channels, npix), DENSE_GCONV=form == "dense")
 
 

@@ -31,7 +31,7 @@ from ._common import (LAST_COMPILED, KernelInputError, accumulator_fits, autotun
                       check_same_device, check_shape, check_weight_dtype, interpreting, next_pow2, launch_options,
                       num_sms, packed_taps_rows, split_channels)
 from .activation import silu
-from .gconv import ROW_TAPS, grouped3x3_tap_sum, load_shifted_tap
+from .gconv import grouped3x3_tap_sum, load_shifted_tap
 
 
 @triton.jit
@@ -248,15 +248,11 @@ def convfirst_resident_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_
 #: Sliced grouped-conv candidates: (BLOCK_M, BLOCK_H, warps, stages, UNROLL_TAPS, maxnreg). A register cap of
 #: 128 lets four 4-warp programs share an SM (the unrolled hidden loop of v4 otherwise takes 140-180). With one
 #: stage the loads would be plain (L1-cached) loads instead of cp.async copies that bypass L1, but the two
-#: single-stage 64-row tiles under the 128 cap faulted (illegal address) on the H100 (triton 3.6): with the
-#: pipelined tap loop at C=80, with the row-walked one at C=32, 96 (not at 64); they are not candidates
-#: (NOTES_convfirst.md, v4 and v5). ``ROW_TAPS`` tiles walk the taps
-#: by kernel row (three plain loads in flight, two of them L1 hits); at one stage their 1x1 weights are plain
-#: loads too, read from L1 after an SM's first tile.
+#: single-stage 64x64 tiles under the 128 cap faulted (illegal address) at C=80 on the H100 (triton 3.6) and
+#: are not candidates (NOTES_convfirst.md, v4).
 SLICED_CONFIGS = ((64, 64, 4, 2, False, 128), (64, 32, 4, 2, False, 128), (64, 64, 4, 2, False, 168),
                   (64, 32, 4, 2, False, 168), (64, 64, 4, 2, False, None), (64, 64, 4, 2, True, 128),
-                  (128, 64, 8, 2, False, 128), (128, 64, 8, 2, False, None), (32, 32, 4, 1, False, None),
-                  (64, 64, 4, 1, ROW_TAPS, None), (64, 64, 4, 2, ROW_TAPS, 128), (128, 64, 8, 1, ROW_TAPS, None))
+                  (128, 64, 8, 2, False, 128), (128, 64, 8, 2, False, None), (32, 32, 4, 1, False, None))
 #: v3 (dense block-diagonal grouped conv) candidates: (BLOCK_M, BLOCK_H, warps, stages); C <= 128 only.
 #: BLOCK_M=128 with 8 warps gives each wgmma M=128 over two warp groups. Measured slower than v2 at every
 #: benchmark shape (NOTES_convfirst.md, v3), so they are not autotuning candidates unless asked for.
@@ -298,20 +294,18 @@ def _prune(configs, named_args, **kwargs):
     return kept or [min(configs, key=lambda cf: cf.kwargs["BLOCK_M"] * 1000 + cf.kwargs["BLOCK_H"])]
 
 
-#: v5 (resident 1x1 weights, persistent) candidates: (BLOCK_M, BLOCK_H, PROGRAMS_PER_SM, warps, stages, maxnreg,
-#: UNROLL_TAPS).
+#: v5 (resident 1x1 weights, persistent) candidates: (BLOCK_M, BLOCK_H, PROGRAMS_PER_SM, warps, stages, maxnreg).
 #: Programs per SM is what shared memory allows: the weights take 2 * (CA + CB) * HID * 2 bytes per program
 #: (64 KB at C=64, 144 KB at C=96), the tap pipeline about 12 KB more.
-RESIDENT_CONFIGS = ((64, 64, 3, 4, 2, None, False), (64, 64, 3, 4, 2, 168, False), (64, 64, 2, 4, 2, None, False),
-                    (64, 32, 3, 4, 2, None, False), (64, 64, 1, 4, 2, None, False), (64, 64, 1, 8, 2, None, False),
-                    (128, 64, 1, 8, 2, None, False), (64, 32, 1, 4, 2, None, False),
-                    (64, 64, 3, 4, 1, None, ROW_TAPS), (64, 64, 3, 4, 1, 168, ROW_TAPS),
-                    (64, 32, 3, 4, 1, None, ROW_TAPS))
-#: Shared memory the resident weights may take per program; wider blocks use the v4 kernel.
-RESIDENT_MAX_BYTES = 160 * 1024
-#: Shared memory per SM on Hopper (227 KB usable by one block, 228 KB in all) and the v5 kernel's other use.
+RESIDENT_CONFIGS = ((64, 64, 3, 4, 2, None), (64, 64, 3, 4, 2, 168), (64, 64, 2, 4, 2, None),
+                    (64, 32, 3, 4, 2, None), (128, 64, 1, 8, 2, None))
+#: Hopper shared memory per SM (228 KB in all, 227 KB for one block) and what v5 uses besides the weights.
 SMEM_PER_SM = 228 * 1024
 RESIDENT_PIPELINE_BYTES = 12 * 1024
+#: Where v5 is the default: weights of 40-64 KB (C=48 and 64 at E=4), so that three programs share an SM. On the
+#: H100 v5 was 2-6% faster there; at C=32 v4 fits five programs per SM and is 11% faster, and at C >= 80 only one
+#: v5 program fits and it spills (NOTES_convfirst.md, v5).
+RESIDENT_PREFERRED_BYTES = (40 * 1024, 64 * 1024)
 
 
 def resident_weight_bytes(channels: int, hidden: int, itemsize: int = 2) -> int:
@@ -320,13 +314,21 @@ def resident_weight_bytes(channels: int, hidden: int, itemsize: int = 2) -> int:
 
 
 def resident_fits(channels: int, hidden: int) -> bool:
-    """Whether a block takes the v5 kernel: its 1x1 weights fit on chip and its hidden width splits into slices."""
-    return resident_weight_bytes(channels, hidden) <= RESIDENT_MAX_BYTES and hidden % 32 == 0
+    """Whether the v5 kernel can run a block: its 1x1 weights fit in one SM's shared memory and its hidden width
+    splits into slices of 32."""
+    return resident_weight_bytes(channels, hidden) + RESIDENT_PIPELINE_BYTES <= SMEM_PER_SM - 1024 \
+        and hidden % 32 == 0
+
+
+def resident_preferred(channels: int, hidden: int) -> bool:
+    """Whether an autotuned or heuristic launch takes v5 (measured faster than v4 there, see above)."""
+    low, high = RESIDENT_PREFERRED_BYTES
+    return resident_fits(channels, hidden) and low <= resident_weight_bytes(channels, hidden) <= high
 
 
 def _resident_configs():
-    return [triton.Config({"BLOCK_M": m, "BLOCK_H": bh, "PROGRAMS_PER_SM": p, "UNROLL_TAPS": u}, num_warps=w,
-                          num_stages=st, maxnreg=r) for m, bh, p, w, st, r, u in RESIDENT_CONFIGS]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_H": bh, "PROGRAMS_PER_SM": p, "UNROLL_TAPS": False}, num_warps=w,
+                          num_stages=st, maxnreg=r) for m, bh, p, w, st, r in RESIDENT_CONFIGS]
 
 
 def _prune_resident(configs, named_args, **kwargs):
@@ -373,15 +375,23 @@ def _launcher():
     return _tuned
 
 
+def resident_config(channels: int, hidden: int) -> dict:
+    """A fixed v5 config: 64-pixel tiles, as many programs per SM (at most 3) as shared memory holds; in the
+    interpreter 16-pixel tiles, so that a program walks several tiles even at tiny shapes."""
+    if interpreting():
+        return {"BLOCK_M": 16, "BLOCK_H": 32, "PROGRAMS_PER_SM": 1, "UNROLL_TAPS": False}
+    per_sm = SMEM_PER_SM // (resident_weight_bytes(channels, hidden) + RESIDENT_PIPELINE_BYTES)
+    return {"BLOCK_M": 64, "BLOCK_H": 64 if hidden % 64 == 0 else 32, "PROGRAMS_PER_SM": max(1, min(per_sm, 3)),
+            "UNROLL_TAPS": False, "num_warps": 4, "num_stages": 2}
+
+
 def heuristic_config(channels: int, npix: int, hidden: int | None = None) -> dict:
     """A fixed config (no autotuning): the interpreter's small tile, else a tile sized by the channel count.
-    With ``hidden`` given and the weights fitting on chip, a v5 (resident-weight) config."""
+    With ``hidden`` given, the v5 (resident-weight) config where v5 is preferred (:func:`resident_preferred`)."""
     if interpreting():
         return {"BLOCK_M": 32, "BLOCK_H": 32, "UNROLL_TAPS": False, "DENSE_GCONV": False}
-    if hidden is not None and resident_fits(channels, hidden):
-        per_sm = SMEM_PER_SM // (resident_weight_bytes(channels, hidden) + RESIDENT_PIPELINE_BYTES)
-        return {"BLOCK_M": 64, "BLOCK_H": 64 if hidden % 64 == 0 else 32, "PROGRAMS_PER_SM": max(1, min(per_sm, 3)),
-                "UNROLL_TAPS": False, "num_warps": 4, "num_stages": 2}
+    if hidden is not None and resident_preferred(channels, hidden):
+        return resident_config(channels, hidden)
     if channels >= 384:
         return {"BLOCK_M": 32, "BLOCK_H": 32, "UNROLL_TAPS": False, "num_warps": 4, "num_stages": 1}
     # register caps as the autotuner picked them on the H100 (64@56: 128, 192@28: 168); none above 192
@@ -408,8 +418,8 @@ def check_convfirst_inputs(x, w_taps, b_g, we_t, b_e, wp_t, b_p) -> None:
 
 def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: dict | None = None):
     """Launch the fused block into ``out``. ``config`` fixes the kernel and tile: one with ``PROGRAMS_PER_SM``
-    runs the v5 kernel (resident weights, persistent), any other the v4 kernel; without one, blocks whose
-    weights fit on chip (:func:`resident_fits`) take v5, the others v4, each autotuned on the GPU."""
+    runs the v5 kernel (resident weights, persistent), any other the v4 kernel; without one, blocks where v5
+    measured faster (:func:`resident_preferred`) take v5, the others v4, each autotuned on the GPU."""
     n, c, h, w = x.shape
     npix, hid = n * h * w, we_t.shape[1]
     if npix == 0:
@@ -418,7 +428,7 @@ def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: di
     args = (x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, npix, h, w, c, packed_taps_rows(c), hid)
     if config is None and not autotuning():
         config = heuristic_config(c, npix, hid)
-    resident = resident_fits(c, hid) if config is None else "PROGRAMS_PER_SM" in config
+    resident = resident_preferred(c, hid) if config is None else "PROGRAMS_PER_SM" in config
     sms = num_sms(x.device)
 
     def grid(meta):

@@ -19,10 +19,6 @@ from ._common import (LAST_COMPILED, LAUNCH_OPTIONS, autotuning, check_activatio
 from .activation import silu
 
 
-#: ``UNROLL_TAPS`` value for the tap loop by kernel rows (see :func:`grouped3x3_tap_sum`).
-ROW_TAPS = 3
-
-
 @triton.jit
 def load_shifted_tap(tile_ptr, t, rows, ROW_STRIDE, cols, col_ok, pix_h, pix_w, pix_ok, H, W):
     """The [BLOCK_M, CK] input under tap t (dy, dx = t // 3 - 1, t % 3 - 1): row ``rows[m] + dy*W + dx`` of the
@@ -68,17 +64,9 @@ def grouped3x3_tap_sum(tile_ptr, rows, ROW_STRIDE, c0, C, w_taps_ptr, wc0, C16, 
     ``rows[m]``; its neighbour at (dy, dx) is row ``rows[m] + dy*W + dx``. ``pix_h``/``pix_w`` are the image
     row/column of each pixel and ``pix_ok`` marks real pixels; neighbours outside the image read as 0.
     Columns [c0, c0 + CK) are read, those at or past ``C`` as 0. Weights: packed rows [wc0, wc0 + CK) of
-    ``w_taps`` [9, C16, 16]. ``UNROLL_TAPS`` picks the tap loop:
-
-    - ``False``: a loop over the 9 taps that the compiler software-pipelines (cp.async copies, which bypass
-      L1; one tap in flight ahead of the one being multiplied at ``num_stages=2``);
-    - ``True``: all 9 taps unrolled (all loads issued early, many registers);
-    - ``ROW_TAPS`` (3): a loop over the 3 kernel rows, not pipelined, whose 3 taps are unrolled: three
-      plain loads in flight at once, and the two that overlap the row's first (shifted by one pixel) are
-      served by L1, so L2 sees about one tap in three.
-
-    Returns fp32 [CK//16, BLOCK_M, 16]: output channel ``16*s + k`` of the slice for pixel ``m`` at
-    ``[s, m, k]``, without bias.
+    ``w_taps`` [9, C16, 16]. ``UNROLL_TAPS``: unrolled taps (all loads issued early, many registers) or a
+    loop the compiler can software-pipeline. Returns fp32 [CK//16, BLOCK_M, 16]: output channel
+    ``16*s + k`` of the slice for pixel ``m`` at ``[s, m, k]``, without bias.
     """
     S: tl.constexpr = CK // 16
     s_idx = tl.arange(0, S)[:, None, None]
@@ -90,12 +78,7 @@ def grouped3x3_tap_sum(tile_ptr, rows, ROW_STRIDE, c0, C, w_taps_ptr, wc0, C16, 
     w_off = w_row * 16 + k_idx                         # [S, 16, 16]
     w_ok = w_row < C16
     acc = tl.zeros([S, BLOCK_M, 16], dtype=tl.float32)
-    if UNROLL_TAPS == 3:
-        for dy in tl.range(3, num_stages=1):
-            for dx in tl.static_range(3):
-                acc = grouped3x3_one_tap(acc, dy * 3 + dx, tile_ptr, rows, ROW_STRIDE, cols, col_ok, w_taps_ptr,
-                                         w_off, w_ok, C16, pix_h, pix_w, pix_ok, H, W, CK, BLOCK_M, FP32_DOT)
-    elif UNROLL_TAPS:
+    if UNROLL_TAPS:
         for t in tl.static_range(9):
             acc = grouped3x3_one_tap(acc, t, tile_ptr, rows, ROW_STRIDE, cols, col_ok, w_taps_ptr, w_off, w_ok,
                                      C16, pix_h, pix_w, pix_ok, H, W, CK, BLOCK_M, FP32_DOT)

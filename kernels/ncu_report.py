@@ -45,7 +45,7 @@ def parse_config(text: str) -> dict:
     out = {}
     for item in filter(None, text.split(",")):
         key, value = item.split("=")
-        out[key] = bool(int(value)) if key == "DENSE_GCONV" else int(value)  # UNROLL_TAPS: 0, 1 or 3 (ROW_TAPS)
+        out[key] = bool(int(value)) if key in ("UNROLL_TAPS", "DENSE_GCONV") else int(value)
     return out
 
 
@@ -143,9 +143,6 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
 
 #: Counters of the chapter's table: (metric, column name, scale).
 TABLE_METRICS = (
@@ -180,3 +177,7 @@ def counter_table(df) -> "pd.DataFrame":
     t = d.pivot_table(index=["kernel_version", "block", "shape", "config"], columns="column", values="value",
                       aggfunc="last")
     return t[[c for _, c, _ in TABLE_METRICS if c in t.columns]].reset_index()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

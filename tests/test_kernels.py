@@ -55,25 +55,17 @@ def test_kernel_matches_reference(block, channels, height, width, batch, dtype):
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
-KERNEL_FORMS = ("sliced", "sliced-rows", "dense", "resident", "resident-rows")
+KERNEL_FORMS = ("sliced", "dense", "resident")
 
 
 def form_config(form: str, channels: int, npix: int) -> dict | None:
     """An explicit config of one form of the fused ConvFirst kernel (None where the form does not apply):
-    v4 sliced grouped conv, v3 dense grouped conv, v5 resident weights (persistent programs); ``-rows``: the
-    grouped conv's taps walked by kernel row."""
-    from convfirst.kernels.convfirst_fused import DENSE_MAX_CHANNELS, heuristic_config, resident_fits
-    from convfirst.kernels.gconv import ROW_TAPS
+    v4 sliced grouped conv, v3 dense grouped conv, v5 resident weights (persistent programs)."""
+    from convfirst.kernels.convfirst_fused import (DENSE_MAX_CHANNELS, heuristic_config, resident_config,
+                                                   resident_fits)
 
-    if form.endswith("-rows"):
-        config = form_config(form[:-len("-rows")], channels, npix)
-        return None if config is None else dict(config, UNROLL_TAPS=ROW_TAPS)
     if form == "resident":
-        if not resident_fits(channels, 4 * channels):
-            return None
-        if interpreting():  # 16-pixel tiles: each of the 4 programs walks several tiles
-            return {"BLOCK_M": 16, "BLOCK_H": 32, "PROGRAMS_PER_SM": 1}
-        return heuristic_config(channels, npix, 4 * channels)
+        return resident_config(channels, 4 * channels) if resident_fits(channels, 4 * channels) else None
     if form == "dense" and channels > DENSE_MAX_CHANNELS:
         return None
     return dict(heuristic_config(channels, npix), DENSE_GCONV=form == "dense")

@@ -4,7 +4,9 @@ Each kernel is a ``torch.library`` custom op (``torch.ops.convfirst.*``) with a 
 ``torch.compile`` traces models that use it. Set ``TRITON_INTERPRET=1`` *before* importing this package to
 run the kernels on CPU tensors in Triton's interpreter (slow; for tests at tiny sizes).
 
-- :func:`convfirst_block_fused`, :func:`mbconv_block_fused`: the fused blocks (packed weights).
+- :func:`convfirst_block_fused`, :func:`mbconv_block_fused`: the fused blocks (packed weights), as custom ops;
+  :func:`run_convfirst_fused`, :func:`run_mbconv_fused`: the same for eager code, without the dispatcher's
+  per-call cost (the modules use these).
 - :func:`grouped_conv3x3_gw8`: the standalone grouped conv; :func:`convfirst_block_unfused` and
   :func:`mbconv_block_unfused`: the same blocks as a sequence of our gconv and cuBLAS matmuls.
 - :class:`FusedConvFirstBlock`, :class:`FusedMBConvBlock` (``from_block(block)``), their unfused-sequence
@@ -16,9 +18,9 @@ Design notes, floors and measured versions: ``NOTES_convfirst.md``, ``NOTES_mbco
 """
 from ._common import (KernelInputError, interpreting, pack_block_params, pack_grouped_taps,
                       split_channels)
-from .convfirst_fused import convfirst_block_fused
+from .convfirst_fused import convfirst_block_fused, run_convfirst_fused
 from .gconv import grouped_conv3x3_gw8
-from .mbconv_fused import mbconv_block_fused
+from .mbconv_fused import mbconv_block_fused, run_mbconv_fused
 from .modules import (FusedConvFirstBlock, FusedMBConvBlock, SequenceConvFirstBlock, SequenceMBConvBlock,
                       count_fused_blocks, count_sequence_blocks, fuse)
 from .unfused import convfirst_block_unfused, mbconv_block_unfused
@@ -27,21 +29,21 @@ __all__ = ["KernelInputError", "interpreting", "pack_block_params", "pack_groupe
            "convfirst_block_fused", "mbconv_block_fused", "grouped_conv3x3_gw8", "FusedConvFirstBlock",
            "FusedMBConvBlock", "SequenceConvFirstBlock", "SequenceMBConvBlock", "fuse", "count_fused_blocks",
            "count_sequence_blocks", "convfirst_block_unfused",
-           "mbconv_block_unfused", "run_block"]
+           "mbconv_block_unfused", "run_block", "run_convfirst_fused", "run_mbconv_fused"]
 
 
 def run_block(block: str, impl: str, x, packed):
     """``impl`` in ('fused', 'unfused-triton') of ``block`` in ('convfirst', 'mbconv') on x with packed weights."""
     if block == "convfirst":
         if impl == "fused":
-            return convfirst_block_fused(x, packed["w_taps"], packed["b_g"], packed["we_t"], packed["b_e"],
-                                         packed["wp_t"], packed["b_p"])
+            return run_convfirst_fused(x, packed["w_taps"], packed["b_g"], packed["we_t"], packed["b_e"],
+                                       packed["wp_t"], packed["b_p"])
         if impl == "unfused-triton":
             return convfirst_block_unfused(x, packed)
     elif block == "mbconv":
         if impl == "fused":
-            return mbconv_block_fused(x, packed["we_t"], packed["b_e"], packed["w_taps"], packed["b_g"],
-                                      packed["wp_t"], packed["b_p"])
+            return run_mbconv_fused(x, packed["we_t"], packed["b_e"], packed["w_taps"], packed["b_g"],
+                                    packed["wp_t"], packed["b_p"])
         if impl == "unfused-triton":
             return mbconv_block_unfused(x, packed)
     raise KernelInputError(f"run_block: block={block!r}, impl={impl!r}; blocks: 'convfirst', 'mbconv'; "

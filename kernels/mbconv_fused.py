@@ -236,6 +236,12 @@ def launch_mbconv_block(x, we_t, b_e, w_taps, b_g, wp_t, b_p, out, config: dict 
     return out
 
 
+def _mbconv_fused_impl(x, we_t, b_e, w_taps, b_g, wp_t, b_p):
+    check_mbconv_inputs(x, we_t, b_e, w_taps, b_g, wp_t, b_p)
+    out = torch.empty_like(x, memory_format=torch.channels_last)
+    return launch_mbconv_block(x, we_t, b_e, w_taps, b_g, wp_t, b_p, out)
+
+
 @torch.library.custom_op("convfirst::mbconv_block_fused", mutates_args=())
 def mbconv_block_fused(x: torch.Tensor, we_t: torch.Tensor, b_e: torch.Tensor, w_taps: torch.Tensor,
                        b_g: torch.Tensor, wp_t: torch.Tensor, b_p: torch.Tensor) -> torch.Tensor:
@@ -244,9 +250,15 @@ def mbconv_block_fused(x: torch.Tensor, we_t: torch.Tensor, b_e: torch.Tensor, w
     ``x``: [N, C, H, W] channels_last, bf16 or fp16. Weights as packed by
     :func:`convfirst.kernels.pack_block_params`. Returns a new channels_last tensor like ``x``.
     """
-    check_mbconv_inputs(x, we_t, b_e, w_taps, b_g, wp_t, b_p)
-    out = torch.empty_like(x, memory_format=torch.channels_last)
-    return launch_mbconv_block(x, we_t, b_e, w_taps, b_g, wp_t, b_p, out)
+    return _mbconv_fused_impl(x, we_t, b_e, w_taps, b_g, wp_t, b_p)
+
+
+def run_mbconv_fused(x, we_t, b_e, w_taps, b_g, wp_t, b_p) -> torch.Tensor:
+    """:func:`mbconv_block_fused` for eager code, called directly (see
+    :func:`convfirst.kernels.convfirst_fused.run_convfirst_fused`); the op under compile/export."""
+    if torch.compiler.is_compiling() or x.device.type == "meta":
+        return mbconv_block_fused(x, we_t, b_e, w_taps, b_g, wp_t, b_p)
+    return _mbconv_fused_impl(x, we_t, b_e, w_taps, b_g, wp_t, b_p)
 
 
 @mbconv_block_fused.register_fake

@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 
 from ._common import KernelInputError, check_activation, pack_block_params
-from .convfirst_fused import convfirst_block_fused
-from .mbconv_fused import mbconv_block_fused
+from .convfirst_fused import run_convfirst_fused
+from .mbconv_fused import run_mbconv_fused
 from .unfused import convfirst_block_unfused, mbconv_block_unfused
 
 _PACKED_NAMES = ("w_taps", "b_g", "we_t", "b_e", "wp_t", "b_p")
@@ -98,7 +98,7 @@ class FusedConvFirstBlock(_FusedBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_mode(x)
         w = self._weights(x)
-        return convfirst_block_fused(x, w["w_taps"], w["b_g"], w["we_t"], w["b_e"], w["wp_t"], w["b_p"])
+        return run_convfirst_fused(x, w["w_taps"], w["b_g"], w["we_t"], w["b_e"], w["wp_t"], w["b_p"])
 
 
 class FusedMBConvBlock(_FusedBlock):
@@ -109,7 +109,7 @@ class FusedMBConvBlock(_FusedBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_mode(x)
         w = self._weights(x)
-        return mbconv_block_fused(x, w["we_t"], w["b_e"], w["w_taps"], w["b_g"], w["wp_t"], w["b_p"])
+        return run_mbconv_fused(x, w["we_t"], w["b_e"], w["w_taps"], w["b_g"], w["wp_t"], w["b_p"])
 
 
 class SequenceConvFirstBlock(_SequenceBlock):

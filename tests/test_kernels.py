@@ -255,3 +255,28 @@ def test_every_family_shape_on_gpu():
     df = run_check(family_check_shapes(), [1], ["bfloat16"], progress=False)
     bad = df[~df["passed"]]
     assert bad.empty, bad.to_string()
+
+
+@pytest.mark.parametrize("block", ["convfirst", "mbconv"])
+def test_eager_call_matches_the_custom_op_and_defers_to_it_when_compiling(block, monkeypatch):
+    """``run_*_fused`` (what the modules call in eager mode, without the dispatcher) gives the op's output
+    bit for bit, and calls the op itself while torch.compile/export traces."""
+    from convfirst.kernels import convfirst_fused, mbconv_fused
+
+    module = convfirst_fused if block == "convfirst" else mbconv_fused
+    run = module.run_convfirst_fused if block == "convfirst" else module.run_mbconv_fused
+    op_name = f"{block}_block_fused"
+    c = 16
+    p = _on(_packed(block, c))
+    x = _x(c)
+    args = ((p["w_taps"], p["b_g"], p["we_t"], p["b_e"], p["wp_t"], p["b_p"]) if block == "convfirst"
+            else (p["we_t"], p["b_e"], p["w_taps"], p["b_g"], p["wp_t"], p["b_p"]))
+    assert torch.equal(run(x, *args), getattr(module, op_name)(x, *args))
+    calls = []
+    op = getattr(module, op_name)
+    monkeypatch.setattr(module, op_name, lambda *a: calls.append(a) or op(*a))
+    run(x, *args)
+    assert not calls
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    run(x, *args)
+    assert len(calls) == 1

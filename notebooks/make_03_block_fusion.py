@@ -164,8 +164,10 @@ for t in targets.itertuples():
 
 One launch of each kernel at batch 256 was profiled with Nsight Compute (`python -m convfirst.kernels.ncu_report`;
 the counters are recorded in `data/kernel_ncu_<gpu>.csv` and shown here in both modes, since they need `ncu`
-on the GPU machine). Two versions of the fused kernels are recorded: **v2**, and **v4**, which computes SiLU
-on the hardware tanh and makes the channel and hidden widths compile-time constants. Columns: time (µs),
+on the GPU machine). Three versions of the fused kernels are recorded: **v2**; **v4**, which computes SiLU
+on the hardware tanh and makes the channel and hidden widths compile-time constants; and **v5**, the ConvFirst
+kernel as persistent programs that load the two 1x1 weight matrices once and keep them in shared memory for
+all their tiles (the default where those weights take 40-64 KB, C = 48 and 64). Columns: time (µs),
 instructions executed (millions of warp instructions), the share of cycles a scheduler issued an
 instruction, SM / L2 / DRAM / tensor-pipe throughput as % of peak, the three largest stall reasons in
 cycles per issued instruction (waiting on a global load, on a fixed-latency dependency, on shared memory or
@@ -181,7 +183,13 @@ if len(v2) and len(v4):
     print(f"ConvFirst 64@56, fastest profiled config of each version: {a.time_us:.0f} -> {b.time_us:.0f} us; "
           f"instructions x{b.warp_instr_M / a.warp_instr_M:.2f}; issue active {a.issue_active_pct:.0f}% -> "
           f"{b.issue_active_pct:.0f}%; L2 throughput {a.l2_pct:.0f}% -> {b.l2_pct:.0f}% of peak; "
-          f"global-load stall {a.stall_global_load:.1f} -> {b.stall_global_load:.1f} cycles per issue")'''),
+          f"global-load stall {a.stall_global_load:.1f} -> {b.stall_global_load:.1f} cycles per issue")
+v5 = counters[(counters["kernel_version"] == "v5") & (counters["block"] == "convfirst") & (counters["shape"] == "64@56x56")]
+if len(v4) and len(v5):
+    a, b = v4.sort_values("time_us").iloc[0], v5.sort_values("time_us").iloc[0]
+    print(f"ConvFirst 64@56, v4 -> v5 (resident weights): {a.time_us:.0f} -> {b.time_us:.0f} us; L2 throughput "
+          f"{a.l2_pct:.0f}% -> {b.l2_pct:.0f}% of peak; global-load stall {a.stall_global_load:.1f} -> "
+          f"{b.stall_global_load:.1f}; achieved occupancy {a.occupancy_pct:.0f}% -> {b.occupancy_pct:.0f}%")'''),
     new_markdown_cell("""### Why the targets are met or missed
 
 **The grouped conv kernel meets its target**: loading each shifted tile as whole cache lines and running the
@@ -203,6 +211,18 @@ bypass L1: about 2.5 KB per pixel, against 256 B per pixel of compulsory DRAM tr
 the weights but halve the programs per SM (the `BLOCK_M = 128` rows of the table); single-stage tiles, whose
 plain loads would hit L1, faulted at C = 80 on this Triton version and are not candidates.
 
+**v5 tested that diagnosis, and it was only part of the story.** Keeping the weights on chip (the compiler
+places loop-invariant dot operands in shared memory once, before a persistent program's tile loop) took the
+L2 throughput from about 70% to under 50% of peak at 64@56, but the time fell by only 5-7% (v4 -> v5 line
+above). The 64 KB of resident weights allow three 4-warp programs per SM instead of four, and with the L2
+pressure gone the warps still wait mostly on the nine shifted input loads: the kernel is bound by latency
+with too few warps to hide it, not by L2 bandwidth. The per-config timings (`data/convfirst_forms_<gpu>.csv`)
+show the same: v5 runs 2.1x faster with three programs per SM than with one. At C = 96 the weights
+(144 KB) leave room for a single program per SM, which also spills, and v5 is about 1.5x slower than v4; at
+C = 32 v4 fits five programs per SM and is about 10% faster. A tap loop walked by kernel rows with plain
+loads (three in flight, two of them L1 hits) was slower at every shape where it ran (and faulted at C = 32
+and 96 on this Triton version); it is not kept.
+
 **The fused MBConv kernel** gained from the same change (fewer instructions, 168 instead of 255 registers,
 three programs per SM), but it still recomputes the expansion of the halo rows (3x at 56x56 with 64-pixel
 tiles) and reads the expanded slice nine times through the L2 scratch buffer, with two CTA-wide barriers per
@@ -212,12 +232,13 @@ sequence. At late stages (C = 384, 768) the fused ConvFirst kernel's [pixels, C]
 fit in registers at any useful tile size, and those blocks are compute-bound anyway: fusion has little to
 save there.
 
-**What would close the gaps** (notes in `kernels/NOTES_*.md`): a persistent kernel that keeps the two 1x1
-weight matrices in shared memory for all its tiles (removing most of the L2 traffic); the input (or
-expanded) halo tile staged once in shared memory with the 9 shifted views fed to the tensor cores from there;
-a warp-specialised pipeline that overlaps the next tile's grouped conv with the current tile's 1x1 work;
-2D tiles and a rolling halo buffer for MBConv. These need explicit shared-memory control (CUTLASS or
-Triton's lower-level Gluon dialect)."""),
+**What would close the gaps** (notes in `kernels/NOTES_*.md`): more work in flight per SM rather than fewer
+bytes, since v5 removed most of the weight traffic and gained little. That means the input (or expanded) halo
+tile staged once in shared memory with the 9 shifted views fed to the tensor cores from there (one load
+round trip per tile instead of nine), and a warp-specialised pipeline in which one warp group loads and
+convolves the next tile while another runs the current tile's 1x1 work, sharing one resident copy of the
+weights; for MBConv, 2D tiles and a rolling halo buffer. These need explicit shared-memory and warp-group
+control (CUTLASS or Triton's lower-level Gluon dialect)."""),
     new_code_cell('''check = load_measurements(recorded_file("kernel_check", gpu))
 per_config = check[check["check"] == "every autotuning config"]
 display(per_config[["block", "C", "H", "W", "config", "rel_err", "regs", "spills"]].round(4))'''),

@@ -19,8 +19,9 @@ chapter measures the half of that claim that can be measured on one GPU: latency
 of the ConvFirstNet family (with this study's fused kernels) and of the usual baselines on one GPU. The
 tables rest on **one recorded run**: the most recent run with the fused kernels, with the peak rate $P$
 measured at its start. PyTorch cases that run did not reach (eager and torch.compile variants) are filled
-in from other recorded runs on the same GPU model; every row keeps its own `date` and `commit`, and its
-$E$ uses the $P$ of its own run.
+in from other recorded runs on the same GPU model, fused cases only from runs of the same commit (what
+`fused` installs is fixed by the commit); every row keeps its own `date` and `commit`, and its $E$ uses the
+$P$ of its own run.
 
 For two models timed at the same batch on the same GPU, the latency identity $T = W / (E \cdot P)$ splits
 every speed-up into two factors:
@@ -132,7 +133,11 @@ plt.show()"""),
 
 ConvNeXt-T and the two ConvFirstNet members the targets name, every variant measured, each at the faster of
 with and without CUDA graphs. At batch 1 a forward pass is a few hundred small kernels and the CPU that
-launches them sets the pace unless CUDA graphs replay them; from batch 32 on the GPU's work dominates."""),
+launches them sets the pace unless CUDA graphs replay them; from batch 32 on the GPU's work dominates for
+the larger models. The smaller fused members can stay launch-bound even at batch 256: each Triton launch
+costs tens of microseconds of Python, and a member whose blocks each take a fraction of a millisecond on the
+GPU waits on the CPU between them unless CUDA graphs replay the pass (compare the two settings of
+`convfirstnet_h` in `data/model_bench_<gpu>.csv`)."""),
     new_code_cell("""lat = bm.latency_by_batch(runs, [bm.REFERENCE_MODEL, bm.CONTROL_MODEL, bm.HALF_GMAC_MODEL])
 fig, ax = plt.subplots(figsize=(8, 5))
 sns.lineplot(data=lat, x="batch", y="ms", hue="model", style="variant", markers=True, ax=ax)

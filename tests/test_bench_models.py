@@ -283,16 +283,19 @@ def test_recorded_rows_takes_the_latest_fused_run_and_fills_pytorch_cases_from_o
 
     old, new, later = "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", "2026-01-03T00:00:00Z"
     df = pd.DataFrame([
-        row("convnext_tiny", "compile-default", 256, old, 16.0),   # superseded by the new run
+        row("convnext_tiny", "compile-default", 256, old, 16.0, "0ld0001"),   # superseded by the new run
         row("convnext_tiny", "compile-default", 256, new, 15.0),
-        row("efficientnet_b0", "eager", 256, old, 13.0),          # not reached by the new run: kept
-        row("resnet50", "eager", 256, old, 20.0, "abc1234+dirty"),  # from an uncommitted tree: not shown
-        row("convfirstnet_t", "fused", 256, old, 25.0),           # fused rows of old runs: dropped
-        row("convfirstnet_h", "fused", 256, old, 7.0),            # even where the new run lacks the case
+        row("efficientnet_b0", "eager", 256, old, 13.0, "0ld0001"),          # not reached by the new run: kept
+        row("resnet50", "eager", 256, old, 20.0, "0ld0001+dirty"),  # from an uncommitted tree: not shown
+        row("convfirstnet_t", "fused", 256, old, 25.0, "0ld0001"),  # fused rows of other commits: dropped
+        row("convfirstnet_h", "fused", 256, old, 7.0, "0ld0001"),   # even where the new run lacks the case
         row("convfirstnet_t", "fused", 256, new, 11.0),
+        row("convfirstnet_n", "fused", 1, old, 0.4),                # same commit as the anchor: fills in
+        row("convfirstnet_t", "fused", 256, old, 12.0),             # same commit, but the anchor has it
         row("convnext_tiny", "compile-max-autotune", 256, later, 14.5),  # a later PyTorch-only run fills in
         row("convnext_tiny", "compile-default", 256, later, 99.0, "abc1234+dirty"),  # dirty: never shown
     ])
     got = bm.recorded_rows(df).set_index(["model", "variant"])["ms"].to_dict()
     assert got == {("convnext_tiny", "compile-default"): 15.0, ("convfirstnet_t", "fused"): 11.0,
-                   ("efficientnet_b0", "eager"): 13.0, ("convnext_tiny", "compile-max-autotune"): 14.5}
+                   ("efficientnet_b0", "eager"): 13.0, ("convnext_tiny", "compile-max-autotune"): 14.5,
+                   ("convfirstnet_n", "fused"): 0.4}

@@ -567,18 +567,19 @@ def recorded_rows(df: pd.DataFrame) -> pd.DataFrame:
     torch.compile variants) for the cases the anchor run did not reach.
 
     The anchor is the most recent run with fused rows (the most recent run if none has any). Fused variants
-    are taken from the anchor only, since what ``fused`` installs changes as the kernels and the planner
-    improve; the PyTorch variants of another run on the same GPU measure the same thing, so a later run that
-    adds, say, one max-autotune case fills it in, and where several runs have a case the most recent wins.
-    Only runs made from a committed tree are used to fill in (a ``commit`` without ``+dirty``), so every row
-    shown can be traced to code in the repository. Every row keeps its own ``date``, ``commit`` and
-    ``peak_tflops`` (E uses the P of its own run).
+    are taken from the anchor, or from another run of the anchor's commit: what ``fused`` installs changes as
+    the kernels and the planner improve, so it is fixed by the commit. The PyTorch variants of another run on
+    the same GPU measure the same thing, so a later run that adds, say, one max-autotune case fills it in, and
+    where several runs have a case the most recent wins. Only runs made from a committed tree are used to fill
+    in (a ``commit`` without ``+dirty``), so every row shown can be traced to code in the repository. Every row
+    keeps its own ``date``, ``commit`` and ``peak_tflops`` (E uses the P of its own run).
     """
-    fused = df[df["variant"].isin(FUSED_VARIANTS)]
-    anchor = latest_run(fused if len(fused) else df)
+    is_fused = df["variant"].isin(FUSED_VARIANTS)
+    anchor = latest_run(df[is_fused] if is_fused.any() else df)
     anchor = df[df["date"] == anchor["date"].iloc[0]].reset_index(drop=True)
     clean = ~df["commit"].astype(str).str.contains("dirty")
-    other = df[(df["date"] != anchor["date"].iloc[0]) & ~df["variant"].isin(FUSED_VARIANTS) & clean]
+    same_kernels = clean & (df["commit"].astype(str) == str(anchor["commit"].iloc[0]))
+    other = df[(df["date"] != anchor["date"].iloc[0]) & (~is_fused | same_kernels) & clean]
     other = other[other["date"] == other.groupby(list(KEY_COLUMNS))["date"].transform("max")]
     have = set(map(tuple, anchor[list(KEY_COLUMNS)].astype(str).values))
     missing = [tuple(r) not in have for r in other[list(KEY_COLUMNS)].astype(str).values]

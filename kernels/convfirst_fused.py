@@ -249,10 +249,12 @@ def convfirst_resident_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_
 #: 128 lets four 4-warp programs share an SM (the unrolled hidden loop of v4 otherwise takes 140-180). With one
 #: stage the loads would be plain (L1-cached) loads instead of cp.async copies that bypass L1, but the two
 #: single-stage 64x64 tiles under the 128 cap faulted (illegal address) at C=80 on the H100 (triton 3.6) and
-#: are not candidates (NOTES_convfirst.md, v4).
+#: are not candidates (NOTES_convfirst.md, v4). Three stages keep two taps in flight (as fast as v5 at 64@56,
+#: 6% faster than two stages at 96@56; NOTES_convfirst.md, v5).
 SLICED_CONFIGS = ((64, 64, 4, 2, False, 128), (64, 32, 4, 2, False, 128), (64, 64, 4, 2, False, 168),
                   (64, 32, 4, 2, False, 168), (64, 64, 4, 2, False, None), (64, 64, 4, 2, True, 128),
-                  (128, 64, 8, 2, False, 128), (128, 64, 8, 2, False, None), (32, 32, 4, 1, False, None))
+                  (128, 64, 8, 2, False, 128), (128, 64, 8, 2, False, None), (32, 32, 4, 1, False, None),
+                  (64, 64, 4, 3, False, 128), (64, 32, 4, 3, False, 128))
 #: v3 (dense block-diagonal grouped conv) candidates: (BLOCK_M, BLOCK_H, warps, stages); C <= 128 only.
 #: BLOCK_M=128 with 8 warps gives each wgmma M=128 over two warp groups. Measured slower than v2 at every
 #: benchmark shape (NOTES_convfirst.md, v3), so they are not autotuning candidates unless asked for.
@@ -302,9 +304,10 @@ RESIDENT_CONFIGS = ((64, 64, 3, 4, 2, None), (64, 64, 3, 4, 2, 168), (64, 64, 2,
 #: Hopper shared memory per SM (228 KB in all, 227 KB for one block) and what v5 uses besides the weights.
 SMEM_PER_SM = 228 * 1024
 RESIDENT_PIPELINE_BYTES = 12 * 1024
-#: Where v5 is the default: weights of 40-64 KB (C=48 and 64 at E=4), so that three programs share an SM. On the
-#: H100 v5 was 2-6% faster there; at C=32 v4 fits five programs per SM and is 11% faster, and at C >= 80 only one
-#: v5 program fits and it spills (NOTES_convfirst.md, v5).
+#: Where v5 is a candidate beside v4 (autotuning keeps the faster): weights of 40-64 KB (C=48 and 64 at E=4),
+#: so that three programs share an SM. On the H100 v5 was 2-6% faster than v4's two-stage tiles there; at C=32
+#: v4 fits five programs per SM and is 11% faster, and at C >= 80 only one v5 program fits and it spills
+#: (NOTES_convfirst.md, v5). The fixed (heuristic) config takes v5 there.
 RESIDENT_PREFERRED_BYTES = (40 * 1024, 64 * 1024)
 
 
@@ -321,7 +324,7 @@ def resident_fits(channels: int, hidden: int) -> bool:
 
 
 def resident_preferred(channels: int, hidden: int) -> bool:
-    """Whether an autotuned or heuristic launch takes v5 (measured faster than v4 there, see above)."""
+    """Whether v5 is a candidate for an autotuned launch, and the heuristic config's kernel (see above)."""
     low, high = RESIDENT_PREFERRED_BYTES
     return resident_fits(channels, hidden) and low <= resident_weight_bytes(channels, hidden) <= high
 
@@ -367,6 +370,28 @@ def last_tuner():
     return _last_tuner
 
 
+#: Per shape where both kernels are candidates: the autotuner (v4's or v5's) whose best config was faster.
+_KERNEL_CHOICE: dict = {}
+
+
+def _median_ms(fn) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=10, rep=50, return_mode="median")
+
+
+def _pick_tuner(key: tuple, run_with, tuners=None, timer=_median_ms):
+    """Autotune both kernels on this launch's arguments (each over its own candidates), time each one's best
+    config, and keep the faster for ``key``; ``run_with(tuner)`` launches through one autotuner."""
+    if key not in _KERNEL_CHOICE:
+        times = {}
+        for tuner in tuners or (_launcher(), _resident_launcher()):
+            run_with(tuner)  # the first call with this shape autotunes
+            times[tuner] = timer(lambda tuner=tuner: run_with(tuner))
+        _KERNEL_CHOICE[key] = min(times, key=times.get)
+    return _KERNEL_CHOICE[key]
+
+
 def _launcher():
     global _tuned
     if _tuned is None:
@@ -394,10 +419,11 @@ def heuristic_config(channels: int, npix: int, hidden: int | None = None) -> dic
         return resident_config(channels, hidden)
     if channels >= 384:
         return {"BLOCK_M": 32, "BLOCK_H": 32, "UNROLL_TAPS": False, "num_warps": 4, "num_stages": 1}
-    # register caps as the autotuner picked them on the H100 (64@56: 128, 192@28: 168); none above 192
+    # register caps as the autotuner picked them on the H100 (64@56: 128, 192@28: 168); none above 192; three
+    # stages measured best at 96@56
     cap = 128 if channels <= 96 else (168 if channels <= 192 else None)
     return {"BLOCK_M": 64, "BLOCK_H": 64 if channels <= 64 else 32, "UNROLL_TAPS": False, "num_warps": 4,
-            "num_stages": 2, "maxnreg": cap}
+            "num_stages": 3 if 64 < channels <= 96 else 2, "maxnreg": cap}
 
 
 def check_convfirst_inputs(x, w_taps, b_g, we_t, b_e, wp_t, b_p) -> None:
@@ -418,8 +444,9 @@ def check_convfirst_inputs(x, w_taps, b_g, we_t, b_e, wp_t, b_p) -> None:
 
 def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: dict | None = None):
     """Launch the fused block into ``out``. ``config`` fixes the kernel and tile: one with ``PROGRAMS_PER_SM``
-    runs the v5 kernel (resident weights, persistent), any other the v4 kernel; without one, blocks where v5
-    measured faster (:func:`resident_preferred`) take v5, the others v4, each autotuned on the GPU."""
+    runs the v5 kernel (resident weights, persistent), any other the v4 kernel. Without one, each kernel
+    autotunes over its candidates on the GPU; where v5 is a candidate (:func:`resident_preferred`) both are
+    tuned and the faster is kept for that shape (:func:`_pick_tuner`)."""
     n, c, h, w = x.shape
     npix, hid = n * h * w, we_t.shape[1]
     if npix == 0:
@@ -428,31 +455,38 @@ def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: di
     args = (x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, npix, h, w, c, packed_taps_rows(c), hid)
     if config is None and not autotuning():
         config = heuristic_config(c, npix, hid)
-    resident = resident_preferred(c, hid) if config is None else "PROGRAMS_PER_SM" in config
     sms = num_sms(x.device)
 
-    def grid(meta):
-        tiles = triton.cdiv(npix, meta["BLOCK_M"])
-        return (min(tiles, sms * meta["PROGRAMS_PER_SM"]) if resident else tiles,)
+    def grid_for(resident: bool):
+        def grid(meta):
+            tiles = triton.cdiv(npix, meta["BLOCK_M"])
+            return (min(tiles, sms * meta["PROGRAMS_PER_SM"]) if resident else tiles,)
+        return grid
 
-    if config is not None and resident:
+    if config is not None and "PROGRAMS_PER_SM" in config:
         if hid % config["BLOCK_H"]:
             raise KernelInputError(f"config BLOCK_H={config['BLOCK_H']} does not divide the {hid} hidden channels "
                                    f"(the resident-weight kernel needs whole slices)")
-        compiled = convfirst_resident_kernel[grid(config)](
+        compiled = convfirst_resident_kernel[grid_for(True)(config)](
             *args, CA=ca, CB=cb, BLOCK_M=config["BLOCK_M"], BLOCK_H=config["BLOCK_H"],
             PROGRAMS_PER_SM=config["PROGRAMS_PER_SM"], UNROLL_TAPS=config.get("UNROLL_TAPS", False),
             FP32_DOT=interpreting(), **launch_options(config))
     elif config is not None:
-        compiled = convfirst_block_kernel[grid(config)](*args, CA=ca, CB=cb, BLOCK_M=config["BLOCK_M"],
-                                                        BLOCK_H=config["BLOCK_H"],
-                                                        UNROLL_TAPS=config.get("UNROLL_TAPS", False),
-                                                        DENSE_GCONV=config.get("DENSE_GCONV", False),
-                                                        FP32_DOT=interpreting(), **launch_options(config))
+        compiled = convfirst_block_kernel[grid_for(False)(config)](*args, CA=ca, CB=cb, BLOCK_M=config["BLOCK_M"],
+                                                                   BLOCK_H=config["BLOCK_H"],
+                                                                   UNROLL_TAPS=config.get("UNROLL_TAPS", False),
+                                                                   DENSE_GCONV=config.get("DENSE_GCONV", False),
+                                                                   FP32_DOT=interpreting(), **launch_options(config))
     else:
+        def run_with(tuner):
+            return tuner[grid_for(tuner is _tuned_resident)](*args, CA=ca, CB=cb, FP32_DOT=False)
+
         global _last_tuner
-        _last_tuner = _resident_launcher() if resident else _launcher()
-        compiled = _last_tuner[grid](*args, CA=ca, CB=cb, FP32_DOT=False)
+        if resident_preferred(c, hid):
+            _last_tuner = _pick_tuner((c, hid, h, w, npix, str(x.dtype)), run_with)
+        else:
+            _last_tuner = _launcher()
+        compiled = run_with(_last_tuner)
     LAST_COMPILED["convfirst"] = compiled
     return out
 

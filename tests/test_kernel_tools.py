@@ -115,3 +115,22 @@ def test_family_plan_carries_its_own_comparison_first():
     fused = {c.model for c in cases if c.variant == "fused"}
     assert fused == set(bm.CONVFIRSTNET_FAMILY + bm.MBCONVNET_FAMILY)
     assert {c.resolution for c in cases if c.model.startswith("efficientnet_b4")} == {384}
+
+
+def test_pick_tuner_keeps_the_faster_kernel_per_shape():
+    """Where both kernels are candidates, each is tuned once per shape and the faster one is kept."""
+    from convfirst.kernels import convfirst_fused
+
+    calls = []
+    speed = {"v4": 0.30, "v5": 0.28}
+    key = ("test-shape", 64)
+    convfirst_fused._KERNEL_CHOICE.pop(key, None)
+    try:
+        got = convfirst_fused._pick_tuner(key, calls.append, tuners=("v4", "v5"),
+                                          timer=lambda fn: (fn(), speed[calls[-1]])[1])
+        assert got == "v5" and calls.count("v4") == 2 and calls.count("v5") == 2
+        speed["v4"] = 0.01  # cached: the choice does not change, and nothing is re-run
+        assert convfirst_fused._pick_tuner(key, calls.append, tuners=("v4", "v5"), timer=lambda fn: 0.0) == "v5"
+        assert len(calls) == 4
+    finally:
+        convfirst_fused._KERNEL_CHOICE.pop(key, None)

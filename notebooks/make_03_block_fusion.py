@@ -167,7 +167,8 @@ the counters are recorded in `data/kernel_ncu_<gpu>.csv` and shown here in both 
 on the GPU machine). Three versions of the fused kernels are recorded: **v2**; **v4**, which computes SiLU
 on the hardware tanh and makes the channel and hidden widths compile-time constants; and **v5**, the ConvFirst
 kernel as persistent programs that load the two 1x1 weight matrices once and keep them in shared memory for
-all their tiles (the default where those weights take 40-64 KB, C = 48 and 64). Columns: time (µs),
+all their tiles (a candidate where those weights take 40-64 KB, C = 48 and 64: there the launcher autotunes
+both kernels and keeps the faster). Columns: time (µs),
 instructions executed (millions of warp instructions), the share of cycles a scheduler issued an
 instruction, SM / L2 / DRAM / tensor-pipe throughput as % of peak, the three largest stall reasons in
 cycles per issued instruction (waiting on a global load, on a fixed-latency dependency, on shared memory or
@@ -219,9 +220,11 @@ pressure gone the warps still wait mostly on the nine shifted input loads: the k
 with too few warps to hide it, not by L2 bandwidth. The per-config timings (`data/convfirst_forms_<gpu>.csv`)
 show the same: v5 runs 2.1x faster with three programs per SM than with one. At C = 96 the weights
 (144 KB) leave room for a single program per SM, which also spills, and v5 is about 1.5x slower than v4; at
-C = 32 v4 fits five programs per SM and is about 10% faster. A tap loop walked by kernel rows with plain
-loads (three in flight, two of them L1 hits) was slower at every shape where it ran (and faulted at C = 32
-and 96 on this Triton version); it is not kept.
+C = 32 v4 fits five programs per SM and is about 10% faster. A third pipeline stage in v4 (two shifted taps in
+flight instead of one) bought the same at 64@56 without any resident weights, and 3-6% at 96@56: with both
+kernels autotuned per shape, v4's three-stage tiles won at every shape of the latest block benchmark, by
+1-2% over v5. A tap loop walked by kernel rows with plain loads (three in flight, two of them L1 hits) was
+slower at every shape where it ran (and faulted at C = 32 and 96 on this Triton version); it is not kept.
 
 **The fused MBConv kernel** gained from the same change (fewer instructions, 168 instead of 255 registers,
 three programs per SM), but it still recomputes the expansion of the halo rows (3x at 56x56 with 64-pixel

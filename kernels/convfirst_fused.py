@@ -105,6 +105,26 @@ def grouped3x3_tile(tile_ptr, w_taps_ptr, b_ptr, c0, C, C16, pix_h, pix_w, pix_o
 
 
 @triton.jit
+def grouped3x3_parts(tile_ptr, w_taps_ptr, b_g_ptr, out_ptr, C, C16, pix_h, pix_w, pix_ok, H, W,
+                     CA: tl.constexpr, CB: tl.constexpr, BLOCK_M: tl.constexpr, UNROLL_TAPS: tl.constexpr,
+                     DENSE_GCONV: tl.constexpr, FP32_DOT: tl.constexpr):
+    """Grouped 3x3 + bias of both channel parts of a tile, rounded to the activation dtype (as the unfused
+    sequence stores it): (ga [BLOCK_M, CA], gb [BLOCK_M, CB]); gb is ga when CB == 0."""
+    act = out_ptr.dtype.element_ty
+    ga = grouped3x3_tile(tile_ptr, w_taps_ptr, b_g_ptr, 0, C, C16, pix_h, pix_w, pix_ok, H, W,
+                         CA, BLOCK_M, UNROLL_TAPS, DENSE_GCONV, FP32_DOT).to(act)
+    if FP32_DOT:
+        ga = ga.to(tl.float32)
+    gb = ga
+    if CB > 0:
+        gb = grouped3x3_tile(tile_ptr, w_taps_ptr, b_g_ptr, CA, C, C16, pix_h, pix_w, pix_ok, H, W,
+                             CB, BLOCK_M, UNROLL_TAPS, DENSE_GCONV, FP32_DOT).to(act)
+        if FP32_DOT:
+            gb = gb.to(tl.float32)
+    return ga, gb
+
+
+@triton.jit
 def convfirst_block_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_ptr, b_p_ptr, out_ptr,
                            NPIX, H, W, C: tl.constexpr, C16: tl.constexpr, HID: tl.constexpr,
                            CA: tl.constexpr, CB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
@@ -120,18 +140,12 @@ def convfirst_block_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_p
 
     # 1. grouped 3x3 + bias, rounded to the activation dtype (as the unfused sequence stores it)
     tile_ptr = x_ptr + (pid * BLOCK_M).to(tl.int64) * C
-    ga = grouped3x3_tile(tile_ptr, w_taps_ptr, b_g_ptr, 0, C, C16, pix_h, pix_w, pix_ok, H, W,
-                         CA, BLOCK_M, UNROLL_TAPS, DENSE_GCONV, FP32_DOT).to(act)
-    if FP32_DOT:
-        ga = ga.to(tl.float32)
+    ga, gb = grouped3x3_parts(tile_ptr, w_taps_ptr, b_g_ptr, out_ptr, C, C16, pix_h, pix_w, pix_ok, H, W,
+                              CA, CB, BLOCK_M, UNROLL_TAPS, DENSE_GCONV, FP32_DOT)
     acc_a = tl.zeros([BLOCK_M, CA], dtype=tl.float32)
     if CB > 0:
         cb = CA + tl.arange(0, CB)
         cb_ok = cb < C
-        gb = grouped3x3_tile(tile_ptr, w_taps_ptr, b_g_ptr, CA, C, C16, pix_h, pix_w, pix_ok, H, W,
-                             CB, BLOCK_M, UNROLL_TAPS, DENSE_GCONV, FP32_DOT).to(act)
-        if FP32_DOT:
-            gb = gb.to(tl.float32)
         acc_b = tl.zeros([BLOCK_M, CB], dtype=tl.float32)
 
     # 2. hidden slices: h = silu(g @ We[:, j:j+BH] + be) -> acc += h @ Wp[j:j+BH, :]
@@ -215,16 +229,10 @@ def convfirst_resident_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_
         pix_h = (offs // W) % H
         tile_ptr = x_ptr + tl.cast(tile, tl.int64) * (BLOCK_M * C)
         # 1. grouped 3x3 + bias, rounded to the activation dtype
-        ga = grouped3x3_tile(tile_ptr, w_taps_ptr, b_g_ptr, 0, C, C16, pix_h, pix_w, pix_ok, H, W,
-                             CA, BLOCK_M, UNROLL_TAPS, False, FP32_DOT).to(act)
-        if FP32_DOT:
-            ga = ga.to(tl.float32)
+        ga, gb = grouped3x3_parts(tile_ptr, w_taps_ptr, b_g_ptr, out_ptr, C, C16, pix_h, pix_w, pix_ok, H, W,
+                                  CA, CB, BLOCK_M, UNROLL_TAPS, False, FP32_DOT)
         acc_a = tl.zeros([BLOCK_M, CA], dtype=tl.float32)
         if CB > 0:
-            gb = grouped3x3_tile(tile_ptr, w_taps_ptr, b_g_ptr, CA, C, C16, pix_h, pix_w, pix_ok, H, W,
-                                 CB, BLOCK_M, UNROLL_TAPS, False, FP32_DOT).to(act)
-            if FP32_DOT:
-                gb = gb.to(tl.float32)
             acc_b = tl.zeros([BLOCK_M, CB], dtype=tl.float32)
         # 2. hidden slices from the resident weights
         for k in tl.static_range(HID // BLOCK_H):

@@ -261,8 +261,10 @@ display(summary)'''),
 `convfirst.planner` decides per block shape and batch: where the shape was measured it picks the faster of
 the fused kernel and the best unfused implementation; elsewhere it uses the roofline model (ideal fused time
 `max(W_exec/P, Q_fused/B)` with the kernel's real executed work, ideal unfused time = the layers' summed
-floors), **calibrated** by the efficiency each path reached on the nearest measured shape of the same block
-type. `fuse(model, planner=planner.block_planner(gpu, batch), input_size=(3, 224, 224))` applies it. The
+floors), **calibrated** by the efficiency each path reached on the nearest shape of the same block type
+where both paths were measured; where only the fused kernel was timed, its measured time is set against the
+modelled unfused time. `fuse(model, planner=planner.block_planner(gpu, batch), input_size=(3, 224, 224))`
+applies it. The
 table covers every block shape of both families."""),
     new_code_cell('''decisions = planner.plan(models.family_block_shapes(), batches, gpu, dtype=dtype)
 table = decisions.assign(decision=lambda d: d["choice"] + " (" + d["speedup"].map("{:.2f}x".format) + ")")

@@ -85,16 +85,16 @@ def _nearest(options, value):
 def calibrated_estimate(bench: pd.DataFrame, block: str, channels: int, height: int, width: int, expansion: int,
                         batch: int, peak_flops: float, bandwidth: float, dtype: str = "bfloat16",
                         alternatives: Sequence[str] = UNFUSED_IMPLS) -> dict | None:
-    """Roofline estimate scaled by the efficiencies measured on the nearest measured shape of ``block``."""
+    """Roofline estimate scaled by the efficiencies measured on the nearest measured shape of ``block`` (one
+    with both a fused and an unfused measurement)."""
     sel = bench[(bench["block"] == block) & (bench["dtype"] == dtype) & (bench["E"] == expansion)]
     shapes = sorted({(int(r.C), int(r.H), int(r.W)) for r in sel[sel["impl"] == "fused"].itertuples()})
-    if not shapes:
+    both = {s: m for s in shapes
+            if (m := measured_estimate(bench, block, *s, expansion, batch, dtype, alternatives)) is not None}
+    if not both:
         return None
-    ref = min(shapes, key=lambda s: (math.log(s[0] / channels)) ** 2
-              + (math.log(s[1] * s[2] / (height * width))) ** 2)
-    measured = measured_estimate(bench, block, *ref, expansion, batch, dtype, alternatives)
-    if measured is None:
-        return None
+    ref = min(both, key=lambda s: (math.log(s[0] / channels)) ** 2 + (math.log(s[1] * s[2] / (height * width))) ** 2)
+    measured = both[ref]
     ideal_ref = roofline_estimate(block, *ref, expansion, measured["measured_batch"], peak_flops, bandwidth)
     eff_fused = ideal_ref["fused_ms"] / measured["fused_ms"]
     eff_unfused = ideal_ref["unfused_ms"] / measured["unfused_ms"]
@@ -121,6 +121,15 @@ def measured_estimate(bench: pd.DataFrame, block: str, channels: int, height: in
         return None
     return {"fused_ms": float(at["fused"]), "unfused_ms": float(unfused.min()), "unfused_impl": unfused.idxmin(),
             "measured_batch": int(nearest)}
+
+
+def measured_fused_ms(bench: pd.DataFrame, block: str, channels: int, height: int, width: int, expansion: int,
+                      batch: int, dtype: str = "bfloat16") -> float | None:
+    """The fused kernel's recorded time at exactly this shape and batch, or None."""
+    sel = bench[(bench["block"] == block) & (bench["C"] == channels) & (bench["H"] == height)
+                & (bench["W"] == width) & (bench["E"] == expansion) & (bench["dtype"] == dtype)
+                & (bench["batch"] == batch) & (bench["impl"] == "fused")]
+    return float(sel["ms"].median()) if len(sel) else None
 
 
 def plan(shapes: Iterable, batches: Sequence[int], gpu: str = "h100", source: str = "auto",
@@ -159,6 +168,10 @@ def plan(shapes: Iterable, batches: Sequence[int], gpu: str = "h100", source: st
                 src = f"roofline model calibrated on {est['calibrated_on']}" if est else "roofline model (ideal)"
                 if est is None:
                     est = roofline_estimate(blk, c, h, w, e, batch, p, b)
+                fused = measured_fused_ms(bench, blk, c, h, w, e, batch, dtype) if bench is not None else None
+                if fused is not None:  # the fused kernel was timed here, the unfused paths were not
+                    est = dict(est, fused_ms=fused)
+                    src = f"fused measured; unfused: {src}"
             rows.append({"block": blk, "C": c, "H": h, "W": w, "E": e, "batch": batch, "source": src,
                          "measured_batch": est.get("measured_batch"), "fused_ms": est["fused_ms"],
                          "unfused_ms": est["unfused_ms"], "best_unfused": est["unfused_impl"],

@@ -64,6 +64,13 @@ CONVFIRST_SIGNATURE = _sig({"x_ptr": "*bf16", "w_taps_ptr": "*bf16", "b_g_ptr": 
                                                 "DENSE_GCONV", "FP32_DOT"])
 
 
+#: The v5 (resident-weight) kernel's signature: v4's without DENSE_GCONV, with PROGRAMS_PER_SM.
+CONVFIRST_RESIDENT_SIGNATURE = _sig({k: v for k, v in CONVFIRST_SIGNATURE.items() if v != "constexpr"
+                                     and k not in ("NPIX", "H", "W")}, ["NPIX", "H", "W"],
+                                    ["C", "C16", "HID", "CA", "CB", "BLOCK_M", "BLOCK_H", "PROGRAMS_PER_SM",
+                                     "UNROLL_TAPS", "FP32_DOT"])
+
+
 def convfirst_constexprs(channels: int, tile: dict, expansion: int = 4) -> dict:
     """The fused ConvFirst kernel's constexprs at ``channels`` for a tile config (as the launcher sets them)."""
     ca, cb = split_channels(channels)
@@ -87,6 +94,11 @@ def report(block: str, shape: str) -> list[dict]:
             rows.append({"config": cf.kwargs, "warps": cf.num_warps, "maxnreg": cf.maxnreg, **compile_config(
                 convfirst_fused.convfirst_block_kernel, CONVFIRST_SIGNATURE, convfirst_constexprs(c, cf.kwargs),
                 cf.num_warps, cf.num_stages, cf.maxnreg)})
+        if convfirst_fused.resident_fits(c, 4 * c):  # v5 (resident weights)
+            for cf in convfirst_fused._resident_configs():
+                rows.append({"config": cf.kwargs, "warps": cf.num_warps, "maxnreg": cf.maxnreg, **compile_config(
+                    convfirst_fused.convfirst_resident_kernel, CONVFIRST_RESIDENT_SIGNATURE,
+                    convfirst_constexprs(c, cf.kwargs), cf.num_warps, cf.num_stages, cf.maxnreg)})
     elif block == "mbconv":
         c, w = (int(v) for v in shape.split("@"))
         sig = _sig({"x_ptr": "*bf16", "we_t_ptr": "*bf16", "b_e_ptr": "*fp32", "w_taps_ptr": "*bf16",

@@ -48,6 +48,32 @@ print(json.dumps({"tanh": ptx.count("tanh.approx.f32"), "rcp": ptx.count("rcp.")
     assert got["maxnreg"], "the register cap should reach the PTX"
 
 
+def test_resident_kernel_keeps_the_1x1_weights_in_shared_memory_outside_the_tile_loop():
+    """v5 compiled for sm_90: one shared-memory allocation per weight slice, made before the tile loop (the
+    compiler hoists loop-invariant dot operands), so the program's shared memory holds all of We and Wp."""
+    code = r"""
+import json, re
+from convfirst.kernels import convfirst_fused as cf
+from convfirst.kernels.compile_report import CONVFIRST_RESIDENT_SIGNATURE, compile_sm90, convfirst_constexprs
+tile = dict(BLOCK_M=64, BLOCK_H=64, PROGRAMS_PER_SM=3, UNROLL_TAPS=False)
+k = compile_sm90(cf.convfirst_resident_kernel, CONVFIRST_RESIDENT_SIGNATURE, convfirst_constexprs(64, tile),
+                 num_warps=4, num_stages=2)
+ttgir = k.asm["ttgir"]
+loop = ttgir.index("scf.for %tile")
+weights = [m.start() for m in re.finditer(r"%(we|wp)\w* = ttg.local_alloc %", ttgir)]
+print(json.dumps({"smem": k.metadata.shared, "weights_bytes": cf.resident_weight_bytes(64, 256),
+                  "allocs": len(weights), "before_loop": all(i < loop for i in weights)}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["allocs"] == 2 * 256 // 64, "one allocation per hidden slice of We and of Wp"
+    assert got["before_loop"], "the weights must be placed in shared memory before the tile loop"
+    assert got["smem"] >= got["weights_bytes"]
+
+
 def _cf(m, bh, warps, maxnreg):
     import triton
 

@@ -55,6 +55,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def tracing(x: torch.Tensor) -> bool:
+    """Whether a fused block must go through its custom op: while ``torch.compile``/``torch.export`` traces
+    (the op's fake implementation describes its output) or for meta tensors. Eager code calls the kernels
+    directly and skips the dispatcher's per-call cost."""
+    return torch.compiler.is_compiling() or x.device.type == "meta"
+
+
 def autotuning() -> bool:
     """Autotune on the GPU unless ``CONVFIRST_AUTOTUNE=0`` (then each kernel uses its fixed heuristic config)."""
     return not interpreting() and os.environ.get("CONVFIRST_AUTOTUNE", "1") != "0"

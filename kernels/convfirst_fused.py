@@ -29,7 +29,7 @@ import triton.language as tl
 
 from ._common import (LAST_COMPILED, KernelInputError, accumulator_fits, autotuning, check_activation,
                       check_same_device, check_shape, check_weight_dtype, interpreting, next_pow2, launch_options,
-                      num_sms, packed_taps_rows, split_channels)
+                      num_sms, packed_taps_rows, split_channels, tracing)
 from .activation import silu
 from .gconv import grouped3x3_tap_sum, load_shifted_tap
 
@@ -521,10 +521,9 @@ def run_convfirst_fused(x, w_taps, b_g, we_t, b_e, wp_t, b_p) -> torch.Tensor:
 
     The dispatcher adds 10-30 µs of CPU time per call of a Python custom op (measured on the H100 machine,
     torch 2.11: 118-138 µs per call through the op, 108-111 µs direct, of which about 60-75 µs is Triton's
-    autotuned launch), comparable to the kernel itself at small batches. Under ``torch.compile`` and
-    ``torch.export`` (and for meta tensors) this calls the op, whose fake implementation lets the compiler
-    trace it."""
-    if torch.compiler.is_compiling() or x.device.type == "meta":
+    autotuned launch), comparable to the kernel itself at small batches. While tracing (see
+    :func:`convfirst.kernels._common.tracing`) this calls the op."""
+    if tracing(x):
         return convfirst_block_fused(x, w_taps, b_g, we_t, b_e, wp_t, b_p)
     return _convfirst_fused_impl(x, w_taps, b_g, we_t, b_e, wp_t, b_p)
 

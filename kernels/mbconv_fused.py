@@ -20,7 +20,7 @@ import triton.language as tl
 
 from ._common import (LAST_COMPILED, KernelInputError, accumulator_fits, autotuning, check_activation,
                       check_same_device, check_shape, check_weight_dtype, interpreting, launch_options, next_pow2,
-                      num_sms, packed_taps_rows)
+                      num_sms, packed_taps_rows, tracing)
 from .activation import silu
 from .convfirst_fused import add_bias_residual_store, project_accumulate, slices_to_tile
 from .gconv import grouped3x3_tap_sum
@@ -256,7 +256,7 @@ def mbconv_block_fused(x: torch.Tensor, we_t: torch.Tensor, b_e: torch.Tensor, w
 def run_mbconv_fused(x, we_t, b_e, w_taps, b_g, wp_t, b_p) -> torch.Tensor:
     """:func:`mbconv_block_fused` for eager code, called directly (see
     :func:`convfirst.kernels.convfirst_fused.run_convfirst_fused`); the op under compile/export."""
-    if torch.compiler.is_compiling() or x.device.type == "meta":
+    if tracing(x):
         return mbconv_block_fused(x, we_t, b_e, w_taps, b_g, wp_t, b_p)
     return _mbconv_fused_impl(x, we_t, b_e, w_taps, b_g, wp_t, b_p)
 

@@ -1,8 +1,7 @@
 """The forms of the fused ConvFirst kernel, config by config, on one GPU.
 
 Forms: ``sliced`` (v2/v4: per-tile weight reads, sliced grouped conv), ``dense`` (v3: dense block-diagonal
-grouped conv), ``resident`` (v5: persistent programs whose 1x1 weights stay on chip) and ``one-part`` (v6: the
-v4 kernel with C padded to one power of two). How the v3 and v5
+grouped conv) and ``resident`` (v5: persistent programs whose 1x1 weights stay on chip). How the v3 and v5
 rows of ``NOTES_convfirst.md`` were measured, in one run:
 
 1. correctness of each form (fixed configs, NaN-poisoned outputs, fp32 reference) at family shapes (batch 2;
@@ -42,12 +41,10 @@ CHECK_SHAPES = [(BlockShape("convfirst", 64, 56, 56), 2), (BlockShape("convfirst
                 (BlockShape("convfirst", 48, 56, 56), 1)]
 TIME_SHAPES = [BlockShape("convfirst", 64, 56, 56), BlockShape("convfirst", 96, 56, 56),
                BlockShape("convfirst", 192, 28, 28)]
-FORMS = ("sliced", "dense", "resident", "one-part")
+FORMS = ("sliced", "dense", "resident")
 
 
 def form_of(config: dict) -> str:
-    if config.get("ONE_PART"):
-        return "one-part"
     if "PROGRAMS_PER_SM" in config:
         return "resident"
     return "dense" if config.get("DENSE_GCONV") else "sliced"
@@ -58,8 +55,6 @@ def applies(form: str, channels: int) -> bool:
         return channels <= convfirst_fused.DENSE_MAX_CHANNELS
     if form == "resident":
         return convfirst_fused.resident_fits(channels, 4 * channels)
-    if form == "one-part":
-        return convfirst_fused.one_part_preferred(channels)
     return True
 
 
@@ -67,8 +62,6 @@ def fixed_config(form: str, channels: int, npix: int) -> dict:
     """The kernel's heuristic tile in one form."""
     if form == "resident":
         return convfirst_fused.resident_config(channels, 4 * channels)
-    if form == "one-part":
-        return dict(convfirst_fused.heuristic_config(channels, npix), ONE_PART=True)
     return dict(convfirst_fused.heuristic_config(channels, npix), DENSE_GCONV=form == "dense")
 
 
@@ -88,8 +81,6 @@ def candidate_configs(channels: int, npix: int, forms=FORMS) -> list[dict]:
             convfirst_fused.DENSE_MAX_CHANNELS = limit
     if "resident" in forms and applies("resident", channels):
         kept += convfirst_fused._prune_resident(convfirst_fused._resident_configs(), named)
-    if "one-part" in forms and applies("one-part", channels):
-        kept += convfirst_fused._prune(convfirst_fused._one_part_configs(), named)
     return [launch_kwargs(cf) for cf in kept]
 
 

@@ -21,7 +21,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import convfirst_fused, gconv, mbconv_fused
-from ._common import next_pow2, packed_taps_rows
+from ._common import next_pow2, packed_taps_rows, split_channels
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 DIVISIBLE_INTS = {"NPIX", "C", "C16", "HID", "HID16"}
@@ -61,7 +61,7 @@ def _sig(pointers: dict, ints: list[str], constexprs: list[str]) -> dict:
 CONVFIRST_SIGNATURE = _sig({"x_ptr": "*bf16", "w_taps_ptr": "*bf16", "b_g_ptr": "*fp32", "we_t_ptr": "*bf16",
                             "b_e_ptr": "*fp32", "wp_t_ptr": "*bf16", "b_p_ptr": "*fp32", "out_ptr": "*bf16"},
                            ["NPIX", "H", "W"], ["C", "C16", "HID", "CA", "CB", "BLOCK_M", "BLOCK_H", "UNROLL_TAPS",
-                                                "DENSE_GCONV", "FP32_DOT", "ONE_PART"])
+                                                "DENSE_GCONV", "FP32_DOT"])
 
 
 #: The v5 (resident-weight) kernel's signature: v4's without DENSE_GCONV, with PROGRAMS_PER_SM.
@@ -73,9 +73,7 @@ CONVFIRST_RESIDENT_SIGNATURE = _sig({k: v for k, v in CONVFIRST_SIGNATURE.items(
 
 def convfirst_constexprs(channels: int, tile: dict, expansion: int = 4) -> dict:
     """The fused ConvFirst kernel's constexprs at ``channels`` for a tile config (as the launcher sets them)."""
-    ca, cb = convfirst_fused.channel_parts(channels, tile.get("ONE_PART", False))
-    if "PROGRAMS_PER_SM" not in tile:  # the v4 kernel (the v5 one has no ONE_PART)
-        tile = {"ONE_PART": False, **tile}
+    ca, cb = split_channels(channels)
     return dict(tile, C=channels, C16=packed_taps_rows(channels), HID=expansion * channels, CA=ca, CB=cb,
                 FP32_DOT=False)
 
@@ -92,8 +90,7 @@ def report(block: str, shape: str) -> list[dict]:
                                                                cf.num_stages)})
     elif block == "convfirst":
         c = int(shape)
-        one_part = convfirst_fused._one_part_configs() if convfirst_fused.one_part_preferred(c) else []
-        for cf in convfirst_fused._configs() + one_part:
+        for cf in convfirst_fused._configs():
             rows.append({"config": cf.kwargs, "warps": cf.num_warps, "maxnreg": cf.maxnreg, **compile_config(
                 convfirst_fused.convfirst_block_kernel, CONVFIRST_SIGNATURE, convfirst_constexprs(c, cf.kwargs),
                 cf.num_warps, cf.num_stages, cf.maxnreg)})

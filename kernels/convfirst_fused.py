@@ -128,9 +128,7 @@ def grouped3x3_parts(tile_ptr, w_taps_ptr, b_g_ptr, out_ptr, C, C16, pix_h, pix_
 def convfirst_block_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_ptr, b_p_ptr, out_ptr,
                            NPIX, H, W, C: tl.constexpr, C16: tl.constexpr, HID: tl.constexpr,
                            CA: tl.constexpr, CB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
-                           UNROLL_TAPS: tl.constexpr, DENSE_GCONV: tl.constexpr, FP32_DOT: tl.constexpr,
-                           ONE_PART: tl.constexpr = False):
-    # ONE_PART only tells the launcher how it chose CA and CB (see channel_parts); the body reads CA and CB
+                           UNROLL_TAPS: tl.constexpr, DENSE_GCONV: tl.constexpr, FP32_DOT: tl.constexpr):
     act = out_ptr.dtype.element_ty
     pid = tl.program_id(0)
     offs = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -272,25 +270,6 @@ DENSE_CONFIGS = ((64, 64, 4, 2), (64, 32, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2)
                  (128, 64, 8, 3))
 #: Widest channel count for which the dense grouped conv is a candidate (its waste grows as C/8).
 DENSE_MAX_CHANNELS = 128
-#: v6 (one channel part) candidates, the v4 kernel with C padded to one power of two (96 -> 128): fewer, wider
-#: dots and one grouped-conv pass instead of two, for 33% more 1x1 FLOPs. (BLOCK_M, BLOCK_H, warps, stages,
-#: maxnreg).
-ONE_PART_CONFIGS = ((64, 64, 4, 2, 168), (64, 32, 4, 3, None), (64, 32, 4, 3, 168), (128, 64, 8, 2, None),
-                    (128, 32, 8, 3, None), (64, 64, 4, 3, None))
-#: Most padding the one-part form is a candidate for: 96 -> 128, 192 -> 256, 48 -> 64 (not 80 -> 128).
-ONE_PART_MAX_PADDING = 4 / 3
-
-
-def channel_parts(channels: int, one_part: bool = False) -> tuple[int, int]:
-    """The (CA, CB) the kernel holds C in: two power-of-two parts (:func:`split_channels`), or with ``one_part``
-    one power of two, zero-padded (96 -> (128, 0))."""
-    return (max(16, next_pow2(channels)), 0) if one_part else split_channels(channels)
-
-
-def one_part_preferred(channels: int) -> bool:
-    """Whether the one-part form is an autotuning candidate: C needs two parts, and padding it to one power of
-    two adds at most a third."""
-    return split_channels(channels)[1] > 0 and next_pow2(channels) <= ONE_PART_MAX_PADDING * channels
 
 
 def _configs(include_dense: bool = False):
@@ -305,18 +284,12 @@ def _configs(include_dense: bool = False):
     return out
 
 
-def _one_part_configs():
-    return [triton.Config({"BLOCK_M": m, "BLOCK_H": bh, "UNROLL_TAPS": False, "DENSE_GCONV": False,
-                           "ONE_PART": True}, num_warps=w, num_stages=st, maxnreg=r)
-            for m, bh, w, st, r in ONE_PART_CONFIGS]
-
-
 def _prune(configs, named_args, **kwargs):
     c, npix = named_args["C"], named_args["NPIX"]
     kept = []
     for cf in configs:
         m, bh = cf.kwargs["BLOCK_M"], cf.kwargs["BLOCK_H"]
-        width = sum(channel_parts(c, cf.kwargs.get("ONE_PART", False)))
+        width = sum(split_channels(c))
         if not accumulator_fits(m, width, cf):  # the fp32 accumulator is [M, C]
             continue
         if bh > max(32, next_pow2(named_args["HID"])):
@@ -392,9 +365,8 @@ def _resident_launcher():
 
 
 def candidate_configs():
-    """Every autotuning candidate of both kernels: v4's tiles, v5's (``PROGRAMS_PER_SM`` marks them), then the
-    one-part form's (``ONE_PART``)."""
-    return _configs() + _resident_configs() + _one_part_configs()
+    """Every autotuning candidate of both kernels: v4's tiles, then v5's (``PROGRAMS_PER_SM`` marks them)."""
+    return _configs() + _resident_configs()
 
 
 _tuned = None
@@ -406,8 +378,7 @@ def last_tuner():
     return _last_tuner
 
 
-#: Per shape where several forms are candidates: the autotuner (v4's, v5's or the one-part form's) whose best
-#: config was fastest.
+#: Per shape where both kernels are candidates: the autotuner (v4's or v5's) whose best config was faster.
 _KERNEL_CHOICE: dict = {}
 
 
@@ -418,8 +389,8 @@ def _median_ms(fn) -> float:
 
 
 def _pick_tuner(key: tuple, run_with, tuners=None, timer=_median_ms):
-    """Autotune each candidate form on this launch's arguments (each over its own configs), time each one's
-    best config, and keep the fastest for ``key``; ``run_with(tuner)`` launches through one autotuner."""
+    """Autotune both kernels on this launch's arguments (each over its own candidates), time each one's best
+    config, and keep the faster for ``key``; ``run_with(tuner)`` launches through one autotuner."""
     if key not in _KERNEL_CHOICE:
         times = {}
         for tuner in tuners or (_launcher(), _resident_launcher()):
@@ -435,17 +406,6 @@ def _launcher():
         _tuned = triton.autotune(configs=_configs(), key=["C", "HID", "H", "W", "NPIX"],
                                  prune_configs_by={"early_config_prune": _prune})(convfirst_block_kernel)
     return _tuned
-
-
-_tuned_one_part = None
-
-
-def _one_part_launcher():
-    global _tuned_one_part
-    if _tuned_one_part is None:
-        _tuned_one_part = triton.autotune(configs=_one_part_configs(), key=["C", "HID", "H", "W", "NPIX"],
-                                          prune_configs_by={"early_config_prune": _prune})(convfirst_block_kernel)
-    return _tuned_one_part
 
 
 def resident_config(channels: int, hidden: int) -> dict:
@@ -492,10 +452,9 @@ def check_convfirst_inputs(x, w_taps, b_g, we_t, b_e, wp_t, b_p) -> None:
 
 def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: dict | None = None):
     """Launch the fused block into ``out``. ``config`` fixes the kernel and tile: one with ``PROGRAMS_PER_SM``
-    runs the v5 kernel (resident weights, persistent), any other the v4 kernel (with ``ONE_PART`` on C padded
-    to one power of two). Without one, each kernel autotunes over its candidates on the GPU; where v5
-    (:func:`resident_preferred`) or the one-part form (:func:`one_part_preferred`) is a candidate, each form is
-    tuned and the fastest is kept for that shape (:func:`_pick_tuner`)."""
+    runs the v5 kernel (resident weights, persistent), any other the v4 kernel. Without one, each kernel
+    autotunes over its candidates on the GPU; where v5 is a candidate (:func:`resident_preferred`) both are
+    tuned and the faster is kept for that shape (:func:`_pick_tuner`)."""
     n, c, h, w = x.shape
     npix, hid = n * h * w, we_t.shape[1]
     if npix == 0:
@@ -521,27 +480,18 @@ def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: di
             PROGRAMS_PER_SM=config["PROGRAMS_PER_SM"], UNROLL_TAPS=config.get("UNROLL_TAPS", False),
             FP32_DOT=interpreting(), **launch_options(config))
     elif config is not None:
-        one_part = bool(config.get("ONE_PART", False))
-        ca, cb = channel_parts(c, one_part)
         compiled = convfirst_block_kernel[grid_for(False)(config)](*args, CA=ca, CB=cb, BLOCK_M=config["BLOCK_M"],
                                                                    BLOCK_H=config["BLOCK_H"],
                                                                    UNROLL_TAPS=config.get("UNROLL_TAPS", False),
                                                                    DENSE_GCONV=config.get("DENSE_GCONV", False),
-                                                                   FP32_DOT=interpreting(), ONE_PART=one_part,
-                                                                   **launch_options(config))
+                                                                   FP32_DOT=interpreting(), **launch_options(config))
     else:
         def run_with(tuner):
-            parts = channel_parts(c, tuner is _tuned_one_part)
-            return tuner[grid_for(tuner is _tuned_resident)](*args, CA=parts[0], CB=parts[1], FP32_DOT=False)
+            return tuner[grid_for(tuner is _tuned_resident)](*args, CA=ca, CB=cb, FP32_DOT=False)
 
         global _last_tuner
-        tuners = [_launcher()]
         if resident_preferred(c, hid):
-            tuners.append(_resident_launcher())
-        if one_part_preferred(c):
-            tuners.append(_one_part_launcher())
-        if len(tuners) > 1:
-            _last_tuner = _pick_tuner((c, hid, h, w, npix, str(x.dtype)), run_with, tuners)
+            _last_tuner = _pick_tuner((c, hid, h, w, npix, str(x.dtype)), run_with)
         else:
             _last_tuner = _launcher()
         compiled = run_with(_last_tuner)

@@ -55,18 +55,15 @@ def test_kernel_matches_reference(block, channels, height, width, batch, dtype):
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
-KERNEL_FORMS = ("sliced", "dense", "resident", "one-part")
+KERNEL_FORMS = ("sliced", "dense", "resident")
 
 
 def form_config(form: str, channels: int, npix: int) -> dict | None:
     """An explicit config of one form of the fused ConvFirst kernel (None where the form does not apply):
-    v4 sliced grouped conv, v3 dense grouped conv, v5 resident weights (persistent programs), v6 one
-    channel part (C padded to a power of two)."""
-    from convfirst.kernels.convfirst_fused import (DENSE_MAX_CHANNELS, heuristic_config, one_part_preferred,
-                                                   resident_config, resident_fits)
+    v4 sliced grouped conv, v3 dense grouped conv, v5 resident weights (persistent programs)."""
+    from convfirst.kernels.convfirst_fused import (DENSE_MAX_CHANNELS, heuristic_config, resident_config,
+                                                   resident_fits)
 
-    if form == "one-part":
-        return dict(heuristic_config(channels, npix), ONE_PART=True) if one_part_preferred(channels) else None
     if form == "resident":
         return resident_config(channels, 4 * channels) if resident_fits(channels, 4 * channels) else None
     if form == "dense" and channels > DENSE_MAX_CHANNELS:
@@ -76,8 +73,7 @@ def form_config(form: str, channels: int, npix: int) -> dict | None:
 
 @pytest.mark.parametrize("form", KERNEL_FORMS)
 @pytest.mark.parametrize("block, channels, height, width, batch",
-                         [c for c in CASES if c[0] == "convfirst"]
-                         + [("convfirst", 80, 5, 3, 1), ("convfirst", 96, 3, 5, 1)])  # 64 + 32 parts; 96 -> 128
+                         [c for c in CASES if c[0] == "convfirst"] + [("convfirst", 80, 5, 3, 1)])  # 80 = 64 + 32
 def test_convfirst_kernel_forms_match_reference(block, channels, height, width, batch, form):
     """Each form of the fused ConvFirst kernel, forced through an explicit config, against the fp32 reference."""
     config = form_config(form, channels, batch * height * width)
@@ -88,16 +84,6 @@ def test_convfirst_kernel_forms_match_reference(block, channels, height, width, 
     out = case.launch_poisoned(x, config)
     err = relative_error(out, case.reference(x))
     assert err < TOLERANCE["bfloat16"], f"{form} C={channels} {height}x{width} N={batch}: rel err {err:.3g}"
-
-
-@pytest.mark.parametrize("channels, candidate", [(96, True), (192, True), (48, False), (64, False), (80, False),
-                                                 (768, True)])
-def test_one_part_form_is_a_candidate_only_where_padding_is_small(channels, candidate):
-    from convfirst.kernels.convfirst_fused import channel_parts, one_part_preferred
-
-    assert one_part_preferred(channels) == candidate
-    ca, cb = channel_parts(channels, one_part=True)
-    assert cb == 0 and ca >= channels and ca & (ca - 1) == 0
 
 
 def test_resident_form_walks_more_tiles_than_programs():

@@ -84,6 +84,23 @@ def candidate_configs(channels: int, npix: int, forms=FORMS) -> list[dict]:
     return [launch_kwargs(cf) for cf in kept]
 
 
+def parse_configs(text: str) -> list[dict]:
+    """Tiles given on the command line (a JSON list of launch dicts), with the v4 defaults filled in."""
+    import json
+
+    configs = json.loads(text)
+    if not isinstance(configs, list) or not all(isinstance(c, dict) and "BLOCK_M" in c and "BLOCK_H" in c
+                                                for c in configs):
+        raise SystemExit(f"--configs: expected a JSON list of dicts with BLOCK_M and BLOCK_H, got {text!r}")
+    out = []
+    for c in configs:
+        defaults = {"UNROLL_TAPS": False}
+        if "PROGRAMS_PER_SM" not in c:  # a v4 tile
+            defaults["DENSE_GCONV"] = False
+        out.append({**defaults, **c})
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -93,6 +110,9 @@ def main() -> int:
                     help="ConvFirst shapes to time, as C@HxW (default: 64@56x56 96@56x56 192@28x28)")
     ap.add_argument("--harness-batches", nargs="*", type=int, default=[256, 32, 1])
     ap.add_argument("--no-checks", action="store_true", help="skip step 1 (each timed config is still checked)")
+    ap.add_argument("--configs", default=None,
+                    help="time these tiles instead of the candidates: a JSON list of launch dicts, e.g. "
+                         "'[{\"BLOCK_M\": 64, \"BLOCK_H\": 32, \"num_warps\": 4, \"num_stages\": 4}]'")
     args = ap.parse_args()
     time_shapes = TIME_SHAPES
     if args.time_shapes:
@@ -138,7 +158,8 @@ def main() -> int:
         case = BlockCase(shape, batch, "bfloat16", n_inputs=l2_rotation_count(2 * 2 * npix * shape.C))
         x0 = case.inputs[0]
         ref = case.reference(x0)
-        for config in candidate_configs(shape.C, npix, args.forms):
+        configs = candidate_configs(shape.C, npix, args.forms) if args.configs is None else parse_configs(args.configs)
+        for config in configs:
             if time.time() - start > args.limit_s * 0.7:
                 log("out of time for config timing")
                 break

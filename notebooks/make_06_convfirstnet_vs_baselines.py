@@ -226,6 +226,24 @@ Shapes the block benchmark did not measure are empty."""),
               f"{', '.join(f'C={c}@{h}x{h}' for c, h in zip(slow['C'], slow['H']))}; blocks alone: "
               f"{stages['stage_fused_ms'].sum():.2f} ms all fused, {stages['stage_best_ms'].sum():.2f} ms "
               f"with the faster path per stage")"""),
+    new_markdown_cell("""## The same comparison on a second GPU
+
+The family plan was also run on an H200 (same Hopper SMs as the H100, 1.4x its memory bandwidth; chapter 3
+compares the block kernels on both). The targets and the decomposition below are computed from that run's
+recorded rows (`data/model_bench_h200.csv`, replayed whatever this page's mode), against ConvNeXt-T under
+`torch.compile` default: max-autotune was not run on the H200. That run timed the fused models with CUDA
+graphs at batch 1 only, so at batch 256 the smallest members (P, N) are bound by kernel-launch time there
+(on the H100, ConvFirstNet-P takes 1.9 ms at batch 256 with graphs and 3.1-5.3 ms without)."""),
+    new_code_cell("""from convfirst.records import data_path as _data_path
+
+if gpu != "h200" and _data_path("model_bench_h200.csv").exists():
+    other = bm.recorded_rows(bm.load_model_bench("h200"))
+    print(f"H200 run: {other['date'].max()} at commit {other['commit'].iloc[0]}")
+    display(bm.speed_targets(other, 256).round({"measured": 3}))
+    display(bm.four_x_decomposition(other, 256)[["model", "gmac", "arithmetic_ratio", "efficiency",
+                                                 "efficiency_ratio", "speedup"]].round(3))
+else:
+    print("no second GPU recorded beside this page's")"""),
     new_markdown_cell("""## What this run measured, and what it did not
 
 The recorded run had about five minutes of GPU time, which cannot hold every model under every variant at
@@ -237,7 +255,8 @@ the other family members fused, a few baselines compiled at batch 256, and the E
 resolutions; max-autotune is added with `max_autotune = True`. ConvNeXt-T under max-autotune-no-cudagraphs
 at batch 256 was measured by a separate call on the same machine right after the recorded run
 (`python -m convfirst.bench_models --models convnext_tiny --variants compile-max-autotune --batches 256`),
-and enters the tables as a filled-in PyTorch row. The other baselines were not timed under max-autotune: for
+and enters the tables as a filled-in PyTorch row (a second attempt on a fresh machine, with no autotuning cache
+from earlier runs, had not finished after 200 s and was stopped). The other baselines were not timed under max-autotune: for
 EfficientNet-B0 its autotuning of the depthwise convolutions (Triton convolution templates at 40-240 ms per
 candidate) was still running after seven minutes and was stopped, with no row recorded. The table lists every planned case that is missing batches
 in the shown rows: it was skipped when the time budget ran out, or failed (a failure is printed when the run

@@ -141,6 +141,8 @@ def test_family_plan_carries_its_own_comparison_first():
     fused = {c.model for c in cases if c.variant == "fused"}
     assert fused == set(bm.CONVFIRSTNET_FAMILY + bm.MBCONVNET_FAMILY)
     assert {c.resolution for c in cases if c.model.startswith("efficientnet_b4")} == {384}
+    # fused models with CUDA graphs at both ends: small members are launch-bound without them even at 256
+    assert all(set(c.graph_batches) == {1, 256} for c in cases if c.variant == "fused")
 
 
 def test_pick_tuner_keeps_the_faster_kernel_per_shape():

@@ -21,14 +21,14 @@ from ._common import (KernelInputError, interpreting, pack_block_params, pack_gr
 from .convfirst_fused import convfirst_block_fused, run_convfirst_fused
 from .gconv import grouped_conv3x3_gw8
 from .mbconv_fused import mbconv_block_fused, run_mbconv_fused
-from .modules import (FusedConvFirstBlock, FusedMBConvBlock, SequenceConvFirstBlock, SequenceMBConvBlock,
-                      count_fused_blocks, count_sequence_blocks, fuse)
+from .modules import (FusedConvFirstBlock, FusedMBConvBlock, PatchifyConv2d, SequenceConvFirstBlock,
+                      SequenceMBConvBlock, count_fused_blocks, count_sequence_blocks, fold_conv_bn, fuse)
 from .unfused import convfirst_block_unfused, mbconv_block_unfused
 
 __all__ = ["KernelInputError", "interpreting", "pack_block_params", "pack_grouped_taps", "split_channels",
            "convfirst_block_fused", "mbconv_block_fused", "grouped_conv3x3_gw8", "FusedConvFirstBlock",
            "FusedMBConvBlock", "SequenceConvFirstBlock", "SequenceMBConvBlock", "fuse", "count_fused_blocks",
-           "count_sequence_blocks", "convfirst_block_unfused",
+           "count_sequence_blocks", "convfirst_block_unfused", "fold_conv_bn", "PatchifyConv2d",
            "mbconv_block_unfused", "run_block", "run_convfirst_fused", "run_mbconv_fused"]
 
 

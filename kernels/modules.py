@@ -137,7 +137,8 @@ SEQUENCE_BLOCKS = {"convfirst": SequenceConvFirstBlock, "mbconv": SequenceMBConv
 
 
 def fuse(model: nn.Module, dtype: torch.dtype | None = None, inplace: bool = False,
-         planner: Callable | None = None, input_size: tuple[int, int, int] | None = None) -> nn.Module:
+         planner: Callable | None = None, input_size: tuple[int, int, int] | None = None,
+         fold_norms: bool = True) -> nn.Module:
     """Replace every ConvFirst/MBConv block of ``model`` (in eval mode) by its fused module.
 
     Returns a model that gives the same output (to bf16/fp16 rounding); the original is left untouched
@@ -147,8 +148,9 @@ def fuse(model: nn.Module, dtype: torch.dtype | None = None, inplace: bool = Fal
     + cuBLAS 1x1 layers), anything else (``False``, ``"eager"``, ``"compile-default"``...) keeps its PyTorch
     layers (e.g. :func:`convfirst.planner.block_planner`); ``input_shape`` is the block's input (1, C, H, W)
     found by one forward pass of a random ``(1, *input_size)`` input when ``input_size`` (C, H, W) is given,
-    else None. By default every block is fused. Raises ``RuntimeError`` in training mode (inference-only
-    kernels).
+    else None. By default every block is fused. ``fold_norms``: also fold the BatchNorm after each conv
+    outside the blocks (stem, downsampling layers) into that conv (:func:`fold_conv_bn`). Raises
+    ``RuntimeError`` in training mode (inference-only kernels).
     """
     if model.training:
         raise RuntimeError("fuse(model): the model is in training mode; fused kernels are inference-only "
@@ -170,7 +172,80 @@ def fuse(model: nn.Module, dtype: torch.dtype | None = None, inplace: bool = Fal
                 swap(child, path)
 
     swap(target, "")
+    if fold_norms:
+        fold_conv_bn(target)
     return target
+
+
+class PatchifyConv2d(nn.Conv2d):
+    """A conv whose kernel equals its stride (no padding, one group), computed as one matrix product.
+
+    The input's non-overlapping k x k patches are gathered into rows (one copy) and multiplied by the weight
+    viewed as [out, k*k*C_in] (cuBLAS). For the 3-channel patchify stem at 224x224, batch 256, cuDNN's NHWC
+    conv ran at 15% of its roofline floor on the H100 (0.50 ms; the profile in chapter 6); the two kernels
+    here move about 390 MB. Same output as the ``nn.Conv2d`` it replaces (to rounding); it stays a Conv2d, so
+    counting and profiling see the layer it computes."""
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> "PatchifyConv2d":
+        k = conv.kernel_size
+        if not (k == conv.stride and conv.padding in ((0, 0), "valid") and conv.dilation == (1, 1)
+                and conv.groups == 1 and conv.padding_mode == "zeros"):
+            raise ValueError(f"PatchifyConv2d: needs kernel == stride, no padding, one group; got {conv}")
+        new = cls(conv.in_channels, conv.out_channels, k, stride=k, bias=conv.bias is not None,
+                  device=conv.weight.device, dtype=conv.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)
+        return new.train(conv.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        kh, kw = self.kernel_size
+        if h % kh or w % kw:  # a partial patch at the border is dropped by the conv; keep its exact semantics
+            return super().forward(x)
+        ho, wo = h // kh, w // kw
+        # NHWC view -> [N, Ho, kh, Wo, kw, C] -> rows of one patch each, in (kh, kw, C) order
+        patches = x.permute(0, 2, 3, 1).reshape(n, ho, kh, wo, kw, c).permute(0, 1, 3, 2, 4, 5)
+        rows = patches.reshape(n * ho * wo, kh * kw * c)
+        weight = self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1)
+        out = rows @ weight.t() if self.bias is None else torch.addmm(self.bias, rows, weight.t())
+        return out.view(n, ho, wo, self.out_channels).permute(0, 3, 1, 2)  # channels_last, no copy
+
+
+def fold_conv_bn(model: nn.Module, patchify_max_in_channels: int = 4) -> int:
+    """Fold every ``nn.Sequential(Conv2d, BatchNorm2d)`` of ``model`` (eval mode, in place) into the conv.
+
+    The BatchNorm becomes an ``nn.Identity`` (module names stay, so profiles still map) and the conv gets the
+    folded weight and bias; a patchify conv (kernel == stride) with at most ``patchify_max_in_channels`` input
+    channels becomes a :class:`PatchifyConv2d`. These are the stem and the downsampling layers of the
+    families; in the blocks BatchNorm is already folded. Returns how many were folded."""
+    from convfirst.blocks import fold_bn
+
+    folded = 0
+    for module in list(model.modules()):
+        if not isinstance(module, nn.Sequential) or len(module) < 2:
+            continue
+        for i in range(len(module) - 1):
+            conv, bn = module[i], module[i + 1]
+            if not (type(conv) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
+                    and conv.out_channels == bn.num_features):
+                continue
+            w, b = fold_bn(conv.weight, conv.bias, bn)
+            new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                            padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+                            device=conv.weight.device, dtype=conv.weight.dtype)
+            with torch.no_grad():
+                new.weight.copy_(w)
+                new.bias.copy_(b)
+            if (new.kernel_size == new.stride and new.padding == (0, 0) and new.groups == 1
+                    and new.in_channels <= patchify_max_in_channels):
+                new = PatchifyConv2d.from_conv(new)
+            module[i] = new.eval()
+            module[i + 1] = nn.Identity()
+            folded += 1
+    return folded
 
 
 def _block_input_shapes(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:

@@ -5,6 +5,7 @@ CPU: Triton's interpreter at tiny sizes (conftest.py sets ``TRITON_INTERPRET=1``
 """
 from __future__ import annotations
 
+import copy
 import os
 
 if not os.path.exists("/dev/nvidiactl"):
@@ -163,3 +164,32 @@ def test_fuse_full_size_family_member():
         expected = model.to(torch.bfloat16).float().forward_features(x)
         got = fused.forward_features(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
     assert relative_error(got, expected) < 5e-2
+
+
+def test_fold_conv_bn_keeps_the_output_and_computes_the_stem_as_a_matrix_product():
+    """Stem-like (4x4 stride 4, 3 channels) and other conv + BatchNorm pairs fold into one conv (fp32, CPU)."""
+    from convfirst.kernels import PatchifyConv2d, fold_conv_bn
+
+    torch.manual_seed(_seed() % 2**31)
+    model = _randomize(nn.Sequential(nn.Sequential(nn.Conv2d(3, 16, 4, stride=4, bias=False), nn.BatchNorm2d(16)),
+                                     nn.Sequential(nn.Conv2d(16, 24, 2, stride=2, bias=False), nn.BatchNorm2d(24)),
+                                     nn.Sequential(nn.Conv2d(24, 24, 3, padding=1), nn.BatchNorm2d(24))),
+                       _seed()).eval()
+    folded = copy.deepcopy(model)
+    assert fold_conv_bn(folded) == 3
+    assert isinstance(folded[0][0], PatchifyConv2d)                   # 3 input channels: a matrix product
+    assert type(folded[1][0]) is nn.Conv2d and type(folded[2][0]) is nn.Conv2d
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    for h, w in [(32, 48), (34, 37)]:  # 34 x 37: partial border patches, which the conv drops
+        x = torch.randn(2, 3, h, w).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            assert relative_error(folded(x), model(x)) < 1e-5
+    with pytest.raises(ValueError, match="kernel == stride"):
+        PatchifyConv2d.from_conv(nn.Conv2d(3, 8, 3, padding=1))
+
+
+def test_fuse_folds_the_stem_and_downsampling_norms_unless_told_not_to():
+    model = _randomize(_tiny_model("convfirst"), _seed()).eval()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fuse(model).modules())
+    kept = fuse(model, fold_norms=False)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in kept.modules())

@@ -47,7 +47,7 @@ LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")
 ANCHOR_OPS = ("aten::convolution", "aten::_convolution", "aten::cudnn_convolution", "aten::mm",
               "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul", "aten::conv2d")
 #: module types whose forward is one library call: the anchors of the eager model.
-ANCHOR_MODULE_TYPES = ("Conv2d", "Linear", "Conv2dSame", "ScaledStdConv2d", "StdConv2d")
+ANCHOR_MODULE_TYPES = ("Conv2d", "Linear", "Conv2dSame", "ScaledStdConv2d", "StdConv2d", "PatchifyConv2d")
 
 
 class ModuleRanges:

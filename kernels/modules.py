@@ -220,7 +220,11 @@ def fold_conv_bn(model: nn.Module, patchify_max_in_channels: int = 4) -> int:
     The BatchNorm becomes an ``nn.Identity`` (module names stay, so profiles still map) and the conv gets the
     folded weight and bias; a patchify conv (kernel == stride) with at most ``patchify_max_in_channels`` input
     channels becomes a :class:`PatchifyConv2d`. These are the stem and the downsampling layers of the
-    families; in the blocks BatchNorm is already folded. Returns how many were folded."""
+    families; in the blocks BatchNorm is already folded. Returns how many were folded.
+
+    Measured on the H100 (ConvFirstNet-T, batch 256, kernel profiles in ``data/kernel_profile_h100.csv``): the
+    stem went from 657 to 238 µs, but the three downsampling convs with a folded bias took 414 µs against
+    353 µs for conv + BatchNorm; the model as a whole got 4.7% faster."""
     from convfirst.blocks import fold_bn
 
     folded = 0

@@ -237,15 +237,15 @@ def fold_conv_bn(model: nn.Module, patchify_max_in_channels: int = 4) -> int:
                     and conv.out_channels == bn.num_features):
                 continue
             w, b = fold_bn(conv.weight, conv.bias, bn)
-            new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                            padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
-                            device=conv.weight.device, dtype=conv.weight.dtype)
+            patchify = (conv.kernel_size == conv.stride and conv.padding == (0, 0) and conv.dilation == (1, 1)
+                        and conv.groups == 1 and conv.in_channels <= patchify_max_in_channels)
+            new = (PatchifyConv2d if patchify else nn.Conv2d)(
+                conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                dilation=conv.dilation, groups=conv.groups, bias=True, device=conv.weight.device,
+                dtype=conv.weight.dtype)
             with torch.no_grad():
                 new.weight.copy_(w)
                 new.bias.copy_(b)
-            if (new.kernel_size == new.stride and new.padding == (0, 0) and new.groups == 1
-                    and new.in_channels <= patchify_max_in_channels):
-                new = PatchifyConv2d.from_conv(new)
             module[i] = new.eval()
             module[i + 1] = nn.Identity()
             folded += 1

@@ -209,8 +209,9 @@ def convfirst_resident_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_
     """v5: the v4 tile walk in a persistent program whose 1x1 weights stay on chip (HID % BLOCK_H == 0).
 
     Per 64-pixel tile, v4 re-reads both 1x1 weight matrices through L2 (64 KB at C=64, 40% of its L2
-    traffic). Here each program loads We, be and Wp once, as tuples of hidden slices, and walks tiles
-    ``pid, pid + nprog, ...``; the tile body is v4's."""
+    traffic). Here each program loads We and Wp once, as tuples of hidden slices, and walks tiles
+    ``pid, pid + nprog, ...``; the tile body is v4's (the expand bias is read per tile, see
+    :func:`load_resident_weights`)."""
     act = out_ptr.dtype.element_ty
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)

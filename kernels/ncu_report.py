@@ -28,7 +28,8 @@ from pathlib import Path
 
 SECTIONS = ("SpeedOfLight", "MemoryWorkloadAnalysis", "Occupancy", "LaunchStats", "WarpStateStats",
             "ComputeWorkloadAnalysis", "SchedulerStats", "InstructionStats")
-KERNEL_NAMES = {"convfirst": "convfirst_(block|resident)_kernel", "mbconv": "mbconv_block_kernel", "gconv": "grouped3x3_kernel"}
+KERNEL_NAMES = {"convfirst": "convfirst_(block|resident)_kernel", "mbconv": "mbconv_block_kernel",
+                "gconv": "grouped3x3_kernel"}
 
 #: (block, shape, batch, config): the benchmark shapes' best autotuned configs (data/block_bench_h100.csv)
 #: and the alternatives the notes discuss.
@@ -141,7 +142,6 @@ def main(argv=None) -> int:
                 with_provenance(pd.DataFrame(all_rows)).to_csv(out / "ncu_metrics.csv", index=False)
     print(summary(all_rows))
     return 0
-
 
 
 #: Counters of the chapter's table: (metric, column name, scale).

@@ -25,6 +25,16 @@ def test_silu_identity_of_the_gpu_path():
     torch.testing.assert_close(h + h * torch.tanh(h), x * torch.sigmoid(x), rtol=1e-12, atol=1e-12)
 
 
+def _compile_outside_interpreter(code: str) -> dict:
+    """Run ``code`` (which compiles for sm_90 and prints one JSON line last) in a fresh Python without
+    ``TRITON_INTERPRET``, and return that JSON."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_gpu_path_compiles_to_hardware_tanh_without_the_reciprocal():
     """Compile the fused ConvFirst kernel for sm_90 (no GPU needed, outside the interpreter) and read its PTX."""
     code = r"""
@@ -38,11 +48,7 @@ ptx = k.asm["ptx"]
 print(json.dumps({"tanh": ptx.count("tanh.approx.f32"), "rcp": ptx.count("rcp.") + ptx.count("div.full"),
                   "maxnreg": ".maxnreg 128" in ptx}))
 """
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = _compile_outside_interpreter(code)
     assert got["tanh"] > 0, "SiLU should use tanh.approx.f32 on the GPU"
     assert got["rcp"] == 0, "no reciprocal/division should remain in the SiLU"
     assert got["maxnreg"], "the register cap should reach the PTX"
@@ -64,11 +70,7 @@ weights = [m.start() for m in re.finditer(r"%(we|wp)\w* = ttg.local_alloc %", tt
 print(json.dumps({"smem": k.metadata.shared, "weights_bytes": cf.resident_weight_bytes(64, 256),
                   "allocs": len(weights), "before_loop": all(i < loop for i in weights)}))
 """
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = _compile_outside_interpreter(code)
     assert got["allocs"] == 2 * 256 // 64, "one allocation per hidden slice of We and of Wp"
     assert got["before_loop"], "the weights must be placed in shared memory before the tile loop"
     assert got["smem"] >= got["weights_bytes"]

@@ -60,15 +60,11 @@ KERNEL_FORMS = ("sliced", "dense", "resident")
 
 def form_config(form: str, channels: int, npix: int) -> dict | None:
     """An explicit config of one form of the fused ConvFirst kernel (None where the form does not apply):
-    v4 sliced grouped conv, v3 dense grouped conv, v5 resident weights (persistent programs)."""
-    from convfirst.kernels.convfirst_fused import (DENSE_MAX_CHANNELS, heuristic_config, resident_config,
-                                                   resident_fits)
+    v4 sliced grouped conv, v3 dense grouped conv, v5 resident weights (persistent programs); the same fixed
+    configs ``compare_forms`` checks on the GPU."""
+    from convfirst.kernels.compare_forms import applies, fixed_config
 
-    if form == "resident":
-        return resident_config(channels, 4 * channels) if resident_fits(channels, 4 * channels) else None
-    if form == "dense" and channels > DENSE_MAX_CHANNELS:
-        return None
-    return dict(heuristic_config(channels, npix), DENSE_GCONV=form == "dense")
+    return fixed_config(form, channels, npix) if applies(form, channels) else None
 
 
 @pytest.mark.parametrize("form", KERNEL_FORMS)

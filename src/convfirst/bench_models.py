@@ -174,9 +174,8 @@ def family_plan(batches: Sequence[int] = BATCHES) -> list[BenchCase]:
 
     The comparison it rests on first (ConvNeXt-T compiled, ConvFirstNet-T and -H fused, at the smallest and
     largest batch, ConvNeXt-T also with CUDA graphs at batch 1), so the run stands alone as the chapter's
-    anchor; then every other
-    family member fused, the baselines compiled at the largest batch, the EfficientNets at their native
-    resolution. The fused models are also timed with CUDA graphs at the largest batch: without them the small
+    anchor; then every other family member fused, the baselines compiled at the largest batch, the
+    EfficientNets at their native resolution. The fused models are also timed with CUDA graphs at the largest batch: without them the small
     members are bound by kernel-launch time even at batch 256 (ConvFirstNet-P on the H100: 3.1-5.3 ms in
     different runs without graphs, 1.9 ms with them).
     """

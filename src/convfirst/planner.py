@@ -104,14 +104,20 @@ def calibrated_estimate(bench: pd.DataFrame, block: str, channels: int, height: 
             "calibrated_on": f"{block} {ref[0]}@{ref[1]}x{ref[2]}, batch {measured['measured_batch']}"}
 
 
+def _shape_rows(bench: pd.DataFrame, block: str, channels: int, height: int, width: int, expansion: int,
+                dtype: str) -> pd.DataFrame:
+    """The recorded rows of one block shape and dtype (every batch and implementation)."""
+    return bench[(bench["block"] == block) & (bench["C"] == channels) & (bench["H"] == height)
+                 & (bench["W"] == width) & (bench["E"] == expansion) & (bench["dtype"] == dtype)]
+
+
 def measured_estimate(bench: pd.DataFrame, block: str, channels: int, height: int, width: int, expansion: int,
                       batch: int, dtype: str = "bfloat16", alternatives: Sequence[str] = UNFUSED_IMPLS) -> dict | None:
     """Measured fused and best-unfused times at ``batch`` (or the nearest recorded batch), or None.
 
     ``alternatives``: the unfused implementations the fused kernel competes with (those a model would
     really run instead: e.g. eager and our unfused sequence for an uncompiled model)."""
-    sel = bench[(bench["block"] == block) & (bench["C"] == channels) & (bench["H"] == height)
-                & (bench["W"] == width) & (bench["E"] == expansion) & (bench["dtype"] == dtype)]
+    sel = _shape_rows(bench, block, channels, height, width, expansion, dtype)
     if sel.empty or "fused" not in set(sel["impl"]):
         return None
     nearest = _nearest(sorted(set(sel.loc[sel["impl"] == "fused", "batch"])), batch)
@@ -126,9 +132,8 @@ def measured_estimate(bench: pd.DataFrame, block: str, channels: int, height: in
 def measured_fused_ms(bench: pd.DataFrame, block: str, channels: int, height: int, width: int, expansion: int,
                       batch: int, dtype: str = "bfloat16") -> float | None:
     """The fused kernel's recorded time at exactly this shape and batch, or None."""
-    sel = bench[(bench["block"] == block) & (bench["C"] == channels) & (bench["H"] == height)
-                & (bench["W"] == width) & (bench["E"] == expansion) & (bench["dtype"] == dtype)
-                & (bench["batch"] == batch) & (bench["impl"] == "fused")]
+    sel = _shape_rows(bench, block, channels, height, width, expansion, dtype)
+    sel = sel[(sel["batch"] == batch) & (sel["impl"] == "fused")]
     return float(sel["ms"].median()) if len(sel) else None
 
 

@@ -53,7 +53,10 @@ which this study could not run (no ImageNet on these machines). So:
   **fused** (`convfirst.kernels.fuse` with the block planner of chapter 3: one Triton kernel per residual
   block wherever the recorded block benchmark says the fused kernel beats the alternatives; every other
   block runs whichever of this study's unfused Triton sequence and its PyTorch layers was measured faster,
-  and the `fused_blocks` column counts each kind) and
+  and the `fused_blocks` column counts each kind; from commit 2a375ee on, `fuse` also folds the BatchNorm
+  after the stem and downsampling convs into the conv and computes the 3-channel patchify stem as one
+  matrix product, which took ConvFirstNet-T's stem from 657 to 238 µs in the recorded profiles, while the
+  downsampling convs with a folded bias got slower, 414 against 353 µs) and
   **fused-compile** (the same model under `torch.compile`, which compiles the unfused blocks); the
   fused model's output is checked against the unfused model before it is timed;
 - median of many forward passes (`triton.testing.do_bench`), distinct random inputs rotated, with and

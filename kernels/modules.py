@@ -19,8 +19,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ._common import KernelInputError, check_activation, pack_block_params
+from ._common import ACTIVATION_DTYPES, KernelInputError, check_activation, interpreting, pack_block_params
 from .convfirst_fused import run_convfirst_fused
+from .gemm import patchify_conv, patchify_weight
 from .mbconv_fused import run_mbconv_fused
 from .unfused import convfirst_block_unfused, mbconv_block_unfused
 
@@ -180,11 +181,13 @@ def fuse(model: nn.Module, dtype: torch.dtype | None = None, inplace: bool = Fal
 class PatchifyConv2d(nn.Conv2d):
     """A conv whose kernel equals its stride (no padding, one group), computed as one matrix product.
 
-    The input's non-overlapping k x k patches are gathered into rows (one copy) and multiplied by the weight
-    viewed as [out, k*k*C_in] (cuBLAS). For the 3-channel patchify stem at 224x224, batch 256, cuDNN's NHWC
-    conv ran at 15% of its roofline floor on the H100 (0.50 ms; the profile in chapter 6); the two kernels
-    here move about 390 MB. Same output as the ``nn.Conv2d`` it replaces (to rounding); it stays a Conv2d, so
-    counting and profiling see the layer it computes."""
+    On a bf16/fp16 channels_last input on the GPU (or in the Triton interpreter) it runs
+    :func:`convfirst.kernels.gemm.patchify_conv`: the non-overlapping k x k patches are read in place as the
+    rows of a GEMM whose epilogue adds the bias, one launch. Elsewhere (fp32, CPU) the patches are gathered
+    into rows (one copy) and multiplied by the weight viewed as [out, k*k*C_in] (``addmm``). Same output as the
+    ``nn.Conv2d`` it replaces (to rounding); it stays a Conv2d, so counting and profiling see the layer it
+    computes. Why (H100, batch 256, profiles in chapter 6): cuDNN's NHWC conv of the 3-channel stem ran at 15%
+    of its floor, and a conv with a bias ran as cuDNN's conv plus a separate broadcast add."""
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> "PatchifyConv2d":
@@ -200,11 +203,37 @@ class PatchifyConv2d(nn.Conv2d):
                 new.bias.copy_(conv.bias)
         return new.train(conv.training)
 
+    def _kernel_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight as the kernel's [k*k*C_in, out] matrix in ``dtype``, and the bias; rebuilt when the weight
+        changes (its version counter) or another dtype is asked for."""
+        if torch.compiler.is_compiling():  # traced: plain tensor ops, no cache
+            bias = self.bias if self.bias is not None else self.weight.new_zeros(self.out_channels)
+            return patchify_weight(self.weight).to(dtype), bias
+        key = (self.weight._version, self.weight.device, dtype)
+        cache = self.__dict__.get("_kernel_cache")
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                w_t = patchify_weight(self.weight.detach()).to(dtype)
+                bias = (self.bias.detach() if self.bias is not None
+                        else torch.zeros(self.out_channels, device=self.weight.device, dtype=dtype))
+            cache = (key, w_t, bias)
+            self.__dict__["_kernel_cache"] = cache
+        return cache[1], cache[2]
+
+    def _uses_kernel(self, x: torch.Tensor) -> bool:
+        kh, kw = self.kernel_size
+        return (kh == kw and x.dtype in ACTIVATION_DTYPES and x.shape[2] % kh == 0 and x.shape[3] % kw == 0
+                and x.is_contiguous(memory_format=torch.channels_last)
+                and (x.device.type == "cuda" or (x.device.type == "cpu" and interpreting())))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         kh, kw = self.kernel_size
         if h % kh or w % kw:  # a partial patch at the border is dropped by the conv; keep its exact semantics
             return super().forward(x)
+        if self._uses_kernel(x):
+            w_t, bias = self._kernel_weights(x.dtype)
+            return patchify_conv(x, w_t, bias, kh)
         ho, wo = h // kh, w // kw
         # NHWC view -> [N, Ho, kh, Wo, kw, C] -> rows of one patch each, in (kh, kw, C) order
         patches = x.permute(0, 2, 3, 1).reshape(n, ho, kh, wo, kw, c).permute(0, 1, 3, 2, 4, 5)

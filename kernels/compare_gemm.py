@@ -1,0 +1,233 @@
+"""Our epilogue-fused GEMM against cuBLAS + PyTorch elementwise kernels, on one GPU, in one call.
+
+What it measures (``NOTES_gemm.md`` holds the outcome):
+
+1. correctness: every autotuning candidate of :mod:`convfirst.kernels.gemm` at odd sizes (M not a multiple
+   of any tile, K not a multiple of 64, with and without SiLU and residual) and the patchify conv at stem and
+   downsampling shapes, NaN-poisoned outputs against an fp32 reference;
+2. the 1x1 layers of the unfused block sequence at batch 256 (expand + SiLU, project + residual), cuBLAS
+   ``addmm`` + SiLU / add against the fused epilogue (autotuned);
+3. the whole unfused sequence per block shape with each backend (``gemm="cublas"`` / ``"triton"``);
+4. the patchify convs of the families (stem 4x4/4, downsampling 2x2/2) as cuDNN conv + bias (what a folded
+   BatchNorm gives), cuDNN conv + BatchNorm (unfolded), the gathered-rows ``addmm`` and our kernel.
+
+    python -m convfirst.kernels.compare_gemm --out results/gemm
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from convfirst.bench_blocks import TOLERANCE, BlockCase, BlockShape, relative_error
+from convfirst.provenance import environment_info, with_provenance
+from convfirst.timing import bench_ms, l2_rotation_count
+
+from . import gemm
+from ._common import LAST_COMPILED, launch_kwargs
+
+#: Block shapes whose 1x1 layers run through the unfused sequence in the planned families (late stages of
+#: ConvFirstNet-T/H) or are compared in the block benchmark (MBConv).
+SEQUENCE_SHAPES = (BlockShape("convfirst", 96, 56, 56), BlockShape("convfirst", 192, 28, 28),
+                   BlockShape("convfirst", 256, 14, 14), BlockShape("convfirst", 384, 14, 14),
+                   BlockShape("convfirst", 512, 7, 7), BlockShape("convfirst", 768, 7, 7),
+                   BlockShape("mbconv", 64, 56, 56), BlockShape("mbconv", 128, 28, 28),
+                   BlockShape("mbconv", 256, 14, 14))
+#: (name, C_in, C_out, patch, input H = W): the stem and downsampling convs of ConvFirstNet-T and -H.
+PATCH_SHAPES = (("stem-t", 3, 96, 4, 224), ("down-t1", 96, 192, 2, 56), ("down-t2", 192, 384, 2, 28),
+                ("down-t3", 384, 768, 2, 14), ("stem-h", 3, 64, 4, 224), ("down-h1", 64, 128, 2, 56),
+                ("down-h2", 128, 256, 2, 28), ("down-h3", 256, 512, 2, 14))
+#: (M, K, N) checked with every candidate config: odd M, K below/above/not a multiple of 64, N not of 64.
+CHECK_GEMMS = ((1000, 96, 384), (777, 384, 96), (257, 48, 80), (130, 1536, 384))
+
+
+def _fp32_reference(a, w_t, bias, act, residual):
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        out = a.double() @ w_t.double() + bias.double()
+        if act == "silu":
+            out = F.silu(out)
+        if residual is not None:
+            out = out + residual.double()
+        return out
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def check_rows(dtype=torch.bfloat16, device="cuda", seed=0) -> list[dict]:
+    """Every candidate config at the ``CHECK_GEMMS`` sizes, every epilogue, poisoned outputs; and the patch convs."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    tol = TOLERANCE[str(dtype).split(".")[-1]]
+    configs = [launch_kwargs(cf) for cf in gemm.gemm_configs()]
+    for m, k, n in CHECK_GEMMS:
+        a = torch.randn(m, k, generator=gen).to(device, dtype)
+        w_t = (torch.randn(k, n, generator=gen) / math.sqrt(k)).to(device, dtype)
+        bias = (0.1 * torch.randn(n, generator=gen)).to(device)
+        res = torch.randn(m, n, generator=gen).to(device, dtype)
+        for act, residual in (("none", None), ("silu", None), ("none", res)):
+            ref = _fp32_reference(a, w_t, bias, act, residual)
+            for cf in configs:
+                out = torch.full((m, n), float("nan"), device=device, dtype=dtype)
+                gemm.launch_matmul(a, w_t, bias, act, residual, config=cf, out=out)
+                torch.cuda.synchronize()
+                err = relative_error(out, ref)
+                k_ = LAST_COMPILED["gemm"]
+                rows.append({"check": "matmul", "M": m, "K": k, "N": n, "act": act,
+                             "residual": residual is not None, "config": str(cf), "rel_err": err,
+                             "regs": k_.n_regs, "spills": k_.n_spills, "passed": bool(err < tol)})
+    for name, cin, cout, patch, hw in PATCH_SHAPES:
+        x = torch.randn(2, cin, hw, hw, generator=gen).to(device, dtype).contiguous(memory_format=torch.channels_last)
+        weight = (torch.randn(cout, cin, patch, patch, generator=gen) / math.sqrt(cin * patch * patch)).to(device, dtype)
+        bias = (0.1 * torch.randn(cout, generator=gen)).to(device)
+        ref = F.conv2d(x.double(), weight.double(), bias.double(), stride=patch)
+        out = torch.full((2, cout, hw // patch, hw // patch), float("nan"), device=device,
+                         dtype=dtype).contiguous(memory_format=torch.channels_last)
+        gemm.launch_patchify(x, gemm.patchify_weight(weight), bias, patch, out=out)
+        torch.cuda.synchronize()
+        err = relative_error(out, ref)
+        rows.append({"check": "patchify", "shape": name, "config": "autotuned", "rel_err": err,
+                     "passed": bool(err < tol)})
+    return rows
+
+
+def _time(fn, inputs, graphs):
+    return bench_ms(fn, inputs, cuda_graph=graphs)
+
+
+def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True) -> list[dict]:
+    """The expand and project layers of each ``SEQUENCE_SHAPES`` block: cuBLAS + PyTorch epilogue vs ours."""
+    rows = []
+    for shape in tqdm(SEQUENCE_SHAPES, desc="1x1 layers"):
+        m, c, hid = batch * shape.H * shape.W, shape.C, shape.E * shape.C
+        for layer, k, n, act, has_res in (("expand", c, hid, "silu", False), ("project", hid, c, "none", True)):
+            nbytes = 2 * (m * k + k * n + m * n * (2 if has_res else 1))
+            sets = l2_rotation_count(nbytes)
+            inputs = [(torch.randn(m, k, device="cuda", dtype=dtype),
+                       torch.randn(m, n, device="cuda", dtype=dtype) if has_res else None) for _ in range(sets)]
+            w_t = (torch.randn(k, n, device="cuda") / math.sqrt(k)).to(dtype)
+            bias = 0.1 * torch.randn(n, device="cuda")
+            bias_lp = bias.to(dtype)
+
+            def cublas(a, r):
+                out = torch.addmm(bias_lp, a, w_t)
+                return F.silu(out) if act == "silu" else out.add_(r)
+
+            def ours(a, r):
+                return gemm.matmul_bias_act(a, w_t, bias, act, r)
+
+            a0, r0 = inputs[0]
+            ref = _fp32_reference(a0, w_t, bias, act, r0)
+            for impl, fn in (("cublas", cublas), ("triton", ours)):
+                err = relative_error(fn(a0, r0), ref)
+                ms = _time(fn, inputs, graphs)
+                tuned = getattr(gemm._tuned, "best_config", None) if impl == "triton" else None
+                rows.append({"part": "gemm", "block": shape.block, "C": c, "H": shape.H, "layer": layer,
+                             "M": m, "K": k, "N": n, "impl": impl, "ms": ms, "tflops": 2 * m * k * n / ms / 1e9,
+                             "gbps": nbytes / ms / 1e6, "rel_err": err, "config": str(tuned) if tuned else "",
+                             "batch": batch, "cuda_graph": graphs})
+    return rows
+
+
+def sequence_rows(batch: int, dtype: str = "bfloat16", graphs: bool = True) -> list[dict]:
+    """The whole unfused sequence of each block shape with each GEMM backend."""
+    from .unfused import convfirst_block_unfused, mbconv_block_unfused
+
+    rows = []
+    for shape in tqdm(SEQUENCE_SHAPES, desc="sequences"):
+        case = BlockCase(shape, batch, dtype, n_inputs=1)
+        x_bytes = case.inputs[0].numel() * 2
+        case.inputs += [case.new_input(torch.Generator().manual_seed(i), "cuda")
+                        for i in range(1, l2_rotation_count(3 * x_bytes))]
+        run = convfirst_block_unfused if shape.block == "convfirst" else mbconv_block_unfused
+        ref = case.reference(case.inputs[0])
+        for backend in ("cublas", "triton"):
+            fn = lambda x, b=backend: run(x, case.packed, gemm=b)  # noqa: E731
+            err = relative_error(fn(case.inputs[0]), ref)
+            ms = _time(fn, [(x,) for x in case.inputs], graphs)
+            rows.append({"part": "sequence", "block": shape.block, "C": shape.C, "H": shape.H, "impl": backend,
+                         "ms": ms, "rel_err": err, "batch": batch, "cuda_graph": graphs})
+        del case
+        torch.cuda.empty_cache()
+    return rows
+
+
+def patch_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True) -> list[dict]:
+    """Stem and downsampling convs: cuDNN + bias, cuDNN + BatchNorm, gathered-rows addmm, our kernel."""
+    from .modules import PatchifyConv2d
+
+    rows = []
+    for name, cin, cout, patch, hw in tqdm(PATCH_SHAPES, desc="patchify convs"):
+        conv = nn.Conv2d(cin, cout, patch, stride=patch).cuda().to(dtype).to(memory_format=torch.channels_last).eval()
+        bare = nn.Sequential(nn.Conv2d(cin, cout, patch, stride=patch, bias=False), nn.BatchNorm2d(cout))
+        bare = bare.cuda().to(dtype).to(memory_format=torch.channels_last).eval()
+        kernel = PatchifyConv2d.from_conv(conv).eval()
+        x_bytes = batch * cin * hw * hw * 2
+        sets = l2_rotation_count(x_bytes)
+        inputs = [(torch.randn(batch, cin, hw, hw, device="cuda", dtype=dtype)
+                   .contiguous(memory_format=torch.channels_last),) for _ in range(sets)]
+        ref = F.conv2d(inputs[0][0].float(), conv.weight.float(), conv.bias.float(), stride=patch)
+        gathered = PatchifyConv2d.from_conv(conv).eval()
+        gathered._uses_kernel = lambda x: False  # the addmm path on the same weights
+
+        out_bytes = batch * cout * (hw // patch) ** 2 * 2
+        flop = 2 * batch * (hw // patch) ** 2 * cin * patch * patch * cout
+        with torch.no_grad():
+            for impl, fn in (("cudnn-bias", conv), ("cudnn-bn", bare), ("gather-addmm", gathered),
+                             ("triton", kernel)):
+                err = relative_error(fn(inputs[0][0]), ref) if impl != "cudnn-bn" else float("nan")
+                ms = _time(fn, inputs, graphs)
+                rows.append({"part": "patchify", "shape": name, "C": cin, "N": cout, "H": hw, "patch": patch,
+                             "impl": impl, "ms": ms, "tflops": flop / ms / 1e9,
+                             "gbps": (x_bytes + out_bytes) / ms / 1e6, "rel_err": err, "batch": batch,
+                             "cuda_graph": graphs})
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True, help="folder for compare_gemm.csv and checks_gemm.csv")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--parts", nargs="+", default=["checks", "gemm", "sequence", "patchify"],
+                    choices=["checks", "gemm", "sequence", "patchify"])
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("compare_gemm needs a CUDA GPU")
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = environment_info()
+    rows, checks = [], []
+    if "checks" in args.parts:
+        checks = check_rows()
+        pd.DataFrame(checks).pipe(with_provenance, env, dtype="bfloat16", layout="channels_last").to_csv(
+            args.out / "checks_gemm.csv", index=False)
+        failed = [c for c in checks if not c["passed"]]
+        print(f"checks: {len(checks) - len(failed)}/{len(checks)} passed, max rel err "
+              f"{max(c['rel_err'] for c in checks):.2e}")
+        for c in failed:
+            print("FAILED", c)
+    if "gemm" in args.parts:
+        rows += gemm_rows(args.batch)
+    if "sequence" in args.parts:
+        rows += sequence_rows(args.batch)
+    if "patchify" in args.parts:
+        rows += patch_rows(args.batch)
+    if rows:
+        df = pd.DataFrame(rows).pipe(with_provenance, env, dtype="bfloat16", layout="channels_last")
+        df.to_csv(args.out / "compare_gemm.csv", index=False)
+        pd.set_option("display.width", 200)
+        for part, sub in df.groupby("part", sort=False):
+            keys = [c for c in ("block", "shape", "C", "H", "layer") if c in sub and sub[c].notna().any()]
+            table = sub.pivot_table(index=keys, columns="impl", values="ms", sort=False)
+            print(f"\n{part} (ms, batch {args.batch}, bf16, CUDA graphs)\n{table.round(4).to_string()}")
+    return 0 if all(c["passed"] for c in checks) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

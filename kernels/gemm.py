@@ -1,0 +1,291 @@
+"""Matrix products with their epilogue fused: ``act(A @ W + bias) [+ residual]``, and patchify convs as such.
+
+Design in two lines: a standard tiled tensor-core GEMM (fp32 accumulation, programs ordered in groups of
+GROUP_M row tiles so neighbours share A in L2) whose epilogue adds the bias, applies SiLU and adds a residual
+before the single bf16/fp16 store; the A operand is either a row-major matrix or, for a conv whose kernel
+equals its stride, the non-overlapping k x k patches of an NHWC image, addressed in place (no gathered copy).
+
+Why: in the unfused block sequence the 1x1 layers ran as cuBLAS ``addmm`` followed by separate SiLU and
+residual-add kernels. At ConvFirst 384@14x14, batch 256, the SiLU re-reads and re-writes the 154 MB hidden
+activation (103 us of a 403 us block on the H100) and the add moves 115 MB (35 us); here they cost nothing
+beyond the GEMM's own store. Bytes per block, hidden E*C wide, bf16: cuBLAS + SiLU + add move
+``2*C + 2*EC + 4*EC + 2*EC + 6*C`` bytes per pixel after the grouped conv; the fused epilogues
+``2*C + 2*EC + 2*EC + 4*C``. For the patchify stem and downsampling convs (kernel == stride), the epilogue
+adds the folded BatchNorm's bias, which cuDNN ran as a separate, non-vectorised broadcast add.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (ACTIVATION_DTYPES, LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, autotuning, interpreting,
+                      launch_options, tracing)
+from .activation import silu
+
+#: Epilogue activations.
+ACTIVATIONS = ("none", "silu")
+
+
+@triton.jit
+def gemm_epilogue_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, M, N, K, H, W, HO, WO,
+                         CIN: tl.constexpr, PATCH: tl.constexpr, ACT_SILU: tl.constexpr, HAS_RES: tl.constexpr,
+                         EVEN_K: tl.constexpr, FP32_DOT: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """out[M, N] = act(A[M, K] @ w[K, N] + bias[N]) (+ res[M, N]), fp32 accumulation, one rounding at the store.
+
+    ``PATCH == 0``: A is row-major [M, K]. ``PATCH == P``: row m of A is the P x P patch under output pixel
+    m = (n, ho, wo) of an NHWC image [*, H, W, CIN], in (kh, kw, c) order, so K = P*P*CIN and
+    A[m, k] = x[n, ho*P + kh, wo*P + kw, c]; the output rows are then the NHWC output image [*, HO, WO, N].
+    Either way the address of A[m, k] is row_base(m) + col_off(k), computed once per row / per K step.
+    ``CIN`` is a constexpr (1 for plain matrices) so that the alignment of the patch rows is known at compile
+    time: without it the compiler cannot vectorise the loads, and unvectorised loads are not pipelined.
+    """
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * tiles_n
+    group = pid // per_group
+    first_m = group * GROUP_M
+    group_rows = min(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_rows
+    pid_n = (pid % per_group) // group_rows
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    if PATCH == 0:
+        row_base = offs_m.to(tl.int64) * K
+    else:
+        wo = offs_m % WO
+        ho = (offs_m // WO) % HO
+        img = offs_m // (WO * HO)
+        row_base = ((img.to(tl.int64) * H + ho * PATCH) * W + wo * PATCH) * CIN
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        if PATCH == 0:
+            col_off = offs_k
+        elif (PATCH * CIN) % BLOCK_K == 0:
+            # k = (kh, r): the P*CIN values of one patch row (kw, c) are contiguous in NHWC, and a K step
+            # stays inside one patch row, so its columns are one contiguous, aligned run (vector loads)
+            kh = k0 // (PATCH * CIN)
+            r0 = tl.multiple_of(k0 - kh * (PATCH * CIN), BLOCK_K)
+            col_off = kh * (W * CIN) + r0 + tl.arange(0, BLOCK_K)
+        else:  # e.g. the 3-channel stem: a K step spans patch rows
+            kh = offs_k // (PATCH * CIN)
+            col_off = kh * (W * CIN) + (offs_k - kh * (PATCH * CIN))
+        a_ptrs = a_ptr + row_base[:, None] + col_off[None, :]
+        w_ptrs = w_ptr + offs_k[:, None] * N + offs_n[None, :]
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=m_ok[:, None], other=0.0)
+            b = tl.load(w_ptrs, mask=n_ok[None, :], other=0.0)
+        else:
+            k_ok = offs_k < K
+            a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(w_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        if FP32_DOT:  # the interpreter's bf16 dot is wrong: upcast (exact fp32 products of bf16 inputs)
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc)
+
+    acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if ACT_SILU:
+        acc = silu(acc, FP32_DOT)
+    out_off = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    ok = m_ok[:, None] & n_ok[None, :]
+    if HAS_RES:
+        acc += tl.load(res_ptr + out_off, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def gemm_configs() -> list:
+    """Autotuning candidates (Hopper): 64-256 row tiles, 64-256 column tiles, 64-deep K steps."""
+    configs = []
+    for bm, bn, bk, warps, stages in [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4),
+                                      (256, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
+                                      (64, 256, 64, 8, 3), (64, 64, 64, 4, 4), (128, 128, 32, 4, 5)]:
+        configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
+                                     num_warps=warps, num_stages=stages))
+    return configs
+
+
+def _prune(configs, named_args, **kwargs):
+    m, n, k = named_args["M"], named_args["N"], named_args["K"]
+    kept = [cf for cf in configs
+            if cf.kwargs["BLOCK_N"] <= max(64, triton.next_power_of_2(n))
+            and cf.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(m))
+            and cf.kwargs["BLOCK_K"] <= max(32, triton.next_power_of_2(k))]
+    return kept or configs[:1]
+
+
+_tuned = None
+
+
+def _launcher():
+    global _tuned
+    if _tuned is None:
+        _tuned = triton.autotune(configs=gemm_configs(), key=["M", "N", "K", "PATCH", "ACT_SILU", "HAS_RES"],
+                                 prune_configs_by={"early_config_prune": _prune})(gemm_epilogue_kernel)
+    return _tuned
+
+
+def heuristic_config(m: int, n: int, k: int) -> dict:
+    """A fixed config (no autotuning): a small tile in the interpreter, else 128 x 128 x 64, 8 warps, 4 stages."""
+    if interpreting():
+        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}
+    return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4}
+
+
+def _launch(a, w_t, bias, residual, out, m, n, k, patch, geometry, act, config):
+    h, w, ho, wo, cin = geometry
+    flags = dict(PATCH=patch, ACT_SILU=act == "silu", HAS_RES=residual is not None, FP32_DOT=interpreting())
+    res = residual if residual is not None else out  # never read when HAS_RES is False
+    if m == 0 or n == 0:
+        return out
+    if config is None and not autotuning():
+        config = heuristic_config(m, n, k)
+    if config is not None:
+        extra = launch_options(config)
+        meta = {key: v for key, v in config.items() if key not in LAUNCH_OPTIONS}
+        grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+        compiled = gemm_epilogue_kernel[grid](a, w_t, bias, res, out, m, n, k, h, w, ho, wo, cin,
+                                              EVEN_K=k % meta["BLOCK_K"] == 0, **flags, **meta, **extra)
+    else:
+        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+        # EVEN_K depends on the tuned BLOCK_K; every candidate's BLOCK_K divides K = 64*j, else masks are kept
+        even = all(k % cf.kwargs["BLOCK_K"] == 0 for cf in gemm_configs())
+        compiled = _launcher()[grid](a, w_t, bias, res, out, m, n, k, h, w, ho, wo, cin, EVEN_K=even, **flags)
+    LAST_COMPILED["gemm"] = compiled
+    return out
+
+
+def _check_common(name: str, a: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor, k: int, act: str) -> None:
+    if a.dtype not in ACTIVATION_DTYPES:
+        raise KernelInputError(f"{name}: dtype {a.dtype} is not supported; use torch.bfloat16 or torch.float16")
+    if w_t.dtype != a.dtype:
+        raise KernelInputError(f"{name}: weight dtype {w_t.dtype} differs from the input's {a.dtype}")
+    if w_t.dim() != 2 or w_t.shape[0] != k or not w_t.is_contiguous():
+        raise KernelInputError(f"{name}: weight must be a contiguous [K={k}, N] matrix (the layer's weight "
+                               f"transposed), got shape {tuple(w_t.shape)}")
+    if bias.shape != (w_t.shape[1],):
+        raise KernelInputError(f"{name}: bias must have shape ({w_t.shape[1]},), got {tuple(bias.shape)}")
+    if act not in ACTIVATIONS:
+        raise KernelInputError(f"{name}: act={act!r}; expected one of {ACTIVATIONS}")
+    devices = {t.device for t in (a, w_t, bias)}
+    if len(devices) > 1:
+        raise KernelInputError(f"{name}: input, weight and bias are on different devices: {sorted(map(str, devices))}")
+    dev = a.device
+    if dev.type == "cpu" and not interpreting():
+        raise KernelInputError(f"{name}: is on the CPU; the Triton kernels run on a CUDA GPU, or on the CPU only in "
+                               f"the Triton interpreter (TRITON_INTERPRET=1 before importing convfirst.kernels)")
+    if dev.type not in ("cpu", "cuda", "meta"):
+        raise KernelInputError(f"{name}: device {dev} is not supported; use a CUDA GPU")
+
+
+def check_matmul_inputs(a, w_t, bias, act, residual) -> None:
+    if a.dim() != 2 or not a.is_contiguous():
+        raise KernelInputError(f"matmul_bias_act: a must be a contiguous [M, K] matrix, got shape "
+                               f"{tuple(a.shape)} with strides {a.stride()}")
+    _check_common("matmul_bias_act", a, w_t, bias, a.shape[1], act)
+    if residual is not None:
+        want = (a.shape[0], w_t.shape[1])
+        if tuple(residual.shape) != want or not residual.is_contiguous() or residual.dtype != a.dtype \
+                or residual.device != a.device:
+            raise KernelInputError(f"matmul_bias_act: residual must be a contiguous {a.dtype} [M, N] = {list(want)} "
+                                   f"matrix on {a.device}, got {residual.dtype} {tuple(residual.shape)} on "
+                                   f"{residual.device}")
+
+
+def launch_matmul(a, w_t, bias, act="none", residual=None, config=None, out=None) -> torch.Tensor:
+    """Launch into ``out`` (a new [M, N] tensor when None; tests pass a NaN-poisoned one)."""
+    m, k = a.shape
+    n = w_t.shape[1]
+    if out is None:
+        out = torch.empty((m, n), device=a.device, dtype=a.dtype)
+    return _launch(a, w_t, bias, residual, out, m, n, k, 0, (1, 1, 1, 1, 1), act, config)
+
+
+@torch.library.custom_op("convfirst::matmul_bias_act", mutates_args=())
+def matmul_bias_act_op(a: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor, act: str = "none",
+                       residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``act(a @ w_t + bias) [+ residual]`` in one kernel: a [M, K], w_t [K, N] (both bf16 or fp16), bias [N]."""
+    check_matmul_inputs(a, w_t, bias, act, residual)
+    return launch_matmul(a, w_t, bias, act, residual)
+
+
+@matmul_bias_act_op.register_fake
+def _(a, w_t, bias, act="none", residual=None):
+    check_matmul_inputs(a, w_t, bias, act, residual)
+    return a.new_empty((a.shape[0], w_t.shape[1]))
+
+
+def matmul_bias_act(a: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor, act: str = "none",
+                    residual: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+    """``act(a @ w_t + bias) [+ residual]``, one launch; through the custom op while ``torch.compile`` traces.
+
+    ``a`` [M, K] and ``w_t`` [K, N] contiguous, bf16 or fp16, ``bias`` [N] in any float dtype, ``act`` in
+    ``ACTIVATIONS``, ``residual`` [M, N] like the output or None. Returns a new [M, N] tensor. ``config`` fixes
+    the tile (tests, comparisons); by default it is autotuned per (M, N, K) on the GPU."""
+    if tracing(a) and config is None:
+        return matmul_bias_act_op(a, w_t, bias, act, residual)
+    check_matmul_inputs(a, w_t, bias, act, residual)
+    return launch_matmul(a, w_t, bias, act, residual, config)
+
+
+def check_patchify_inputs(x, w_t, bias, patch) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise KernelInputError(f"patchify_conv: x must be an NCHW-shaped 4-d tensor, got "
+                               f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        raise KernelInputError("patchify_conv: x must be a dense channels_last (NHWC in memory) tensor; convert "
+                               "with x.contiguous(memory_format=torch.channels_last)")
+    if not isinstance(patch, int) or patch < 1:
+        raise KernelInputError(f"patchify_conv: patch={patch!r} must be a positive int (kernel size == stride)")
+    _, c, h, w = x.shape
+    if h % patch or w % patch:
+        raise KernelInputError(f"patchify_conv: H={h} and W={w} must be multiples of the patch size {patch}")
+    _check_common("patchify_conv", x, w_t, bias, patch * patch * c, "none")
+
+
+def launch_patchify(x, w_t, bias, patch, config=None, out=None) -> torch.Tensor:
+    """Launch into ``out`` (a new channels_last image when None)."""
+    n, c, h, w = x.shape
+    ho, wo = h // patch, w // patch
+    cout = w_t.shape[1]
+    if out is None:
+        out = torch.empty((n, cout, ho, wo), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    return _launch(x, w_t, bias, None, out, n * ho * wo, cout, patch * patch * c, patch, (h, w, ho, wo, c),
+                   "none", config)
+
+
+@torch.library.custom_op("convfirst::patchify_conv", mutates_args=())
+def patchify_conv_op(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor, patch: int) -> torch.Tensor:
+    """Conv with kernel == stride == ``patch``, no padding, + bias, on a channels_last image, as one GEMM."""
+    check_patchify_inputs(x, w_t, bias, patch)
+    return launch_patchify(x, w_t, bias, patch)
+
+
+@patchify_conv_op.register_fake
+def _(x, w_t, bias, patch):
+    check_patchify_inputs(x, w_t, bias, patch)
+    n, _, h, w = x.shape
+    return x.new_empty((n, w_t.shape[1], h // patch, w // patch)).contiguous(memory_format=torch.channels_last)
+
+
+def patchify_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A conv weight [out, in, k, k] as the [k*k*in, out] matrix the patch rows multiply, (kh, kw, c) order."""
+    return weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0]).contiguous()
+
+
+def patchify_conv(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor, patch: int,
+                  config: dict | None = None) -> torch.Tensor:
+    """``conv2d(x, weight, bias, stride=patch)`` for a ``patch`` x ``patch`` kernel, on a channels_last image.
+
+    ``w_t`` is :func:`patchify_weight` of the conv weight, in x's dtype. The patches are read in place (no
+    gathered copy of the input) and the bias is added before the one store. Returns a channels_last tensor."""
+    if tracing(x) and config is None:
+        return patchify_conv_op(x, w_t, bias, patch)
+    check_patchify_inputs(x, w_t, bias, patch)
+    return launch_patchify(x, w_t, bias, patch, config)

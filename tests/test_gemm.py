@@ -1,0 +1,164 @@
+"""The epilogue-fused GEMM and the patchify conv (``convfirst.kernels.gemm``) against fp32 references.
+
+CPU: Triton's interpreter at tiny sizes; GPU: real sizes and every autotuning candidate. Fresh random inputs
+every run, NaN-poisoned outputs.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+if not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from convfirst.bench_blocks import TOLERANCE, BlockCase, BlockShape, relative_error
+from convfirst.kernels import KernelInputError, PatchifyConv2d, interpreting
+from convfirst.kernels import gemm
+from convfirst.kernels.unfused import GEMM_BACKENDS, convfirst_block_unfused, mbconv_block_unfused
+
+ON_GPU = torch.cuda.is_available() and not interpreting()
+DEVICE = "cuda" if ON_GPU else "cpu"
+# (M, K, N): M not a multiple of any tile, K below / not a multiple of the K step
+SIZES = [(37, 48, 40), (70, 96, 24)] if not ON_GPU else [(1000, 96, 384), (50176, 384, 1536), (777, 1536, 384),
+                                                          (257, 48, 80)]
+
+
+def _gen():
+    return torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+
+
+def _operands(m, k, n, dtype, gen):
+    a = torch.randn(m, k, generator=gen).to(DEVICE, dtype)
+    w_t = (torch.randn(k, n, generator=gen) / math.sqrt(k)).to(DEVICE, dtype)
+    bias = (0.1 * torch.randn(n, generator=gen)).to(DEVICE)
+    res = torch.randn(m, n, generator=gen).to(DEVICE, dtype)
+    return a, w_t, bias, res
+
+
+def _reference(a, w_t, bias, act, residual):
+    out = a.double() @ w_t.double() + bias.double()
+    if act == "silu":
+        out = F.silu(out)
+    return out if residual is None else out + residual.double()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("act, with_residual", [("none", False), ("silu", False), ("none", True), ("silu", True)])
+@pytest.mark.parametrize("m, k, n", SIZES)
+def test_matmul_epilogue_matches_reference(m, k, n, act, with_residual, dtype):
+    a, w_t, bias, res = _operands(m, k, n, getattr(torch, dtype), _gen())
+    assert a.abs().sum() > 0
+    residual = res if with_residual else None
+    out = torch.full((m, n), float("nan"), device=DEVICE, dtype=a.dtype)
+    gemm.launch_matmul(a, w_t, bias, act, residual, out=out)
+    err = relative_error(out, _reference(a, w_t, bias, act, residual))
+    assert err < TOLERANCE[dtype], f"{m}x{k}x{n} {act} residual={with_residual}: rel err {err:.3g}"
+
+
+def _candidates():
+    configs = [gemm.heuristic_config(1, 1, 1)]
+    if ON_GPU:  # every autotuning candidate, so none that the autotuner may pick is untested
+        from convfirst.kernels._common import launch_kwargs
+        configs = [launch_kwargs(cf) for cf in gemm.gemm_configs()]
+    else:
+        configs.append({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 16, "GROUP_M": 2})
+    return configs
+
+
+@pytest.mark.parametrize("config", _candidates(), ids=str)
+def test_every_gemm_config_matches_reference(config):
+    m, k, n = (300, 80, 96) if ON_GPU else (45, 40, 72)  # several row and column tiles, a partial K step
+    a, w_t, bias, res = _operands(m, k, n, torch.bfloat16, _gen())
+    out = torch.full((m, n), float("nan"), device=DEVICE, dtype=a.dtype)
+    gemm.launch_matmul(a, w_t, bias, "silu", res, config=config, out=out)
+    assert relative_error(out, _reference(a, w_t, bias, "silu", res)) < TOLERANCE["bfloat16"]
+
+
+@pytest.mark.parametrize("cin, cout, patch, h, w, batch", [(3, 16, 4, 8, 12, 2), (16, 24, 2, 6, 10, 1)] if not ON_GPU
+                         else [(3, 96, 4, 224, 224, 4), (96, 192, 2, 56, 56, 3), (384, 768, 2, 14, 14, 2),
+                               (40, 24, 2, 6, 10, 1)])
+def test_patchify_conv_matches_conv2d(cin, cout, patch, h, w, batch):
+    gen = _gen()
+    x = torch.randn(batch, cin, h, w, generator=gen).to(DEVICE, torch.bfloat16).contiguous(
+        memory_format=torch.channels_last)
+    weight = (torch.randn(cout, cin, patch, patch, generator=gen) / math.sqrt(cin * patch * patch)).to(
+        DEVICE, torch.bfloat16)
+    bias = (0.1 * torch.randn(cout, generator=gen)).to(DEVICE)
+    out = torch.full((batch, cout, h // patch, w // patch), float("nan"), device=DEVICE,
+                     dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    gemm.launch_patchify(x, gemm.patchify_weight(weight), bias, patch, out=out)
+    ref = F.conv2d(x.double(), weight.double(), bias.double(), stride=patch)
+    assert relative_error(out, ref) < TOLERANCE["bfloat16"]
+
+
+def test_patchify_module_runs_the_kernel_on_half_precision_channels_last_input(monkeypatch):
+    conv = nn.Conv2d(8, 16, 2, stride=2).to(DEVICE, torch.bfloat16)
+    module = PatchifyConv2d.from_conv(conv).eval()
+    calls = []
+    real = gemm.patchify_conv
+    monkeypatch.setattr("convfirst.kernels.modules.patchify_conv", lambda *a: calls.append(a) or real(*a))
+    x = torch.randn(2, 8, 6, 4, device=DEVICE).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got = module(x)
+        expected = F.conv2d(x.float(), conv.weight.float(), conv.bias.float(), stride=2)
+    assert len(calls) == 1 and got.is_contiguous(memory_format=torch.channels_last)
+    assert relative_error(got, expected) < TOLERANCE["bfloat16"]
+    with torch.no_grad():  # a changed weight is seen (the packed copy is rebuilt)
+        module.weight.mul_(2)
+        assert relative_error(module(x), 2 * expected - conv.bias.float()[None, :, None, None]) < TOLERANCE["bfloat16"]
+
+
+@pytest.mark.parametrize("block", ["convfirst", "mbconv"])
+def test_sequence_backends_agree_with_the_reference(block):
+    shape = BlockShape(block, 24, 5, 6) if not ON_GPU else BlockShape(block, 384 if block == "convfirst" else 256, 14, 14)
+    case = BlockCase(shape, 2, "bfloat16", device=DEVICE, seed=int.from_bytes(os.urandom(4), "little"))
+    x = case.inputs[0]
+    ref = case.reference(x)
+    run = convfirst_block_unfused if block == "convfirst" else mbconv_block_unfused
+    for backend in GEMM_BACKENDS:
+        out = run(x, case.packed, gemm=backend)
+        assert out.shape == x.shape and out.is_contiguous(memory_format=torch.channels_last)
+        assert relative_error(out, ref) < TOLERANCE["bfloat16"], backend
+    with pytest.raises(KernelInputError, match="gemm='cutlass'"):
+        run(x, case.packed, gemm="cutlass")
+
+
+def test_bad_input_is_named():
+    a, w_t, bias, res = _operands(8, 16, 24, torch.bfloat16, _gen())
+    with pytest.raises(KernelInputError, match="dtype torch.float32"):
+        gemm.matmul_bias_act(a.float(), w_t, bias)
+    with pytest.raises(KernelInputError, match="weight dtype torch.float16"):
+        gemm.matmul_bias_act(a, w_t.half(), bias)
+    with pytest.raises(KernelInputError, match=r"contiguous \[K=16, N\]"):
+        gemm.matmul_bias_act(a, w_t[:8], bias)
+    with pytest.raises(KernelInputError, match="contiguous \\[M, K\\]"):
+        gemm.matmul_bias_act(a.t(), w_t, bias)
+    with pytest.raises(KernelInputError, match=r"bias must have shape \(24,\)"):
+        gemm.matmul_bias_act(a, w_t, bias[:5])
+    with pytest.raises(KernelInputError, match="act='gelu'"):
+        gemm.matmul_bias_act(a, w_t, bias, "gelu")
+    with pytest.raises(KernelInputError, match="residual must be"):
+        gemm.matmul_bias_act(a, w_t, bias, "none", res[:4])
+    x = torch.randn(1, 8, 6, 5, device=DEVICE).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    w8 = torch.randn(32, 4, device=DEVICE).to(torch.bfloat16)
+    with pytest.raises(KernelInputError, match="multiples of the patch size 2"):
+        gemm.patchify_conv(x, w8, torch.zeros(4, device=DEVICE), 2)
+    with pytest.raises(KernelInputError, match="channels_last"):
+        gemm.patchify_conv(x.contiguous()[..., :4], w8, torch.zeros(4, device=DEVICE), 2)
+    with pytest.raises(KernelInputError, match="patch=0"):
+        gemm.patchify_conv(x, w8, torch.zeros(4, device=DEVICE), 0)
+
+
+def test_ops_have_fake_implementations():
+    a, w_t, bias, res = _operands(8, 16, 24, torch.bfloat16, _gen())
+    torch.library.opcheck(gemm.matmul_bias_act_op, (a, w_t, bias, "silu", res),
+                          test_utils=("test_schema", "test_faketensor"))
+    x = torch.randn(1, 8, 4, 6, device=DEVICE).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(gemm.patchify_conv_op, (x, torch.randn(32, 4, device=DEVICE).to(torch.bfloat16),
+                                                  torch.zeros(4, device=DEVICE), 2),
+                          test_utils=("test_schema", "test_faketensor"))

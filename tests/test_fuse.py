@@ -166,8 +166,9 @@ def test_fuse_full_size_family_member():
     assert relative_error(got, expected) < 5e-2
 
 
-def test_fold_conv_bn_keeps_the_output_and_computes_the_stem_as_a_matrix_product():
-    """Stem-like (4x4 stride 4, 3 channels) and other conv + BatchNorm pairs fold into one conv (fp32, CPU)."""
+def test_fold_conv_bn_keeps_the_output_and_computes_patchify_convs_as_matrix_products():
+    """Stem-like (4x4 stride 4, 3 channels), downsampling-like (2x2 stride 2) and other conv + BatchNorm pairs
+    fold into one conv (fp32, CPU: the gathered-rows path of PatchifyConv2d)."""
     from convfirst.kernels import PatchifyConv2d, fold_conv_bn
 
     torch.manual_seed(_seed() % 2**31)
@@ -177,8 +178,11 @@ def test_fold_conv_bn_keeps_the_output_and_computes_the_stem_as_a_matrix_product
                        _seed()).eval()
     folded = copy.deepcopy(model)
     assert fold_conv_bn(folded) == 3
-    assert isinstance(folded[0][0], PatchifyConv2d)                   # 3 input channels: a matrix product
-    assert type(folded[1][0]) is nn.Conv2d and type(folded[2][0]) is nn.Conv2d
+    assert isinstance(folded[0][0], PatchifyConv2d) and isinstance(folded[1][0], PatchifyConv2d)
+    assert type(folded[2][0]) is nn.Conv2d                                 # 3x3, padded: stays a cuDNN conv
+    stem_only = copy.deepcopy(model)
+    assert fold_conv_bn(stem_only, patchify_max_in_channels=4) == 3
+    assert isinstance(stem_only[0][0], PatchifyConv2d) and type(stem_only[1][0]) is nn.Conv2d
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     for h, w in [(32, 48), (34, 37)]:  # 34 x 37: partial border patches, which the conv drops
         x = torch.randn(2, 3, h, w).contiguous(memory_format=torch.channels_last)

@@ -44,7 +44,7 @@ PATCH_SHAPES = (("stem-t", 3, 96, 4, 224), ("down-t1", 96, 192, 2, 56), ("down-t
                 ("down-t3", 384, 768, 2, 14), ("stem-h", 3, 64, 4, 224), ("down-h1", 64, 128, 2, 56),
                 ("down-h2", 128, 256, 2, 28), ("down-h3", 256, 512, 2, 14))
 #: (M, K, N) checked with every candidate config: odd M, K below/above/not a multiple of 64, N not of 64.
-CHECK_GEMMS = ((1000, 96, 384), (777, 384, 96), (257, 48, 80), (130, 1536, 384))
+CHECK_GEMMS = ((1000, 96, 384), (777, 384, 96), (257, 48, 80), (130, 1536, 384), (300, 80, 96))
 
 
 def _fp32_reference(a, w_t, bias, act, residual):
@@ -66,7 +66,8 @@ def check_rows(dtype=torch.bfloat16, device="cuda", seed=0) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     rows = []
     tol = TOLERANCE[str(dtype).split(".")[-1]]
-    configs = [launch_kwargs(cf) for cf in gemm.gemm_configs()]
+    configs = ([("pointer", launch_kwargs(cf)) for cf in gemm.gemm_configs()]
+               + [("tma", launch_kwargs(cf)) for cf in gemm.tma_configs()])
     for m, k, n in CHECK_GEMMS:
         a = torch.randn(m, k, generator=gen).to(device, dtype)
         w_t = (torch.randn(k, n, generator=gen) / math.sqrt(k)).to(device, dtype)
@@ -74,13 +75,13 @@ def check_rows(dtype=torch.bfloat16, device="cuda", seed=0) -> list[dict]:
         res = torch.randn(m, n, generator=gen).to(device, dtype)
         for act, residual in (("none", None), ("silu", None), ("none", res)):
             ref = _fp32_reference(a, w_t, bias, act, residual)
-            for cf in configs:
+            for form, cf in configs:
                 out = torch.full((m, n), float("nan"), device=device, dtype=dtype)
-                gemm.launch_matmul(a, w_t, bias, act, residual, config=cf, out=out)
+                gemm.launch_matmul(a, w_t, bias, act, residual, config=cf, out=out, form=form)
                 torch.cuda.synchronize()
                 err = relative_error(out, ref)
                 k_ = LAST_COMPILED["gemm"]
-                rows.append({"check": "matmul", "M": m, "K": k, "N": n, "act": act,
+                rows.append({"check": "matmul", "M": m, "K": k, "N": n, "act": act, "form": form,
                              "residual": residual is not None, "config": str(cf), "rel_err": err,
                              "regs": k_.n_regs, "spills": k_.n_spills, "passed": bool(err < tol)})
     for name, cin, cout, patch, hw in PATCH_SHAPES:
@@ -120,15 +121,16 @@ def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True) -> list[dic
                 out = torch.addmm(bias_lp, a, w_t)
                 return F.silu(out) if act == "silu" else out.add_(r)
 
-            def ours(a, r):
-                return gemm.matmul_bias_act(a, w_t, bias, act, r)
+            def ours(form):
+                return lambda a, r: gemm.launch_matmul(a, w_t, bias, act, r, form=form)
 
             a0, r0 = inputs[0]
             ref = _fp32_reference(a0, w_t, bias, act, r0)
-            for impl, fn in (("cublas", cublas), ("triton", ours)):
+            for impl, fn in (("cublas", cublas), ("triton-pointer", ours("pointer")), ("triton-tma", ours("tma"))):
                 err = relative_error(fn(a0, r0), ref)
                 ms = _time(fn, inputs, graphs)
-                tuned = getattr(gemm._tuned, "best_config", None) if impl == "triton" else None
+                tuner = {"triton-pointer": gemm._tuned, "triton-tma": gemm._tuned_tma}.get(impl)
+                tuned = getattr(tuner, "best_config", None)
                 rows.append({"part": "gemm", "block": shape.block, "C": c, "H": shape.H, "layer": layer,
                              "M": m, "K": k, "N": n, "impl": impl, "ms": ms, "tflops": 2 * m * k * n / ms / 1e9,
                              "gbps": nbytes / ms / 1e6, "rel_err": err, "config": str(tuned) if tuned else "",
@@ -152,7 +154,8 @@ def sequence_rows(batch: int, dtype: str = "bfloat16", graphs: bool = True) -> l
             fn = lambda x, b=backend: run(x, case.packed, gemm=b)  # noqa: E731
             err = relative_error(fn(case.inputs[0]), ref)
             ms = _time(fn, [(x,) for x in case.inputs], graphs)
-            rows.append({"part": "sequence", "block": shape.block, "C": shape.C, "H": shape.H, "impl": backend,
+            impl = backend if backend == "cublas" else f"triton-{gemm.DEFAULT_FORM}"
+            rows.append({"part": "sequence", "block": shape.block, "C": shape.C, "H": shape.H, "impl": impl,
                          "ms": ms, "rel_err": err, "batch": batch, "cuda_graph": graphs})
         del case
         torch.cuda.empty_cache()

@@ -28,29 +28,21 @@ ACTIVATIONS = ("none", "silu")
 
 
 @triton.jit
-def gemm_epilogue_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, M, N, K, H, W, HO, WO,
-                         CIN: tl.constexpr, PATCH: tl.constexpr, ACT_SILU: tl.constexpr, HAS_RES: tl.constexpr,
-                         EVEN_K: tl.constexpr, FP32_DOT: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    """out[M, N] = act(A[M, K] @ w[K, N] + bias[N]) (+ res[M, N]), fp32 accumulation, one rounding at the store.
-
-    ``PATCH == 0``: A is row-major [M, K]. ``PATCH == P``: row m of A is the P x P patch under output pixel
-    m = (n, ho, wo) of an NHWC image [*, H, W, CIN], in (kh, kw, c) order, so K = P*P*CIN and
-    A[m, k] = x[n, ho*P + kh, wo*P + kw, c]; the output rows are then the NHWC output image [*, HO, WO, N].
-    Either way the address of A[m, k] is row_base(m) + col_off(k), computed once per row / per K step.
-    ``CIN`` is a constexpr (1 for plain matrices) so that the alignment of the patch rows is known at compile
-    time: without it the compiler cannot vectorise the loads, and unvectorised loads are not pipelined.
-    """
-    pid = tl.program_id(0)
+def _tile_coords(tile, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(row tile, column tile) of linear tile ``tile``, in groups of GROUP_M row tiles (neighbours share A in L2)."""
     tiles_m = tl.cdiv(M, BLOCK_M)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * tiles_n
-    group = pid // per_group
-    first_m = group * GROUP_M
+    per_group = GROUP_M * tl.cdiv(N, BLOCK_N)
+    first_m = (tile // per_group) * GROUP_M
     group_rows = min(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_rows
-    pid_n = (pid % per_group) // group_rows
+    return first_m + (tile % per_group) % group_rows, (tile % per_group) // group_rows
 
+
+@triton.jit
+def _gemm_tile(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, pid_m, pid_n, M, N, K, H, W, HO, WO,
+               CIN: tl.constexpr, PATCH: tl.constexpr, ACT_SILU: tl.constexpr, HAS_RES: tl.constexpr,
+               EVEN_K: tl.constexpr, FP32_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_K: tl.constexpr):
+    """One [BLOCK_M, BLOCK_N] output tile: the K loop, then bias, SiLU, residual and the store."""
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
@@ -100,15 +92,91 @@ def gemm_epilogue_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, M, N, K, H, W
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=ok)
 
 
+@triton.jit
+def gemm_epilogue_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, M, N, K, H, W, HO, WO,
+                         CIN: tl.constexpr, PATCH: tl.constexpr, ACT_SILU: tl.constexpr, HAS_RES: tl.constexpr,
+                         EVEN_K: tl.constexpr, FP32_DOT: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                         PERSISTENT: tl.constexpr):
+    """out[M, N] = act(A[M, K] @ w[K, N] + bias[N]) (+ res[M, N]), fp32 accumulation, one rounding at the store.
+
+    ``PATCH == 0``: A is row-major [M, K]. ``PATCH == P``: row m of A is the P x P patch under output pixel
+    m = (n, ho, wo) of an NHWC image [*, H, W, CIN], in (kh, kw, c) order, so K = P*P*CIN and
+    A[m, k] = x[n, ho*P + kh, wo*P + kw, c]; the output rows are then the NHWC output image [*, HO, WO, N].
+    Either way the address of A[m, k] is row_base(m) + col_off(k), computed once per row / per K step.
+    ``CIN`` is a constexpr (1 for plain matrices) so that the alignment of the patch rows is known at compile
+    time: without it the compiler cannot vectorise the loads, and unvectorised loads are not pipelined.
+    ``PERSISTENT``: one program per SM walks the tiles (stride = the grid size); else one program per tile.
+    (With ``tl.range(..., flatten=True)``, which would overlap a tile's epilogue with the next tile's loads,
+    Triton 3.6 stops pipelining the loads altogether: no ``cp.async`` in the sm_90 PTX. So the loop is plain.)
+    """
+    if PERSISTENT:
+        num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+        for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
+            pid_m, pid_n = _tile_coords(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+            _gemm_tile(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, pid_m, pid_n, M, N, K, H, W, HO, WO, CIN, PATCH,
+                       ACT_SILU, HAS_RES, EVEN_K, FP32_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
+    else:
+        pid_m, pid_n = _tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        _gemm_tile(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, pid_m, pid_n, M, N, K, H, W, HO, WO, CIN, PATCH,
+                   ACT_SILU, HAS_RES, EVEN_K, FP32_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def gemm_tma_kernel(a_desc, w_desc, res_desc, out_desc, bias_ptr, M, N, K, ACT_SILU: tl.constexpr,
+                    HAS_RES: tl.constexpr, FP32_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """The same product and epilogue for plain matrices, every tile moved by the Tensor Memory Accelerator.
+
+    The descriptors carry the shapes, so rows past M and columns past K are zero-filled by the copy engine
+    and stores past the edges are clipped: no address or mask arithmetic in the program, fewer registers."""
+    pid_m, pid_n = _tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        a = a_desc.load([off_m, k0])
+        b = w_desc.load([k0, off_n])
+        if FP32_DOT:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc)
+    offs_n = off_n + tl.arange(0, BLOCK_N)
+    acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    if ACT_SILU:
+        acc = silu(acc, FP32_DOT)
+    if HAS_RES:
+        acc += res_desc.load([off_m, off_n]).to(tl.float32)
+    out_desc.store([off_m, off_n], acc.to(out_desc.dtype))
+
+
 def gemm_configs() -> list:
-    """Autotuning candidates (Hopper): 64-256 row tiles, 64-256 column tiles, 64-deep K steps."""
+    """Autotuning candidates (Hopper): 64-256 row tiles, 64-256 column tiles, 32-64-deep K steps; one program per
+    tile, and the persistent form of the tiles that fit one program per SM."""
     configs = []
-    for bm, bn, bk, warps, stages in [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4),
-                                      (256, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
-                                      (64, 256, 64, 8, 3), (64, 64, 64, 4, 4), (128, 128, 32, 4, 5)]:
-        configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
-                                     num_warps=warps, num_stages=stages))
+    for bm, bn, bk, warps, stages, persistent in [
+            (128, 256, 64, 8, 3, False), (128, 128, 64, 8, 4, False), (128, 128, 64, 4, 4, False),
+            (256, 128, 64, 8, 3, False), (128, 64, 64, 4, 4, False), (64, 128, 64, 4, 4, False),
+            (64, 256, 64, 8, 3, False), (64, 64, 64, 4, 4, False), (128, 128, 32, 4, 5, False),
+            (128, 256, 64, 8, 3, True), (128, 128, 64, 8, 4, True), (128, 128, 64, 4, 4, True)]:
+        configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
+                                      "PERSISTENT": persistent}, num_warps=warps, num_stages=stages))
     return configs
+
+
+_SM_COUNT: dict = {}
+
+
+def _programs(m: int, n: int, meta: dict, device: torch.device) -> int:
+    """Grid size: one program per tile, or for the persistent form one per SM (at most one per tile)."""
+    tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])
+    if not meta.get("PERSISTENT"):
+        return tiles
+    if device.type != "cuda":
+        return min(tiles, 4)
+    if device not in _SM_COUNT:
+        _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return min(tiles, _SM_COUNT[device])
 
 
 def _prune(configs, named_args, **kwargs):
@@ -131,11 +199,77 @@ def _launcher():
     return _tuned
 
 
-def heuristic_config(m: int, n: int, k: int) -> dict:
-    """A fixed config (no autotuning): a small tile in the interpreter, else 128 x 128 x 64, 8 warps, 4 stages."""
+def tma_configs() -> list:
+    """Autotuning candidates of the TMA form (the descriptors' block shapes are set per config)."""
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=warps,
+                          num_stages=stages, pre_hook=_set_block_shapes)
+            for bm, bn, bk, warps, stages in [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4),
+                                              (256, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
+                                              (64, 256, 64, 8, 3), (128, 128, 64, 4, 3)]]
+
+
+def _set_block_shapes(nargs: dict) -> None:
+    bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
+    nargs["a_desc"].block_shape = [bm, bk]
+    nargs["w_desc"].block_shape = [bk, bn]
+    nargs["res_desc"].block_shape = [bm, bn]
+    nargs["out_desc"].block_shape = [bm, bn]
+
+
+_tuned_tma = None
+
+
+def _tma_launcher():
+    global _tuned_tma
+    if _tuned_tma is None:
+        _tuned_tma = triton.autotune(configs=tma_configs(), key=["M", "N", "K", "ACT_SILU", "HAS_RES"],
+                                     prune_configs_by={"early_config_prune": _prune})(gemm_tma_kernel)
+    return _tuned_tma
+
+
+def tma_usable(a: torch.Tensor, w_t: torch.Tensor, out: torch.Tensor) -> bool:
+    """TMA needs 16-byte aligned bases and row strides (K and N multiples of 8 in bf16/fp16)."""
+    return all(t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in (a, w_t, out))
+
+
+#: Which form runs the plain-matrix products: "tma" or "pointer" (the first measured comparison, NOTES_gemm.md).
+DEFAULT_FORM = "tma"
+FORMS = ("tma", "pointer")
+
+
+def _launch_tma(a, w_t, bias, residual, out, m, n, k, act, config):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    if config is None and not autotuning():
+        config = tma_heuristic_config()
+    shapes = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64} if config is None else config
+    a_desc = TensorDescriptor.from_tensor(a, [shapes["BLOCK_M"], shapes["BLOCK_K"]])
+    w_desc = TensorDescriptor.from_tensor(w_t, [shapes["BLOCK_K"], shapes["BLOCK_N"]])
+    out_desc = TensorDescriptor.from_tensor(out, [shapes["BLOCK_M"], shapes["BLOCK_N"]])
+    res_desc = TensorDescriptor.from_tensor(residual, [shapes["BLOCK_M"], shapes["BLOCK_N"]]) \
+        if residual is not None else out_desc  # never read when HAS_RES is False
+    flags = dict(ACT_SILU=act == "silu", HAS_RES=residual is not None, FP32_DOT=interpreting())
+    if config is not None:
+        meta = {key: v for key, v in config.items() if key not in LAUNCH_OPTIONS}
+        grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+        return gemm_tma_kernel[grid](a_desc, w_desc, res_desc, out_desc, bias, m, n, k, **flags, **meta,
+                                     **launch_options(config))
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    return _tma_launcher()[grid](a_desc, w_desc, res_desc, out_desc, bias, m, n, k, **flags)
+
+
+def tma_heuristic_config() -> dict:
     if interpreting():
         return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}
     return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4}
+
+
+def heuristic_config(m: int, n: int, k: int) -> dict:
+    """A fixed config (no autotuning): a small tile in the interpreter, else 128 x 128 x 64, 8 warps, 4 stages."""
+    if interpreting():
+        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "PERSISTENT": False}
+    return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "PERSISTENT": False, "num_warps": 8,
+            "num_stages": 4}
 
 
 def _launch(a, w_t, bias, residual, out, m, n, k, patch, geometry, act, config):
@@ -148,12 +282,12 @@ def _launch(a, w_t, bias, residual, out, m, n, k, patch, geometry, act, config):
         config = heuristic_config(m, n, k)
     if config is not None:
         extra = launch_options(config)
-        meta = {key: v for key, v in config.items() if key not in LAUNCH_OPTIONS}
-        grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+        meta = {"PERSISTENT": False, **{key: v for key, v in config.items() if key not in LAUNCH_OPTIONS}}
+        grid = (_programs(m, n, meta, a.device),)
         compiled = gemm_epilogue_kernel[grid](a, w_t, bias, res, out, m, n, k, h, w, ho, wo, cin,
                                               EVEN_K=k % meta["BLOCK_K"] == 0, **flags, **meta, **extra)
     else:
-        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+        grid = lambda meta: (_programs(m, n, meta, a.device),)  # noqa: E731
         # EVEN_K depends on the tuned BLOCK_K; every candidate's BLOCK_K divides K = 64*j, else masks are kept
         even = all(k % cf.kwargs["BLOCK_K"] == 0 for cf in gemm_configs())
         compiled = _launcher()[grid](a, w_t, bias, res, out, m, n, k, h, w, ho, wo, cin, EVEN_K=even, **flags)
@@ -198,12 +332,22 @@ def check_matmul_inputs(a, w_t, bias, act, residual) -> None:
                                    f"{residual.device}")
 
 
-def launch_matmul(a, w_t, bias, act="none", residual=None, config=None, out=None) -> torch.Tensor:
-    """Launch into ``out`` (a new [M, N] tensor when None; tests pass a NaN-poisoned one)."""
+def launch_matmul(a, w_t, bias, act="none", residual=None, config=None, out=None, form=None) -> torch.Tensor:
+    """Launch into ``out`` (a new [M, N] tensor when None; tests pass a NaN-poisoned one). ``form``: "tma" or
+    "pointer" (default ``DEFAULT_FORM``; "pointer" where TMA's alignment rules are not met); ``config`` a
+    fixed tile of that form."""
     m, k = a.shape
     n = w_t.shape[1]
     if out is None:
         out = torch.empty((m, n), device=a.device, dtype=a.dtype)
+    form = DEFAULT_FORM if form is None else form
+    if form not in FORMS:
+        raise KernelInputError(f"form={form!r}; expected one of {FORMS}")
+    if m == 0 or n == 0:
+        return out
+    if form == "tma" and tma_usable(a, w_t, out) and (residual is None or tma_usable(residual, w_t, out)):
+        LAST_COMPILED["gemm"] = _launch_tma(a, w_t, bias, residual, out, m, n, k, act, config)
+        return out
     return _launch(a, w_t, bias, residual, out, m, n, k, 0, (1, 1, 1, 1, 1), act, config)
 
 

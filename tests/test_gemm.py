@@ -47,35 +47,39 @@ def _reference(a, w_t, bias, act, residual):
     return out if residual is None else out + residual.double()
 
 
+@pytest.mark.parametrize("form", gemm.FORMS)
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("act, with_residual", [("none", False), ("silu", False), ("none", True), ("silu", True)])
 @pytest.mark.parametrize("m, k, n", SIZES)
-def test_matmul_epilogue_matches_reference(m, k, n, act, with_residual, dtype):
+def test_matmul_epilogue_matches_reference(m, k, n, act, with_residual, dtype, form):
     a, w_t, bias, res = _operands(m, k, n, getattr(torch, dtype), _gen())
     assert a.abs().sum() > 0
     residual = res if with_residual else None
     out = torch.full((m, n), float("nan"), device=DEVICE, dtype=a.dtype)
-    gemm.launch_matmul(a, w_t, bias, act, residual, out=out)
+    gemm.launch_matmul(a, w_t, bias, act, residual, out=out, form=form)
     err = relative_error(out, _reference(a, w_t, bias, act, residual))
     assert err < TOLERANCE[dtype], f"{m}x{k}x{n} {act} residual={with_residual}: rel err {err:.3g}"
 
 
 def _candidates():
-    configs = [gemm.heuristic_config(1, 1, 1)]
-    if ON_GPU:  # every autotuning candidate, so none that the autotuner may pick is untested
+    """(form, config): every autotuning candidate of both forms on the GPU, so none that the autotuner may pick
+    is untested; small tiles in the interpreter."""
+    if ON_GPU:
         from convfirst.kernels._common import launch_kwargs
-        configs = [launch_kwargs(cf) for cf in gemm.gemm_configs()]
-    else:
-        configs.append({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 16, "GROUP_M": 2})
-    return configs
+        return ([("pointer", launch_kwargs(cf)) for cf in gemm.gemm_configs()]
+                + [("tma", launch_kwargs(cf)) for cf in gemm.tma_configs()])
+    return [("pointer", gemm.heuristic_config(1, 1, 1)), ("tma", gemm.tma_heuristic_config()),
+            ("pointer", {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 16, "GROUP_M": 2}),
+            ("pointer", {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 2, "PERSISTENT": True}),
+            ("tma", {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 16, "GROUP_M": 2})]
 
 
-@pytest.mark.parametrize("config", _candidates(), ids=str)
-def test_every_gemm_config_matches_reference(config):
+@pytest.mark.parametrize("form, config", _candidates(), ids=str)
+def test_every_gemm_config_matches_reference(form, config):
     m, k, n = (300, 80, 96) if ON_GPU else (45, 40, 72)  # several row and column tiles, a partial K step
     a, w_t, bias, res = _operands(m, k, n, torch.bfloat16, _gen())
     out = torch.full((m, n), float("nan"), device=DEVICE, dtype=a.dtype)
-    gemm.launch_matmul(a, w_t, bias, "silu", res, config=config, out=out)
+    gemm.launch_matmul(a, w_t, bias, "silu", res, config=config, out=out, form=form)
     assert relative_error(out, _reference(a, w_t, bias, "silu", res)) < TOLERANCE["bfloat16"]
 
 

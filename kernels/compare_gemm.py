@@ -194,6 +194,21 @@ def patch_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True) -> list[di
     return rows
 
 
+def comparison_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The recorded comparison as one table per part (gemm, sequence, patchify): ms per case and implementation,
+    from the most recent run that measured each part, with that run's date and commit in ``.attrs``."""
+    tables = {}
+    for part, sub in df.groupby("part", sort=False):
+        latest = sub[sub["date"] == sub["date"].max()]
+        keys = [c for c in ("block", "shape", "C", "H", "layer") if c in latest and latest[c].notna().any()]
+        table = latest.pivot_table(index=keys, columns="impl", values="ms", sort=False)
+        table.columns.name = "ms"
+        table.attrs.update(date=latest["date"].iloc[0], commit=str(latest["commit"].iloc[0]),
+                           gpu=latest["gpu"].iloc[0], batch=int(latest["batch"].iloc[0]))
+        tables[part] = table
+    return tables
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for compare_gemm.csv and checks_gemm.csv")
@@ -225,9 +240,7 @@ def main() -> int:
         df = pd.DataFrame(rows).pipe(with_provenance, env, dtype="bfloat16", layout="channels_last")
         df.to_csv(args.out / "compare_gemm.csv", index=False)
         pd.set_option("display.width", 200)
-        for part, sub in df.groupby("part", sort=False):
-            keys = [c for c in ("block", "shape", "C", "H", "layer") if c in sub and sub[c].notna().any()]
-            table = sub.pivot_table(index=keys, columns="impl", values="ms", sort=False)
+        for part, table in comparison_tables(df).items():
             print(f"\n{part} (ms, batch {args.batch}, bf16, CUDA graphs)\n{table.round(4).to_string()}")
     return 0 if all(c["passed"] for c in checks) else 1
 

@@ -54,9 +54,10 @@ which this study could not run (no ImageNet on these machines). So:
   block wherever the recorded block benchmark says the fused kernel beats the alternatives; every other
   block runs whichever of this study's unfused Triton sequence and its PyTorch layers was measured faster,
   and the `fused_blocks` column counts each kind; from commit 2a375ee on, `fuse` also folds the BatchNorm
-  after the stem and downsampling convs into the conv and computes the 3-channel patchify stem as one
-  matrix product, which took ConvFirstNet-T's stem from 657 to 238 µs in the recorded profiles, while the
-  downsampling convs with a folded bias got slower, 414 against 353 µs) and
+  after the stem and downsampling convs into the conv; from commit 6fa51c7 on, those patchify convs
+  (kernel = stride) run as one matmul kernel that reads the patches in place and adds the bias in its
+  epilogue, and the unfused sequence's 1x1 layers run as matmuls with the bias, SiLU and residual in their
+  epilogue (chapter 3; the section on the profile below shows both) and
   **fused-compile** (the same model under `torch.compile`, which compiles the unfused blocks); the
   fused model's output is checked against the unfused model before it is timed;
 - median of many forward passes (`triton.testing.do_bench`), distinct random inputs rotated, with and
@@ -207,6 +208,22 @@ else:
                             title=f"{bm.CONTROL_MODEL} ({wl['variant']}), batch 256, {gpu.upper()}")
     plt.show()
     display(bm.kernels_holding_back(wl["table"]).round(3))"""),
+    new_markdown_cell("""Outside the blocks, `fuse` changes the stem and the three downsampling convs: their BatchNorm is folded
+into the conv, and each one (a patchify conv: kernel equal to stride) runs as one matmul kernel reading the
+patches where they lie and adding the bias in its epilogue. cuDNN ran the 3-channel stem at a small fraction
+of its floor, and a conv *with* a bias as its conv plus a separate broadcast add, which made folding alone
+a loss at the downsampling layers. The recorded comparison of the four ways to compute these layers
+(`data/gemm_<gpu>.csv`, batch 256, CUDA graphs; `-t` rows are ConvFirstNet-T's layers, `-h` rows
+ConvFirstNet-H's):"""),
+    new_code_cell("""from convfirst.kernels import compare_gemm
+from convfirst.records import data_path as _data_path, load_measurements as _load
+
+if _data_path(f"gemm_{gpu}.csv").exists():
+    patch = compare_gemm.comparison_tables(_load(_data_path(f"gemm_{gpu}.csv")))["patchify"]
+    print(f"run of {patch.attrs['date']} at commit {patch.attrs['commit']}, batch {patch.attrs['batch']}")
+    display(patch.round(4))
+else:
+    print(f"no patchify comparison recorded for {gpu}")"""),
     new_markdown_cell("""## Which fused kernels hold the model back
 
 A whole-model time hides which blocks the fused kernels speed up and which they slow down. Chapter 3's

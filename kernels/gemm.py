@@ -123,20 +123,16 @@ def gemm_epilogue_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, M, N, K, H, W
 
 
 @triton.jit
-def gemm_tma_kernel(a_desc, w_desc, res_desc, out_desc, bias_ptr, M, N, K, ACT_SILU: tl.constexpr,
-                    HAS_RES: tl.constexpr, FP32_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    """The same product and epilogue for plain matrices, every tile moved by the Tensor Memory Accelerator.
-
-    The descriptors carry the shapes, so rows past M and columns past K are zero-filled by the copy engine
-    and stores past the edges are clipped: no address or mask arithmetic in the program, fewer registers."""
-    pid_m, pid_n = _tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+def _tma_tile(a_desc, w_desc, res_desc, out_desc, bias_ptr, tile, M, N, K, ACT_SILU: tl.constexpr,
+              HAS_RES: tl.constexpr, FP32_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    pid_m, pid_n = _tile_coords(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     off_m = pid_m * BLOCK_M
     off_n = pid_n * BLOCK_N
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        a = a_desc.load([off_m, k0])
-        b = w_desc.load([k0, off_n])
+    for ki in range(tl.cdiv(K, BLOCK_K)):
+        a = a_desc.load([off_m, ki * BLOCK_K])
+        b = w_desc.load([ki * BLOCK_K, off_n])
         if FP32_DOT:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
@@ -148,6 +144,27 @@ def gemm_tma_kernel(a_desc, w_desc, res_desc, out_desc, bias_ptr, M, N, K, ACT_S
     if HAS_RES:
         acc += res_desc.load([off_m, off_n]).to(tl.float32)
     out_desc.store([off_m, off_n], acc.to(out_desc.dtype))
+
+
+@triton.jit
+def gemm_tma_kernel(a_desc, w_desc, res_desc, out_desc, bias_ptr, M, N, K, ACT_SILU: tl.constexpr,
+                    HAS_RES: tl.constexpr, FP32_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PERSISTENT: tl.constexpr):
+    """The same product and epilogue for plain matrices, every tile moved by the Tensor Memory Accelerator.
+
+    The descriptors carry the shapes, so rows past M and columns past K are zero-filled by the copy engine
+    and stores past the edges are clipped: no address or mask arithmetic in the program, fewer registers.
+    ``PERSISTENT``: one program per SM walks the tiles in one flattened loop, so the copies of the next tile
+    are issued while this tile's epilogue runs (with TMA loads Triton 3.6 pipelines the flattened loop; with
+    pointer loads it does not, see :func:`gemm_epilogue_kernel`)."""
+    if PERSISTENT:
+        num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+        for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), flatten=True):
+            _tma_tile(a_desc, w_desc, res_desc, out_desc, bias_ptr, tile, M, N, K, ACT_SILU, HAS_RES, FP32_DOT,
+                      BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+    else:
+        _tma_tile(a_desc, w_desc, res_desc, out_desc, bias_ptr, tl.program_id(0), M, N, K, ACT_SILU, HAS_RES,
+                  FP32_DOT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
 
 
 def gemm_configs() -> list:
@@ -201,11 +218,24 @@ def _launcher():
 
 def tma_configs() -> list:
     """Autotuning candidates of the TMA form (the descriptors' block shapes are set per config)."""
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=warps,
-                          num_stages=stages, pre_hook=_set_block_shapes)
-            for bm, bn, bk, warps, stages in [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4),
-                                              (256, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
-                                              (64, 256, 64, 8, 3), (128, 128, 64, 4, 3)]]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "PERSISTENT": persistent},
+                          num_warps=warps, num_stages=stages, pre_hook=_set_block_shapes)
+            for bm, bn, bk, warps, stages, persistent in [
+                (128, 256, 64, 8, 3, False), (128, 128, 64, 8, 4, False), (128, 128, 64, 4, 4, False),
+                (256, 128, 64, 8, 3, False), (128, 64, 64, 4, 4, False), (64, 128, 64, 4, 4, False),
+                (64, 256, 64, 8, 3, False), (128, 128, 64, 4, 3, False),
+                (128, 256, 64, 8, 3, True), (128, 128, 64, 8, 4, True), (128, 128, 64, 8, 3, True)]]
+
+
+def tma_config_fits(config: dict, has_residual: bool) -> bool:
+    """Whether a TMA config fits the 227 KB of shared memory: the persistent 128 x 256 tile with a residual
+    needs 272 KB (its pipeline buffers, the output staging tile and the residual tile; sm_90 compile)."""
+    return not (has_residual and config.get("PERSISTENT") and config["BLOCK_M"] * config["BLOCK_N"] > 128 * 128)
+
+
+def _prune_tma(configs, named_args, **kwargs):
+    has_res = bool(kwargs.get("HAS_RES", named_args.get("HAS_RES", False)))
+    return _prune([cf for cf in configs if tma_config_fits(cf.kwargs, has_res)], named_args, **kwargs)
 
 
 def _set_block_shapes(nargs: dict) -> None:
@@ -223,7 +253,7 @@ def _tma_launcher():
     global _tuned_tma
     if _tuned_tma is None:
         _tuned_tma = triton.autotune(configs=tma_configs(), key=["M", "N", "K", "ACT_SILU", "HAS_RES"],
-                                     prune_configs_by={"early_config_prune": _prune})(gemm_tma_kernel)
+                                     prune_configs_by={"early_config_prune": _prune_tma})(gemm_tma_kernel)
     return _tuned_tma
 
 
@@ -250,18 +280,19 @@ def _launch_tma(a, w_t, bias, residual, out, m, n, k, act, config):
         if residual is not None else out_desc  # never read when HAS_RES is False
     flags = dict(ACT_SILU=act == "silu", HAS_RES=residual is not None, FP32_DOT=interpreting())
     if config is not None:
-        meta = {key: v for key, v in config.items() if key not in LAUNCH_OPTIONS}
-        grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+        meta = {"PERSISTENT": False, **{key: v for key, v in config.items() if key not in LAUNCH_OPTIONS}}
+        grid = (_programs(m, n, meta, a.device),)
         return gemm_tma_kernel[grid](a_desc, w_desc, res_desc, out_desc, bias, m, n, k, **flags, **meta,
                                      **launch_options(config))
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    grid = lambda meta: (_programs(m, n, meta, a.device),)  # noqa: E731
     return _tma_launcher()[grid](a_desc, w_desc, res_desc, out_desc, bias, m, n, k, **flags)
 
 
 def tma_heuristic_config() -> dict:
     if interpreting():
-        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}
-    return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4}
+        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "PERSISTENT": False}
+    return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "PERSISTENT": False, "num_warps": 8,
+            "num_stages": 4}
 
 
 def heuristic_config(m: int, n: int, k: int) -> dict:

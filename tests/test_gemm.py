@@ -67,11 +67,12 @@ def _candidates():
     if ON_GPU:
         from convfirst.kernels._common import launch_kwargs
         return ([("pointer", launch_kwargs(cf)) for cf in gemm.gemm_configs()]
-                + [("tma", launch_kwargs(cf)) for cf in gemm.tma_configs()])
+                + [("tma", launch_kwargs(cf)) for cf in gemm.tma_configs() if gemm.tma_config_fits(cf.kwargs, True)])
     return [("pointer", gemm.heuristic_config(1, 1, 1)), ("tma", gemm.tma_heuristic_config()),
             ("pointer", {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 16, "GROUP_M": 2}),
             ("pointer", {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 2, "PERSISTENT": True}),
-            ("tma", {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 16, "GROUP_M": 2})]
+            ("tma", {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 16, "GROUP_M": 2}),
+            ("tma", {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 2, "PERSISTENT": True})]
 
 
 @pytest.mark.parametrize("form, config", _candidates(), ids=str)

@@ -141,7 +141,10 @@ launches them sets the pace unless CUDA graphs replay them; from batch 32 on the
 the larger models. The smaller fused members can stay launch-bound even at batch 256: each Triton launch
 costs tens of microseconds of Python, and a member whose blocks each take a fraction of a millisecond on the
 GPU waits on the CPU between them unless CUDA graphs replay the pass (compare the two settings of
-`convfirstnet_h` in `data/model_bench_<gpu>.csv`)."""),
+`convfirstnet_h` in `data/model_bench_<gpu>.csv`). How far depends on the host as well as the GPU: at commit
+09a39b1, ConvFirstNet-T at batch 256 without graphs took 7.4 ms in one run and 21.9 ms in another on an H100
+machine whose CPU was slower (ConvNeXt-T at batch 1 without graphs: 2.3 against 3.5 ms), while the runs with
+graphs agreed within 1.5%. The tables therefore take the faster setting of each case."""),
     new_code_cell("""lat = bm.latency_by_batch(runs, [bm.REFERENCE_MODEL, bm.CONTROL_MODEL, bm.HALF_GMAC_MODEL])
 fig, ax = plt.subplots(figsize=(8, 5))
 sns.lineplot(data=lat, x="batch", y="ms", hue="model", style="variant", markers=True, ax=ax)
@@ -267,7 +270,9 @@ else:
     new_markdown_cell("""## What this run measured, and what it did not
 
 The recorded run had about five minutes of GPU time, which cannot hold every model under every variant at
-every batch: `torch.compile` compiles each new batch size afresh (10-20 s each on the H100 machine), the
+every batch (the latest run at commit 09a39b1 reached ConvNeXt-T and ConvFirstNet-T; a run just before it at
+the same commit measured ConvFirstNet-T and -H at batches 1 and 256; the other members' fused rows are from
+earlier commits and are not mixed in, see the start of the chapter): `torch.compile` compiles each new batch size afresh (10-20 s each on the H100 machine), the
 fused kernels autotune their tile sizes for every new block shape and batch, and max-autotune benchmarks
 Triton templates for every conv and matmul shape, minutes per model. The run therefore goes in priority
 order: all batches for the comparison the chapter rests on, then every other model at batch 1 and 256, then

@@ -7,19 +7,23 @@ run the kernels on CPU tensors in Triton's interpreter (slow; for tests at tiny 
 - :func:`convfirst_block_fused`, :func:`mbconv_block_fused`: the fused blocks (packed weights), as custom ops;
   :func:`run_convfirst_fused`, :func:`run_mbconv_fused`: the same for eager code, without the dispatcher's
   per-call cost (the modules use these).
-- :func:`grouped_conv3x3_gw8`: the standalone grouped conv; :func:`convfirst_block_unfused` and
-  :func:`mbconv_block_unfused`: the same blocks as a sequence of our gconv and cuBLAS matmuls.
+- :func:`grouped_conv3x3_gw8`: the standalone grouped conv; :func:`matmul_bias_act`: a matmul with its bias,
+  SiLU and residual in the epilogue; :func:`patchify_conv`: a conv with kernel == stride as one such matmul
+  reading the patches in place; :func:`convfirst_block_unfused` and :func:`mbconv_block_unfused`: the same
+  blocks as a sequence of our gconv and matmul kernels (or cuBLAS, ``gemm="cublas"``).
 - :class:`FusedConvFirstBlock`, :class:`FusedMBConvBlock` (``from_block(block)``), their unfused-sequence
   counterparts :class:`SequenceConvFirstBlock`, :class:`SequenceMBConvBlock`, and :func:`fuse`.
 - :func:`pack_block_params`, :func:`pack_grouped_taps`: weight packing.
 
-Design notes, floors and measured versions: ``NOTES_convfirst.md``, ``NOTES_mbconv.md``, ``NOTES_gconv.md``.
+Design notes, floors and measured versions: ``NOTES_convfirst.md``, ``NOTES_mbconv.md``, ``NOTES_gconv.md``,
+``NOTES_gemm.md``.
 ``python -m convfirst.kernels.compile_report`` prints registers/spills of every config without a GPU.
 """
 from ._common import (KernelInputError, interpreting, pack_block_params, pack_grouped_taps,
                       split_channels)
 from .convfirst_fused import convfirst_block_fused, run_convfirst_fused
 from .gconv import grouped_conv3x3_gw8
+from .gemm import matmul_bias_act, patchify_conv
 from .mbconv_fused import mbconv_block_fused, run_mbconv_fused
 from .modules import (FusedConvFirstBlock, FusedMBConvBlock, PatchifyConv2d, SequenceConvFirstBlock,
                       SequenceMBConvBlock, count_fused_blocks, count_sequence_blocks, fold_conv_bn, fuse)
@@ -29,7 +33,8 @@ __all__ = ["KernelInputError", "interpreting", "pack_block_params", "pack_groupe
            "convfirst_block_fused", "mbconv_block_fused", "grouped_conv3x3_gw8", "FusedConvFirstBlock",
            "FusedMBConvBlock", "SequenceConvFirstBlock", "SequenceMBConvBlock", "fuse", "count_fused_blocks",
            "count_sequence_blocks", "convfirst_block_unfused", "fold_conv_bn", "PatchifyConv2d",
-           "mbconv_block_unfused", "run_block", "run_convfirst_fused", "run_mbconv_fused"]
+           "mbconv_block_unfused", "run_block", "run_convfirst_fused", "run_mbconv_fused", "matmul_bias_act",
+           "patchify_conv"]
 
 
 def run_block(block: str, impl: str, x, packed):

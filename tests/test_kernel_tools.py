@@ -164,3 +164,56 @@ def test_pick_tuner_keeps_the_faster_kernel_per_shape():
         assert len(calls) == 4
     finally:
         convfirst_fused._KERNEL_CHOICE.pop(key, None)
+
+
+def test_gemm_loads_are_vectorised_and_pipelined_for_plain_rows_and_for_patches():
+    """The epilogue GEMM compiled for sm_90: with K divisible by 16 (as Triton specialises it on the GPU) and for
+    patches whose rows stay aligned (C_in = 96, a constexpr), the loads become ``cp.async`` copies in a
+    multi-stage pipeline; the TMA form moves its tiles with bulk tensor copies, also when persistent."""
+    code = r"""
+import json
+from convfirst.kernels import gemm
+from convfirst.kernels import compile_report as cr
+cr.DIVISIBLE_INTS = {"M", "N", "K"}
+sig = cr._sig({"a_ptr": "*bf16", "w_ptr": "*bf16", "bias_ptr": "*fp32", "res_ptr": "*bf16", "out_ptr": "*bf16"},
+              ["M", "N", "K", "H", "W", "HO", "WO"],
+              ["CIN", "PATCH", "ACT_SILU", "HAS_RES", "EVEN_K", "FP32_DOT", "BLOCK_M", "BLOCK_N", "BLOCK_K",
+               "GROUP_M", "PERSISTENT"])
+tile = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, PERSISTENT=False, ACT_SILU=True, HAS_RES=False,
+            EVEN_K=True, FP32_DOT=False)
+out = {}
+for name, extra in (("rows", dict(CIN=1, PATCH=0)), ("patches", dict(CIN=96, PATCH=2))):
+    k = cr.compile_sm90(gemm.gemm_epilogue_kernel, sig, dict(tile, **extra), num_warps=8, num_stages=4)
+    out[name] = {"cp_async": k.asm["ptx"].count("cp.async.cg"), "smem": k.metadata.shared}
+desc = lambda r, c: f"tensordesc<bf16[{r}, {c}]>"
+tsig = {"a_desc": desc(128, 64), "w_desc": desc(64, 128), "res_desc": desc(128, 128), "out_desc": desc(128, 128),
+        "bias_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", **{n: "constexpr" for n in
+        ("ACT_SILU", "HAS_RES", "FP32_DOT", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "PERSISTENT")}}
+for persistent in (False, True):
+    k = cr.compile_sm90(gemm.gemm_tma_kernel, tsig, dict(ACT_SILU=True, HAS_RES=False, FP32_DOT=False, BLOCK_M=128,
+                        BLOCK_N=128, BLOCK_K=64, GROUP_M=8, PERSISTENT=persistent), num_warps=8, num_stages=4)
+    out[f"tma_{persistent}"] = {"bulk": k.asm["ptx"].count("cp.async.bulk.tensor"), "smem": k.metadata.shared}
+print(json.dumps(out))
+"""
+    got = _compile_outside_interpreter(code)
+    stage_bytes = (128 * 64 + 64 * 128) * 2
+    for name in ("rows", "patches"):
+        assert got[name]["cp_async"] > 0, f"{name}: the A and W loads should be cp.async copies"
+        assert got[name]["smem"] >= 3 * stage_bytes, f"{name}: a multi-stage pipeline needs several buffers"
+    for persistent in ("False", "True"):
+        assert got[f"tma_{persistent}"]["bulk"] > 0
+        assert got[f"tma_{persistent}"]["smem"] >= 3 * stage_bytes
+
+
+def test_gemm_comparison_tables_take_the_latest_run_of_each_part():
+    from convfirst.kernels.compare_gemm import comparison_tables
+
+    def rows(date, commit, ms):
+        return [{"part": "sequence", "block": "convfirst", "C": 384, "H": 14, "impl": impl, "ms": ms + i,
+                 "batch": 256, "date": date, "commit": commit, "gpu": "H100"} for i, impl in enumerate(["cublas", "triton-tma"])]
+
+    df = pd.DataFrame(rows("2026-01-01T00:00:00Z", "aaa", 1.0) + rows("2026-01-02T00:00:00Z", "bbb", 5.0))
+    table = comparison_tables(df)["sequence"]
+    assert table.attrs["commit"] == "bbb" and table.attrs["batch"] == 256
+    assert table.loc[("convfirst", 384, 14), "cublas"] == 5.0
+    assert table.loc[("convfirst", 384, 14), "triton-tma"] == 6.0

@@ -131,7 +131,8 @@ def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True) -> list[dic
             for impl, fn in (("cublas", cublas), ("triton-pointer", ours("pointer")), ("triton-tma", ours("tma"))):
                 err = relative_error(fn(a0, r0), ref)
                 ms = _time(fn, inputs, graphs)
-                tuner = {"triton-pointer": gemm._tuned, "triton-tma": gemm._tuned_tma}.get(impl)
+                tuner = {"triton-pointer": gemm._launcher, "triton-tma": gemm._tma_launcher}.get(impl)
+                tuner = tuner() if tuner else None
                 tuned = getattr(tuner, "best_config", None)
                 rows.append({"part": "gemm", "block": shape.block, "C": c, "H": shape.H, "layer": layer,
                              "M": m, "K": k, "N": n, "impl": impl, "ms": ms, "tflops": 2 * m * k * n / ms / 1e9,

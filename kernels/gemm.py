@@ -15,6 +15,8 @@ adds the folded BatchNorm's bias, which cuDNN ran as a separate, non-vectorised 
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -205,15 +207,11 @@ def _prune(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
-_tuned = None
-
-
+@functools.cache
 def _launcher():
-    global _tuned
-    if _tuned is None:
-        _tuned = triton.autotune(configs=gemm_configs(), key=["M", "N", "K", "PATCH", "ACT_SILU", "HAS_RES"],
-                                 prune_configs_by={"early_config_prune": _prune})(gemm_epilogue_kernel)
-    return _tuned
+    """The pointer kernel autotuned per (M, N, K, A addressing, epilogue); built once, on first use."""
+    return triton.autotune(configs=gemm_configs(), key=["M", "N", "K", "PATCH", "ACT_SILU", "HAS_RES"],
+                           prune_configs_by={"early_config_prune": _prune})(gemm_epilogue_kernel)
 
 
 def tma_configs() -> list:
@@ -246,15 +244,11 @@ def _set_block_shapes(nargs: dict) -> None:
     nargs["out_desc"].block_shape = [bm, bn]
 
 
-_tuned_tma = None
-
-
+@functools.cache
 def _tma_launcher():
-    global _tuned_tma
-    if _tuned_tma is None:
-        _tuned_tma = triton.autotune(configs=tma_configs(), key=["M", "N", "K", "ACT_SILU", "HAS_RES"],
-                                     prune_configs_by={"early_config_prune": _prune_tma})(gemm_tma_kernel)
-    return _tuned_tma
+    """The TMA kernel autotuned per (M, N, K, epilogue); built once, on first use."""
+    return triton.autotune(configs=tma_configs(), key=["M", "N", "K", "ACT_SILU", "HAS_RES"],
+                           prune_configs_by={"early_config_prune": _prune_tma})(gemm_tma_kernel)
 
 
 def tma_usable(a: torch.Tensor, w_t: torch.Tensor, out: torch.Tensor) -> bool:

@@ -273,9 +273,9 @@ else:
     print(f"no GEMM comparison recorded for {gpu}")'''),
     new_markdown_cell("""The fused epilogue wins wherever the layer writes a wide output (the expanding layer: the SiLU pass is
 gone) and at every narrow shape; cuBLAS stays slightly faster on the long-K projecting layers of the 7x7
-stage, where the matmul itself dominates (in the recorded run about 510 TFLOP/s for our tiles against 580 for
-cuBLAS and its add). The whole sequence got 1.1-1.5x faster (last line above), in three launches instead of
-five. The sequence rows of the benchmark above come from this kernel from commit 6fa51c7 on."""),
+stage, where the matmul itself dominates (at 768@7 in the recorded run about 520 TFLOP/s for our tiles
+against 580 for cuBLAS and its add). The whole sequence got 1.1-1.6x faster (last line above), in three
+launches instead of five. The sequence rows of the benchmark above come from this kernel from commit 6fa51c7 on."""),
     new_markdown_cell("""### The same kernels on a second GPU
 
 The H200 has the H100's Hopper SMs (132 of them, measured peak bf16 rate within a few per cent) but 1.4x its

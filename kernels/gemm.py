@@ -8,9 +8,9 @@ equals its stride, the non-overlapping k x k patches of an NHWC image, addressed
 Why: in the unfused block sequence the 1x1 layers ran as cuBLAS ``addmm`` followed by separate SiLU and
 residual-add kernels. At ConvFirst 384@14x14, batch 256, the SiLU re-reads and re-writes the 154 MB hidden
 activation (103 us of a 403 us block on the H100) and the add moves 115 MB (35 us); here they cost nothing
-beyond the GEMM's own store. Bytes per block, hidden E*C wide, bf16: cuBLAS + SiLU + add move
-``2*C + 2*EC + 4*EC + 2*EC + 6*C`` bytes per pixel after the grouped conv; the fused epilogues
-``2*C + 2*EC + 2*EC + 4*C``. For the patchify stem and downsampling convs (kernel == stride), the epilogue
+beyond the GEMM's own store. Bytes per pixel after the grouped conv, hidden E*C wide, bf16: cuBLAS + SiLU +
+add move ``2C + 2EC`` (expand) ``+ 4EC`` (SiLU) ``+ 2EC + 2C`` (project) ``+ 6C`` (add) = ``10C + 8EC``; with
+the epilogues fused ``2C + 2EC`` (expand + SiLU) ``+ 2EC + 4C`` (project + residual) = ``6C + 4EC``. For the patchify stem and downsampling convs (kernel == stride), the epilogue
 adds the folded BatchNorm's bias, which cuDNN ran as a separate, non-vectorised broadcast add.
 """
 from __future__ import annotations

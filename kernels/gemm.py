@@ -328,8 +328,9 @@ def _check_common(name: str, a: torch.Tensor, w_t: torch.Tensor, bias: torch.Ten
     if w_t.dim() != 2 or w_t.shape[0] != k or not w_t.is_contiguous():
         raise KernelInputError(f"{name}: weight must be a contiguous [K={k}, N] matrix (the layer's weight "
                                f"transposed), got shape {tuple(w_t.shape)}")
-    if bias.shape != (w_t.shape[1],):
-        raise KernelInputError(f"{name}: bias must have shape ({w_t.shape[1]},), got {tuple(bias.shape)}")
+    if bias.shape != (w_t.shape[1],) or not bias.is_contiguous():
+        raise KernelInputError(f"{name}: bias must be a contiguous tensor of shape ({w_t.shape[1]},), got shape "
+                               f"{tuple(bias.shape)} with strides {bias.stride()}")
     if act not in ACTIVATIONS:
         raise KernelInputError(f"{name}: act={act!r}; expected one of {ACTIVATIONS}")
     devices = {t.device for t in (a, w_t, bias)}

@@ -86,7 +86,7 @@ class _FusedBlock(_PackedBlock):
 
 
 class _SequenceBlock(_PackedBlock):
-    """The block as a sequence of this study's unfused kernels: Triton grouped conv, cuBLAS 1x1 layers.
+    """The block as a sequence of this study's unfused kernels: Triton grouped conv, epilogue-fused 1x1 matmuls.
 
     Used where the planner measured this path faster than the fused kernel (late stages, large C)."""
 
@@ -114,7 +114,7 @@ class FusedMBConvBlock(_FusedBlock):
 
 
 class SequenceConvFirstBlock(_SequenceBlock):
-    """ConvFirst block as our gconv kernel + cuBLAS matmuls (the benchmark's "unfused-triton" path)."""
+    """ConvFirst block as our gconv kernel + our 1x1 matmuls (the benchmark's "unfused-triton" path)."""
 
     block_type = "convfirst"
 
@@ -124,7 +124,7 @@ class SequenceConvFirstBlock(_SequenceBlock):
 
 
 class SequenceMBConvBlock(_SequenceBlock):
-    """MBConv block as cuBLAS matmuls + our gconv kernel (the benchmark's "unfused-triton" path)."""
+    """MBConv block as our 1x1 matmuls + our gconv kernel (the benchmark's "unfused-triton" path)."""
 
     block_type = "mbconv"
 
@@ -146,7 +146,7 @@ def fuse(model: nn.Module, dtype: torch.dtype | None = None, inplace: bool = Fal
     unless ``inplace=True``. ``dtype`` is the fused weights' dtype (default: the block's, or bf16 for fp32
     blocks). ``planner``: optional ``planner(block, input_shape)`` deciding per block: ``True`` or
     ``"fused"`` fuses it, ``"unfused-triton"`` replaces it by our unfused kernel sequence (Triton grouped conv
-    + cuBLAS 1x1 layers), anything else (``False``, ``"eager"``, ``"compile-default"``...) keeps its PyTorch
+    + our epilogue-fused 1x1 matmuls), anything else (``False``, ``"eager"``, ``"compile-default"``...) keeps its PyTorch
     layers (e.g. :func:`convfirst.planner.block_planner`); ``input_shape`` is the block's input (1, C, H, W)
     found by one forward pass of a random ``(1, *input_size)`` input when ``input_size`` (C, H, W) is given,
     else None. By default every block is fused. ``fold_norms``: also fold the BatchNorm after each conv
@@ -204,12 +204,18 @@ class PatchifyConv2d(nn.Conv2d):
         return new.train(conv.training)
 
     def _kernel_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The weight as the kernel's [k*k*C_in, out] matrix in ``dtype``, and the bias; rebuilt when the weight
-        changes (its version counter) or another dtype is asked for."""
+        """The weight as the kernel's [k*k*C_in, out] matrix in ``dtype``, and the bias. The packed copy is kept
+        and rebuilt when the weight or bias is replaced or changed in place (their version counters), or another
+        device or dtype is asked for; an edit through ``.data`` bypasses the counters: call
+        :meth:`clear_kernel_cache` after one."""
         if torch.compiler.is_compiling():  # traced: plain tensor ops, no cache
             bias = self.bias if self.bias is not None else self.weight.new_zeros(self.out_channels)
             return patchify_weight(self.weight).to(dtype), bias
-        key = (self.weight._version, self.weight.device, dtype)
+
+        def version(t):
+            return None if t is None or torch.is_inference(t) else t._version
+
+        key = (id(self.weight), version(self.weight), id(self.bias), version(self.bias), self.weight.device, dtype)
         cache = self.__dict__.get("_kernel_cache")
         if cache is None or cache[0] != key:
             with torch.no_grad():
@@ -220,10 +226,22 @@ class PatchifyConv2d(nn.Conv2d):
             self.__dict__["_kernel_cache"] = cache
         return cache[1], cache[2]
 
+    def clear_kernel_cache(self) -> None:
+        """Forget the packed weight (it is rebuilt on the next call)."""
+        self.__dict__.pop("_kernel_cache", None)
+
+    def __getstate__(self):  # copies and pickles do not carry the packed weight (its key names this module's tensors)
+        state = dict(super().__getstate__())  # a copy: the default returns the instance's own __dict__
+        state.pop("_kernel_cache", None)
+        return state
+
     def _uses_kernel(self, x: torch.Tensor) -> bool:
+        """The kernel path: half-precision channels_last input on the GPU (or in the interpreter), whole patches,
+        and no autograd (the kernel has no backward; with gradients on, the differentiable ``addmm`` path runs)."""
         kh, kw = self.kernel_size
-        return (kh == kw and x.dtype in ACTIVATION_DTYPES and x.shape[2] % kh == 0 and x.shape[3] % kw == 0
-                and x.is_contiguous(memory_format=torch.channels_last)
+        grads = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        return (kh == kw and not grads and x.dtype in ACTIVATION_DTYPES and x.shape[2] % kh == 0
+                and x.shape[3] % kw == 0 and x.is_contiguous(memory_format=torch.channels_last)
                 and (x.device.type == "cuda" or (x.device.type == "cpu" and interpreting())))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -247,10 +265,11 @@ def fold_conv_bn(model: nn.Module, patchify_max_in_channels: int | None = None) 
     """Fold every ``nn.Sequential(Conv2d, BatchNorm2d)`` of ``model`` (eval mode, in place) into the conv.
 
     The BatchNorm becomes an ``nn.Identity`` (module names stay, so profiles still map) and the conv gets the
-    folded weight and bias; a patchify conv (kernel == stride, no padding, one group) becomes a
+    folded weight and bias; a patchify conv (kernel == stride > 1, no padding, one group) becomes a
     :class:`PatchifyConv2d` (only up to ``patchify_max_in_channels`` input channels when that is set). These are
     the stem and the downsampling layers of the families; in the blocks BatchNorm is already folded. Returns
-    how many were folded.
+    how many were folded. The folded convs' parameters do not require gradients (an inference form, like the
+    fused blocks).
 
     Measured on the H100 (batch 256, bf16; ``data/gemm_h100.csv``): as a :class:`PatchifyConv2d` (our kernel,
     bias in the epilogue) ConvFirstNet-T's stem takes 0.125 ms and its downsampling convs 0.114, 0.077 and
@@ -268,8 +287,8 @@ def fold_conv_bn(model: nn.Module, patchify_max_in_channels: int | None = None) 
                     and conv.out_channels == bn.num_features):
                 continue
             w, b = fold_bn(conv.weight, conv.bias, bn)
-            patchify = (conv.kernel_size == conv.stride and conv.padding == (0, 0) and conv.dilation == (1, 1)
-                        and conv.groups == 1 and (patchify_max_in_channels is None
+            patchify = (conv.kernel_size == conv.stride and conv.kernel_size != (1, 1) and conv.padding == (0, 0)
+                        and conv.dilation == (1, 1) and conv.groups == 1 and (patchify_max_in_channels is None
                                                   or conv.in_channels <= patchify_max_in_channels))
             new = (PatchifyConv2d if patchify else nn.Conv2d)(
                 conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
@@ -278,6 +297,7 @@ def fold_conv_bn(model: nn.Module, patchify_max_in_channels: int | None = None) 
             with torch.no_grad():
                 new.weight.copy_(w)
                 new.bias.copy_(b)
+            new.requires_grad_(False)  # inference form, like the fused blocks' packed buffers
             module[i] = new.eval()
             module[i + 1] = nn.Identity()
             folded += 1
@@ -313,5 +333,5 @@ def count_fused_blocks(model: nn.Module) -> int:
 
 
 def count_sequence_blocks(model: nn.Module) -> int:
-    """Blocks of ``model`` that run as our unfused kernel sequence (Triton gconv + cuBLAS)."""
+    """Blocks of ``model`` that run as our unfused kernel sequence (Triton gconv + 1x1 matmuls)."""
     return sum(isinstance(m, _SequenceBlock) for m in model.modules())

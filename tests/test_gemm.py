@@ -5,6 +5,7 @@ every run, NaN-poisoned outputs.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 
@@ -67,7 +68,7 @@ def _candidates():
     if ON_GPU:
         from convfirst.kernels._common import launch_kwargs
         return ([("pointer", launch_kwargs(cf)) for cf in gemm.gemm_configs()]
-                + [("tma", launch_kwargs(cf)) for cf in gemm.tma_configs() if gemm.tma_config_fits(cf.kwargs, True)])
+                + [("tma", launch_kwargs(cf)) for cf in gemm.tma_configs()])
     return [("pointer", gemm.heuristic_config(1, 1, 1)), ("tma", gemm.tma_heuristic_config()),
             ("pointer", {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 16, "GROUP_M": 2}),
             ("pointer", {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 2, "PERSISTENT": True}),
@@ -77,11 +78,16 @@ def _candidates():
 
 @pytest.mark.parametrize("form, config", _candidates(), ids=str)
 def test_every_gemm_config_matches_reference(form, config):
-    m, k, n = (300, 80, 96) if ON_GPU else (45, 40, 72)  # several row and column tiles, a partial K step
-    a, w_t, bias, res = _operands(m, k, n, torch.bfloat16, _gen())
-    out = torch.full((m, n), float("nan"), device=DEVICE, dtype=a.dtype)
-    gemm.launch_matmul(a, w_t, bias, "silu", res, config=config, out=out, form=form)
-    assert relative_error(out, _reference(a, w_t, bias, "silu", res)) < TOLERANCE["bfloat16"]
+    """Several row and column tiles; K both a multiple of every K step (the unmasked loop the 1x1 layers take)
+    and not (a partial last step). With a residual where the config fits shared memory with one, else without."""
+    residual_fits = form != "tma" or gemm.tma_config_fits(config, True)
+    for m, k, n in ((300, 128, 96), (300, 80, 96)) if ON_GPU else ((45, 64, 72), (45, 40, 72)):
+        a, w_t, bias, res = _operands(m, k, n, torch.bfloat16, _gen())
+        res = res if residual_fits else None
+        out = torch.full((m, n), float("nan"), device=DEVICE, dtype=a.dtype)
+        gemm.launch_matmul(a, w_t, bias, "silu", res, config=config, out=out, form=form)
+        err = relative_error(out, _reference(a, w_t, bias, "silu", res))
+        assert err < TOLERANCE["bfloat16"], f"{m}x{k}x{n}: rel err {err:.3g}"
 
 
 @pytest.mark.parametrize("cin, cout, patch, h, w, batch", [(3, 16, 4, 8, 12, 2), (16, 24, 2, 6, 10, 1)] if not ON_GPU
@@ -113,9 +119,42 @@ def test_patchify_module_runs_the_kernel_on_half_precision_channels_last_input(m
         expected = F.conv2d(x.float(), conv.weight.float(), conv.bias.float(), stride=2)
     assert len(calls) == 1 and got.is_contiguous(memory_format=torch.channels_last)
     assert relative_error(got, expected) < TOLERANCE["bfloat16"]
+    bias = conv.bias.float()[None, :, None, None]
     with torch.no_grad():  # a changed weight is seen (the packed copy is rebuilt)
         module.weight.mul_(2)
-        assert relative_error(module(x), 2 * expected - conv.bias.float()[None, :, None, None]) < TOLERANCE["bfloat16"]
+        assert relative_error(module(x), 2 * expected - bias) < TOLERANCE["bfloat16"]
+        module.bias = nn.Parameter(module.bias + 5)           # a replaced bias too
+        assert relative_error(module(x), 2 * expected - bias + 5) < TOLERANCE["bfloat16"]
+        copied = copy.deepcopy(module)                        # a copy packs its own tensors
+        assert "_kernel_cache" not in copied.__dict__
+        copied.weight.mul_(0.5)
+        copied.weight.mul_(2)
+        copied.weight.mul_(0.5)
+        assert relative_error(copied(x), expected + 5) < TOLERANCE["bfloat16"]
+        assert relative_error(module(x), 2 * expected - bias + 5) < TOLERANCE["bfloat16"]
+
+
+def test_patchify_module_keeps_autograd_when_gradients_are_wanted():
+    """With gradients on, the module takes the differentiable addmm path (the kernel has no backward)."""
+    module = PatchifyConv2d.from_conv(nn.Conv2d(8, 16, 2, stride=2).to(DEVICE, torch.bfloat16)).train()
+    x = torch.randn(2, 8, 4, 4, device=DEVICE).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    assert not module._uses_kernel(x)
+    module(x).float().sum().backward()
+    assert module.weight.grad is not None and module.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert module._uses_kernel(x)
+
+
+def test_fold_conv_bn_leaves_an_inference_form_that_runs_the_kernel_without_no_grad():
+    from convfirst.kernels import fold_conv_bn
+
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(8, 16, 2, stride=2, bias=False), nn.BatchNorm2d(16))).eval()
+    fold_conv_bn(model)
+    conv = model[0][0]
+    assert isinstance(conv, PatchifyConv2d) and not any(p.requires_grad for p in conv.parameters())
+    conv.to(DEVICE, torch.bfloat16)
+    x = torch.randn(1, 8, 4, 6, device=DEVICE).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    assert conv._uses_kernel(x)
 
 
 @pytest.mark.parametrize("block", ["convfirst", "mbconv"])
@@ -143,8 +182,10 @@ def test_bad_input_is_named():
         gemm.matmul_bias_act(a, w_t[:8], bias)
     with pytest.raises(KernelInputError, match="contiguous \\[M, K\\]"):
         gemm.matmul_bias_act(a.t(), w_t, bias)
-    with pytest.raises(KernelInputError, match=r"bias must have shape \(24,\)"):
+    with pytest.raises(KernelInputError, match=r"bias must be a contiguous tensor of shape \(24,\)"):
         gemm.matmul_bias_act(a, w_t, bias[:5])
+    with pytest.raises(KernelInputError, match="bias must be a contiguous"):  # a strided view would be misread
+        gemm.matmul_bias_act(a, w_t, torch.stack([bias, bias], 1)[:, 0])
     with pytest.raises(KernelInputError, match="act='gelu'"):
         gemm.matmul_bias_act(a, w_t, bias, "gelu")
     with pytest.raises(KernelInputError, match="residual must be"):

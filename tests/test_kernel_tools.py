@@ -212,8 +212,12 @@ def test_gemm_comparison_tables_take_the_latest_run_of_each_part():
         return [{"part": "sequence", "block": "convfirst", "C": 384, "H": 14, "impl": impl, "ms": ms + i,
                  "batch": 256, "date": date, "commit": commit, "gpu": "H100"} for i, impl in enumerate(["cublas", "triton-tma"])]
 
-    df = pd.DataFrame(rows("2026-01-01T00:00:00Z", "aaa", 1.0) + rows("2026-01-02T00:00:00Z", "bbb", 5.0))
-    table = comparison_tables(df)["sequence"]
+    patch = {"part": "patchify", "shape": "stem-t", "C": 3, "H": 224, "impl": "triton", "ms": 0.1, "batch": 256,
+             "date": "2026-01-01T12:00:00Z", "commit": "ccc", "gpu": "H100"}
+    df = pd.DataFrame(rows("2026-01-01T00:00:00Z", "aaa", 1.0) + rows("2026-01-02T00:00:00Z", "bbb", 5.0) + [patch])
+    tables = comparison_tables(df)
+    table = tables["sequence"]
     assert table.attrs["commit"] == "bbb" and table.attrs["batch"] == 256
     assert table.loc[("convfirst", 384, 14), "cublas"] == 5.0
     assert table.loc[("convfirst", 384, 14), "triton-tma"] == 6.0
+    assert tables["patchify"].attrs["commit"] == "ccc"   # each part from its own latest run

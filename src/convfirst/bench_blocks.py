@@ -1,7 +1,7 @@
 """Block benchmark and GPU correctness sweep of the fused kernels (chapter "Block fusion").
 
 For each block shape and batch, in one run on one GPU: PyTorch eager (cuDNN convs), ``torch.compile``
-default and max-autotune-no-cudagraphs, our unfused sequence (our grouped conv + cuBLAS 1x1 matmuls) and our
+default and max-autotune-no-cudagraphs, our unfused sequence (our grouped conv + our 1x1 matmul kernels) and our
 fused kernel; plus the roofline floor ``max(W/P, Q/B)`` with P and B measured in the same run. The baselines
 run the *folded* block (BatchNorm merged into conv weight and bias, as every inference engine does), as
 ``nn.Conv2d`` layers in channels_last, so they do the same arithmetic as the kernels.

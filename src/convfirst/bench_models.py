@@ -240,7 +240,7 @@ def fuse_model(model, resolution: int = 224, batch: int = 256, gpu: str | None =
 
     The planner (:func:`convfirst.planner.block_planner`) decides per block shape from the block benchmark
     recorded for this GPU (``data/block_bench_<gpu>.csv``) at ``batch``: the fused one-kernel block, our
-    unfused kernel sequence (Triton grouped conv + cuBLAS 1x1 layers), or the block's own PyTorch layers
+    unfused kernel sequence (Triton grouped conv + epilogue-fused 1x1 matmuls), or the block's own PyTorch layers
     (eager, or compiled when ``compiled=True``, i.e. for ``fused-compile``), whichever was measured fastest.
     Without recorded data for the GPU every block is fused.
     """

@@ -90,6 +90,20 @@ def split_channels(channels: int) -> tuple[int, int]:
     return ca, cb
 
 
+def check_device(x: torch.Tensor, name: str = "x") -> None:
+    """Raise :class:`KernelInputError` unless ``x`` is where a kernel can run: a CUDA GPU, the CPU in the Triton
+    interpreter, or the meta device (tracing)."""
+    if x.device.type == "meta":
+        return
+    if x.device.type == "cpu":
+        if not interpreting():
+            raise KernelInputError(f"{name}: is on the CPU; the Triton kernels run on a CUDA GPU (move it with "
+                                   f"x.cuda()), or on the CPU only in the Triton interpreter (set "
+                                   f"TRITON_INTERPRET=1 before importing convfirst.kernels)")
+    elif x.device.type != "cuda":
+        raise KernelInputError(f"{name}: device {x.device} is not supported; use a CUDA GPU")
+
+
 def check_activation(x: torch.Tensor, name: str = "x") -> None:
     """Raise :class:`KernelInputError` unless ``x`` is a dense channels_last bf16/fp16 NCHW tensor on a usable device."""
     if not isinstance(x, torch.Tensor):
@@ -99,15 +113,7 @@ def check_activation(x: torch.Tensor, name: str = "x") -> None:
     if x.dtype not in ACTIVATION_DTYPES:
         raise KernelInputError(f"{name}: dtype {x.dtype} is not supported; the kernels take torch.bfloat16 or "
                                f"torch.float16 activations (cast with x.to(torch.bfloat16))")
-    if x.device.type == "meta":
-        pass
-    elif x.device.type == "cpu":
-        if not interpreting():
-            raise KernelInputError(f"{name}: is on the CPU; the Triton kernels run on a CUDA GPU (move it with "
-                                   f"x.cuda()), or on the CPU only in the Triton interpreter (set "
-                                   f"TRITON_INTERPRET=1 before importing convfirst.kernels)")
-    elif x.device.type != "cuda":
-        raise KernelInputError(f"{name}: device {x.device} is not supported; use a CUDA GPU")
+    check_device(x, name)
     c = x.shape[1]
     if c % GROUP_WIDTH:
         raise KernelInputError(f"{name}: {c} channels is not a multiple of the group width {GROUP_WIDTH}")

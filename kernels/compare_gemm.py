@@ -47,20 +47,6 @@ PATCH_SHAPES = (("stem-t", 3, 96, 4, 224), ("down-t1", 96, 192, 2, 56), ("down-t
 CHECK_GEMMS = ((1000, 96, 384), (777, 384, 96), (257, 48, 80), (130, 1536, 384), (300, 80, 96))
 
 
-def _fp32_reference(a, w_t, bias, act, residual):
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        out = a.double() @ w_t.double() + bias.double()
-        if act == "silu":
-            out = F.silu(out)
-        if residual is not None:
-            out = out + residual.double()
-        return out
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-
-
 def check_rows(dtype=torch.bfloat16, device="cuda", seed=0) -> list[dict]:
     """Every candidate config at the ``CHECK_GEMMS`` sizes, every epilogue, poisoned outputs; and the patch convs."""
     gen = torch.Generator().manual_seed(seed)
@@ -74,7 +60,7 @@ def check_rows(dtype=torch.bfloat16, device="cuda", seed=0) -> list[dict]:
         bias = (0.1 * torch.randn(n, generator=gen)).to(device)
         res = torch.randn(m, n, generator=gen).to(device, dtype)
         for act, residual in (("none", None), ("silu", None), ("none", res)):
-            ref = _fp32_reference(a, w_t, bias, act, residual)
+            ref = gemm.matmul_reference(a, w_t, bias, act, residual)
             for form, cf in configs:
                 if form == "tma" and not gemm.tma_config_fits(cf, residual is not None):
                     continue
@@ -127,7 +113,7 @@ def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True) -> list[dic
                 return lambda a, r: gemm.launch_matmul(a, w_t, bias, act, r, form=form)
 
             a0, r0 = inputs[0]
-            ref = _fp32_reference(a0, w_t, bias, act, r0)
+            ref = gemm.matmul_reference(a0, w_t, bias, act, r0)
             for impl, fn in (("cublas", cublas), ("triton-pointer", ours("pointer")), ("triton-tma", ours("tma"))):
                 err = relative_error(fn(a0, r0), ref)
                 ms = _time(fn, inputs, graphs)
@@ -154,7 +140,7 @@ def sequence_rows(batch: int, dtype: str = "bfloat16", graphs: bool = True) -> l
         run = convfirst_block_unfused if shape.block == "convfirst" else mbconv_block_unfused
         ref = case.reference(case.inputs[0])
         for backend in ("cublas", "triton"):
-            fn = lambda x, b=backend: run(x, case.packed, gemm=b)  # noqa: E731
+            fn = lambda x, b=backend, p=case.packed: run(x, p, gemm=b)  # noqa: E731
             err = relative_error(fn(case.inputs[0]), ref)
             ms = _time(fn, [(x,) for x in case.inputs], graphs)
             impl = backend if backend == "cublas" else f"triton-{gemm.DEFAULT_FORM}"

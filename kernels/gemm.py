@@ -21,8 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (ACTIVATION_DTYPES, LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, autotuning, interpreting,
-                      launch_options, tracing)
+from ._common import (ACTIVATION_DTYPES, LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, autotuning,
+                      check_device, check_same_device, interpreting, launch_options, tracing)
 from .activation import silu
 
 #: Epilogue activations.
@@ -333,15 +333,17 @@ def _check_common(name: str, a: torch.Tensor, w_t: torch.Tensor, bias: torch.Ten
                                f"{tuple(bias.shape)} with strides {bias.stride()}")
     if act not in ACTIVATIONS:
         raise KernelInputError(f"{name}: act={act!r}; expected one of {ACTIVATIONS}")
-    devices = {t.device for t in (a, w_t, bias)}
-    if len(devices) > 1:
-        raise KernelInputError(f"{name}: input, weight and bias are on different devices: {sorted(map(str, devices))}")
-    dev = a.device
-    if dev.type == "cpu" and not interpreting():
-        raise KernelInputError(f"{name}: is on the CPU; the Triton kernels run on a CUDA GPU, or on the CPU only in "
-                               f"the Triton interpreter (TRITON_INTERPRET=1 before importing convfirst.kernels)")
-    if dev.type not in ("cpu", "cuda", "meta"):
-        raise KernelInputError(f"{name}: device {dev} is not supported; use a CUDA GPU")
+    check_device(a, f"{name}: input")
+    check_same_device(a, weight=w_t, bias=bias)
+
+
+def matmul_reference(a: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor, act: str = "none",
+                     residual: torch.Tensor | None = None) -> torch.Tensor:
+    """What :func:`matmul_bias_act` computes, in plain PyTorch and fp64 from the same (upcast) inputs."""
+    out = a.double() @ w_t.double() + bias.double()
+    if act == "silu":
+        out = torch.nn.functional.silu(out)
+    return out if residual is None else out + residual.double()
 
 
 def check_matmul_inputs(a, w_t, bias, act, residual) -> None:

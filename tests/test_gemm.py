@@ -41,13 +41,6 @@ def _operands(m, k, n, dtype, gen):
     return a, w_t, bias, res
 
 
-def _reference(a, w_t, bias, act, residual):
-    out = a.double() @ w_t.double() + bias.double()
-    if act == "silu":
-        out = F.silu(out)
-    return out if residual is None else out + residual.double()
-
-
 @pytest.mark.parametrize("form", gemm.FORMS)
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("act, with_residual", [("none", False), ("silu", False), ("none", True), ("silu", True)])
@@ -58,7 +51,7 @@ def test_matmul_epilogue_matches_reference(m, k, n, act, with_residual, dtype, f
     residual = res if with_residual else None
     out = torch.full((m, n), float("nan"), device=DEVICE, dtype=a.dtype)
     gemm.launch_matmul(a, w_t, bias, act, residual, out=out, form=form)
-    err = relative_error(out, _reference(a, w_t, bias, act, residual))
+    err = relative_error(out, gemm.matmul_reference(a, w_t, bias, act, residual))
     assert err < TOLERANCE[dtype], f"{m}x{k}x{n} {act} residual={with_residual}: rel err {err:.3g}"
 
 
@@ -86,7 +79,7 @@ def test_every_gemm_config_matches_reference(form, config):
         res = res if residual_fits else None
         out = torch.full((m, n), float("nan"), device=DEVICE, dtype=a.dtype)
         gemm.launch_matmul(a, w_t, bias, "silu", res, config=config, out=out, form=form)
-        err = relative_error(out, _reference(a, w_t, bias, "silu", res))
+        err = relative_error(out, gemm.matmul_reference(a, w_t, bias, "silu", res))
         assert err < TOLERANCE["bfloat16"], f"{m}x{k}x{n}: rel err {err:.3g}"
 
 

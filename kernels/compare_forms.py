@@ -1,8 +1,9 @@
 """The forms of the fused ConvFirst kernel, config by config, on one GPU.
 
 Forms: ``sliced`` (v2/v4: per-tile weight reads, sliced grouped conv), ``dense`` (v3: dense block-diagonal
-grouped conv) and ``resident`` (v5: persistent programs whose 1x1 weights stay on chip). How the v3 and v5
-rows of ``NOTES_convfirst.md`` were measured, in one run:
+grouped conv), ``resident`` (v5: persistent programs whose 1x1 weights stay on chip) and ``tma`` (v6: patches
+of one image whose activation tiles are TMA box copies). How the v3, v5 and v6 rows of ``NOTES_convfirst.md``
+were measured, in one run:
 
 1. correctness of each form (fixed configs, NaN-poisoned outputs, fp32 reference) at family shapes (batch 2;
    the dense form only up to ``DENSE_MAX_CHANNELS``, the resident one only where the weights fit) and at odd
@@ -41,10 +42,12 @@ CHECK_SHAPES = [(BlockShape("convfirst", 64, 56, 56), 2), (BlockShape("convfirst
                 (BlockShape("convfirst", 48, 56, 56), 1)]
 TIME_SHAPES = [BlockShape("convfirst", 64, 56, 56), BlockShape("convfirst", 96, 56, 56),
                BlockShape("convfirst", 192, 28, 28)]
-FORMS = ("sliced", "dense", "resident")
+FORMS = ("sliced", "dense", "resident", "tma")
 
 
 def form_of(config: dict) -> str:
+    if "TILE_H" in config:
+        return "tma"
     if "PROGRAMS_PER_SM" in config:
         return "resident"
     return "dense" if config.get("DENSE_GCONV") else "sliced"
@@ -62,6 +65,8 @@ def fixed_config(form: str, channels: int, npix: int) -> dict:
     """The kernel's heuristic tile in one form."""
     if form == "resident":
         return convfirst_fused.resident_config(channels, 4 * channels)
+    if form == "tma":
+        return convfirst_fused.tma_config(channels)
     return dict(convfirst_fused.heuristic_config(channels, npix), DENSE_GCONV=form == "dense")
 
 
@@ -81,6 +86,9 @@ def candidate_configs(channels: int, npix: int, forms=FORMS) -> list[dict]:
             convfirst_fused.DENSE_MAX_CHANNELS = limit
     if "resident" in forms and applies("resident", channels):
         kept += convfirst_fused._prune_resident(convfirst_fused._resident_configs(), named)
+    if "tma" in forms:
+        side = round((npix / 256) ** 0.5)  # the timed shapes are square images at batch 256
+        kept += convfirst_fused._prune_tma(convfirst_fused._tma_configs(), dict(named, H=side, W=side))
     return [launch_kwargs(cf) for cf in kept]
 
 
@@ -89,11 +97,15 @@ def parse_configs(text: str) -> list[dict]:
     import json
 
     configs = json.loads(text)
-    if not isinstance(configs, list) or not all(isinstance(c, dict) and "BLOCK_M" in c and "BLOCK_H" in c
-                                                for c in configs):
-        raise SystemExit(f"--configs: expected a JSON list of dicts with BLOCK_M and BLOCK_H, got {text!r}")
+    if not isinstance(configs, list) or not all(isinstance(c, dict) and ("BLOCK_M" in c or "TILE_H" in c)
+                                                and "BLOCK_H" in c for c in configs):
+        raise SystemExit(f"--configs: expected a JSON list of dicts with BLOCK_M (or TILE_H, TILE_W) and BLOCK_H, "
+                         f"got {text!r}")
     out = []
     for c in configs:
+        if "TILE_H" in c:  # a v6 patch
+            out.append(c)
+            continue
         defaults = {"UNROLL_TAPS": False}
         if "PROGRAMS_PER_SM" not in c:  # a v4 tile
             defaults["DENSE_GCONV"] = False

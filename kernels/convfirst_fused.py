@@ -23,6 +23,8 @@ Tiles of C channels are held as two power-of-two parts CA + CB (96 = 64 + 32), s
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -125,30 +127,21 @@ def grouped3x3_parts(tile_ptr, w_taps_ptr, b_g_ptr, out_ptr, C, C16, pix_h, pix_
 
 
 @triton.jit
-def convfirst_block_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_ptr, b_p_ptr, out_ptr,
-                           NPIX, H, W, C: tl.constexpr, C16: tl.constexpr, HID: tl.constexpr,
-                           CA: tl.constexpr, CB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
-                           UNROLL_TAPS: tl.constexpr, DENSE_GCONV: tl.constexpr, FP32_DOT: tl.constexpr):
-    act = out_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    offs = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    pix_ok = offs < NPIX
-    pix_w = offs % W
-    pix_h = (offs // W) % H
+def hidden_chain(ga, gb, we_t_ptr, b_e_ptr, wp_t_ptr, C, HID: tl.constexpr, CA: tl.constexpr, CB: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, FP32_DOT: tl.constexpr):
+    """The 1x1 chain of one tile: for each slice of BLOCK_H hidden channels, h = silu(g @ We[:, slice] + be),
+    rounded to the activation dtype, then acc += h @ Wp[slice, :]. ``ga``/``gb`` are the grouped conv's two
+    channel parts; returns the fp32 accumulators (acc_a [BLOCK_M, CA], acc_b [BLOCK_M, CB]; acc_b is acc_a
+    when CB == 0). The hidden activation lives one slice at a time in registers."""
+    act = we_t_ptr.dtype.element_ty
     ca = tl.arange(0, CA)
     ca_ok = ca < C
-
-    # 1. grouped 3x3 + bias, rounded to the activation dtype (as the unfused sequence stores it)
-    tile_ptr = x_ptr + (pid * BLOCK_M).to(tl.int64) * C
-    ga, gb = grouped3x3_parts(tile_ptr, w_taps_ptr, b_g_ptr, out_ptr, C, C16, pix_h, pix_w, pix_ok, H, W,
-                              CA, CB, BLOCK_M, UNROLL_TAPS, DENSE_GCONV, FP32_DOT)
     acc_a = tl.zeros([BLOCK_M, CA], dtype=tl.float32)
+    acc_b = acc_a
     if CB > 0:
         cb = CA + tl.arange(0, CB)
         cb_ok = cb < C
         acc_b = tl.zeros([BLOCK_M, CB], dtype=tl.float32)
-
-    # 2. hidden slices: h = silu(g @ We[:, j:j+BH] + be) -> acc += h @ Wp[j:j+BH, :]
     for j in range(0, HID, BLOCK_H):
         hcol = j + tl.arange(0, BLOCK_H)
         h_ok = hcol < HID
@@ -169,12 +162,35 @@ def convfirst_block_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_p
         acc_a = project_accumulate(h, wp_t_ptr, hcol, h_ok, C, ca, ca_ok, acc_a, FP32_DOT)
         if CB > 0:
             acc_b = project_accumulate(h, wp_t_ptr, hcol, h_ok, C, cb, cb_ok, acc_b, FP32_DOT)
+    return acc_a, acc_b
+
+
+@triton.jit
+def convfirst_block_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_ptr, b_p_ptr, out_ptr,
+                           NPIX, H, W, C: tl.constexpr, C16: tl.constexpr, HID: tl.constexpr,
+                           CA: tl.constexpr, CB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
+                           UNROLL_TAPS: tl.constexpr, DENSE_GCONV: tl.constexpr, FP32_DOT: tl.constexpr):
+    act = out_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    offs = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    pix_ok = offs < NPIX
+    pix_w = offs % W
+    pix_h = (offs // W) % H
+    ca = tl.arange(0, CA)
+    ca_ok = ca < C
+
+    # 1. grouped 3x3 + bias, rounded to the activation dtype (as the unfused sequence stores it)
+    tile_ptr = x_ptr + (pid * BLOCK_M).to(tl.int64) * C
+    ga, gb = grouped3x3_parts(tile_ptr, w_taps_ptr, b_g_ptr, out_ptr, C, C16, pix_h, pix_w, pix_ok, H, W,
+                              CA, CB, BLOCK_M, UNROLL_TAPS, DENSE_GCONV, FP32_DOT)
+    acc_a, acc_b = hidden_chain(ga, gb, we_t_ptr, b_e_ptr, wp_t_ptr, C, HID, CA, CB, BLOCK_M, BLOCK_H, FP32_DOT)
 
     # 3. + project bias + residual, one write of C channels per pixel
     row = offs.to(tl.int64) * C
     add_bias_residual_store(acc_a, x_ptr, b_p_ptr, out_ptr, row, pix_ok, ca, ca_ok)
     if CB > 0:
-        add_bias_residual_store(acc_b, x_ptr, b_p_ptr, out_ptr, row, pix_ok, cb, cb_ok)
+        cb = CA + tl.arange(0, CB)
+        add_bias_residual_store(acc_b, x_ptr, b_p_ptr, out_ptr, row, pix_ok, cb, cb < C)
 
 
 @triton.jit
@@ -252,6 +268,95 @@ def convfirst_resident_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_
         add_bias_residual_store(acc_a, x_ptr, b_p_ptr, out_ptr, row, pix_ok, ca, ca_ok)
         if CB > 0:
             add_bias_residual_store(acc_b, x_ptr, b_p_ptr, out_ptr, row, pix_ok, cb, cb_ok)
+
+
+@triton.jit
+def tma_tap_sum(x_desc, n, h0, w0, c0: tl.constexpr, w_taps_ptr, C16: tl.constexpr, CK: tl.constexpr,
+                TILE_H: tl.constexpr, TILE_W: tl.constexpr, FP32_DOT: tl.constexpr):
+    """The 9-tap sum of a grouped 3x3 gw8 conv for a TILE_H x TILE_W patch of image ``n`` (top-left pixel
+    (h0, w0)), channels [c0, c0 + CK), without bias; fp32 [CK//16, TILE_H*TILE_W, 16] as
+    :func:`grouped3x3_tap_sum` returns it.
+
+    Tap (dy, dx) is the box [1, TILE_H, TILE_W, CK] at (n, h0 + dy - 1, w0 + dx - 1, c0) of the NHWC input,
+    moved by the Tensor Memory Accelerator, which fills what lies outside the image with zeros (negative
+    coordinates included): the 'same' padding costs no address or mask arithmetic, and each tap is one bulk
+    copy instead of BLOCK_M * CK / (32 * warps) pointer loads per thread."""
+    BLOCK_M: tl.constexpr = TILE_H * TILE_W
+    S: tl.constexpr = CK // 16
+    s_idx = tl.arange(0, S)[:, None, None]
+    k_idx = tl.arange(0, 16)[None, None, :]
+    kin = tl.arange(0, 16)[None, :, None]
+    w_row = c0 + s_idx * 16 + kin                      # [S, 16, 1] packed-weight row (input channel)
+    w_off = w_row * 16 + k_idx
+    w_ok = w_row < C16
+    acc = tl.zeros([S, BLOCK_M, 16], dtype=tl.float32)
+    for t in range(9):
+        a = x_desc.load([n, h0 + t // 3 - 1, w0 + t % 3 - 1, c0])
+        a = tl.permute(tl.reshape(a, (BLOCK_M, S, 16)), (1, 0, 2))
+        w = tl.load(w_taps_ptr + t * C16 * 16 + w_off, mask=w_ok, other=0.0)
+        if FP32_DOT:
+            a = a.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = tl.dot(a, w, acc)
+    return acc
+
+
+@triton.jit
+def tma_grouped3x3_part(x_desc, w_taps_ptr, b_g_ptr, n, h0, w0, c0: tl.constexpr, C: tl.constexpr,
+                        C16: tl.constexpr, CK: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+                        FP32_DOT: tl.constexpr):
+    """Grouped 3x3 + bias of one channel part of the patch as [TILE_H*TILE_W, CK], rounded to the activation
+    dtype as the unfused sequence stores it (fp32 again in the interpreter)."""
+    BLOCK_M: tl.constexpr = TILE_H * TILE_W
+    g = slices_to_tile(tma_tap_sum(x_desc, n, h0, w0, c0, w_taps_ptr, C16, CK, TILE_H, TILE_W, FP32_DOT),
+                       BLOCK_M, CK)
+    ch = c0 + tl.arange(0, CK)
+    g = (g + tl.load(b_g_ptr + ch, mask=ch < C, other=0.0).to(tl.float32)[None, :]).to(x_desc.dtype)
+    if FP32_DOT:
+        g = g.to(tl.float32)
+    return g
+
+
+@triton.jit
+def tma_bias_residual_store(acc, x_desc, out_desc, b_p_ptr, n, h0, w0, c0: tl.constexpr, C: tl.constexpr,
+                            CK: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+    """out[patch, c0:c0+CK] = acc + b_p + x, the residual and the store as bulk copies (the store is clipped at
+    the image edges and at C)."""
+    BLOCK_M: tl.constexpr = TILE_H * TILE_W
+    x = tl.reshape(x_desc.load([n, h0, w0, c0]), (BLOCK_M, CK)).to(tl.float32)
+    ch = c0 + tl.arange(0, CK)
+    acc += tl.load(b_p_ptr + ch, mask=ch < C, other=0.0).to(tl.float32)[None, :] + x
+    out_desc.store([n, h0, w0, c0], tl.reshape(acc.to(out_desc.dtype), (1, TILE_H, TILE_W, CK)))
+
+
+@triton.jit
+def convfirst_tma_kernel(xa_desc, xb_desc, outa_desc, outb_desc, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr,
+                         wp_t_ptr, b_p_ptr, N, H, W, C: tl.constexpr, C16: tl.constexpr, HID: tl.constexpr,
+                         CA: tl.constexpr, CB: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+                         BLOCK_H: tl.constexpr, FP32_DOT: tl.constexpr):
+    """v6: v4's tile walk on a TILE_H x TILE_W patch of one image, every activation tile moved by TMA.
+
+    The nine shifted input tiles, the residual and the output are box copies of the NHWC tensor through
+    descriptors (``xa_desc``/``outa_desc`` for channels [0, CA), ``xb_desc``/``outb_desc`` for [CA, CA + CB));
+    the copy engine handles the image border, so the program holds no per-pixel offsets or masks. The 1x1
+    chain is v4's (:func:`hidden_chain`). A patch that overhangs the image computes on zeros and its store is
+    clipped, so H and W need not be multiples of the patch."""
+    BLOCK_M: tl.constexpr = TILE_H * TILE_W
+    pid = tl.program_id(0)
+    tiles_w = tl.cdiv(W, TILE_W)
+    tiles_img = tl.cdiv(H, TILE_H) * tiles_w
+    n = pid // tiles_img
+    h0 = (pid % tiles_img) // tiles_w * TILE_H
+    w0 = (pid % tiles_w) * TILE_W
+    ga = tma_grouped3x3_part(xa_desc, w_taps_ptr, b_g_ptr, n, h0, w0, 0, C, C16, CA, TILE_H, TILE_W, FP32_DOT)
+    gb = ga
+    if CB > 0:
+        gb = tma_grouped3x3_part(xb_desc, w_taps_ptr, b_g_ptr, n, h0, w0, CA, C, C16, CB, TILE_H, TILE_W,
+                                 FP32_DOT)
+    acc_a, acc_b = hidden_chain(ga, gb, we_t_ptr, b_e_ptr, wp_t_ptr, C, HID, CA, CB, BLOCK_M, BLOCK_H, FP32_DOT)
+    tma_bias_residual_store(acc_a, xa_desc, outa_desc, b_p_ptr, n, h0, w0, 0, C, CA, TILE_H, TILE_W)
+    if CB > 0:
+        tma_bias_residual_store(acc_b, xb_desc, outb_desc, b_p_ptr, n, h0, w0, CA, C, CB, TILE_H, TILE_W)
 
 
 #: Sliced grouped-conv candidates: (BLOCK_M, BLOCK_H, warps, stages, UNROLL_TAPS, maxnreg). A register cap of
@@ -365,9 +470,84 @@ def _resident_launcher():
     return _tuned_resident
 
 
+#: v6 (TMA tiles) candidates: (TILE_H, TILE_W, BLOCK_H, warps, stages, maxnreg). The patch is TILE_H x TILE_W
+#: pixels of one image (64 pixels: v4's best tile size); 8 x 8 covers a 56 x 56 image exactly, 4 x 16 and
+#: 16 x 4 waste less at 28 x 28 (7 x 2 patches) than 8 x 8 (4 x 4 patches, 23% overhang). Each stage holds one
+#: tap's boxes (8-12 KB at C = 64-96), so deeper pipelines cost no registers.
+TMA_CONFIGS = ((8, 8, 64, 4, 2, 128), (8, 8, 32, 4, 2, 128), (8, 8, 64, 4, 3, 128), (8, 8, 32, 4, 3, 128),
+               (8, 8, 32, 4, 3, 168), (8, 8, 64, 4, 3, None), (8, 8, 32, 4, 4, 128), (8, 8, 64, 4, 4, 128),
+               (4, 16, 32, 4, 3, 128), (16, 4, 32, 4, 3, 128), (4, 16, 64, 4, 3, 128), (8, 16, 64, 8, 3, None),
+               (4, 8, 32, 4, 2, None))
+
+
+def _set_tma_block_shapes(nargs: dict) -> None:
+    """Autotuner pre-hook: the descriptors' boxes follow the config's patch (their channel width stays)."""
+    for name in ("xa_desc", "xb_desc", "outa_desc", "outb_desc"):
+        desc = nargs[name]
+        desc.block_shape = [1, nargs["TILE_H"], nargs["TILE_W"], desc.block_shape[3]]
+
+
+def _tma_configs():
+    return [triton.Config({"TILE_H": th, "TILE_W": tw, "BLOCK_H": bh}, num_warps=w, num_stages=st, maxnreg=r,
+                          pre_hook=_set_tma_block_shapes) for th, tw, bh, w, st, r in TMA_CONFIGS]
+
+
+def _prune_tma(configs, named_args, **kwargs):
+    c, hid, h, w = named_args["C"], named_args["HID"], named_args["H"], named_args["W"]
+    width = sum(split_channels(c))
+    kept = []
+    for cf in configs:
+        th, tw = cf.kwargs["TILE_H"], cf.kwargs["TILE_W"]
+        if not accumulator_fits(th * tw, width, cf) or cf.kwargs["BLOCK_H"] > max(32, next_pow2(hid)):
+            continue
+        if th > max(4, next_pow2(h)) or tw > max(4, next_pow2(w)):
+            continue
+        if th * tw == 32 and c <= 192:  # as for v4: the small patch only where the accumulator is wide
+            continue
+        kept.append(cf)
+    return kept or [min(configs, key=lambda cf: cf.kwargs["TILE_H"] * cf.kwargs["TILE_W"])]
+
+
+@functools.cache
+def _tma_launcher():
+    """The v6 kernel autotuned per (C, hidden, H, W, N); built once, on first use."""
+    return triton.autotune(configs=_tma_configs(), key=["C", "HID", "H", "W", "N"],
+                           prune_configs_by={"early_config_prune": _prune_tma})(convfirst_tma_kernel)
+
+
+def tma_usable(*tensors: torch.Tensor) -> bool:
+    """TMA needs 16-byte aligned base addresses (row strides are: C is a multiple of 8)."""
+    return all(t.data_ptr() % 16 == 0 for t in tensors)
+
+
+def tma_config(channels: int) -> dict:
+    """A fixed v6 config: 8 x 8 patches (4 x 4 in the interpreter), as v4's heuristic tile otherwise."""
+    if interpreting():
+        return {"TILE_H": 4, "TILE_W": 4, "BLOCK_H": 32}
+    tile = heuristic_config(channels, 1 << 20)
+    return {"TILE_H": 8, "TILE_W": 8, "BLOCK_H": tile["BLOCK_H"], "num_warps": 4,
+            "num_stages": 3, "maxnreg": tile["maxnreg"]}
+
+
+def _nhwc_descriptors(x: torch.Tensor, out: torch.Tensor, tile_h: int, tile_w: int):
+    """Descriptors of the NHWC views of ``x`` and ``out`` for both channel parts: (xa, xb, outa, outb); the
+    second part's are the first's when C is one part."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    ca, cb = split_channels(x.shape[1])
+    xv, ov = x.permute(0, 2, 3, 1), out.permute(0, 2, 3, 1)
+    descs = []
+    for part in (ca, cb or ca):
+        descs.append((TensorDescriptor.from_tensor(xv, [1, tile_h, tile_w, part]),
+                      TensorDescriptor.from_tensor(ov, [1, tile_h, tile_w, part])))
+    (xa, oa), (xb, ob) = descs
+    return xa, xb, oa, ob
+
+
 def candidate_configs():
-    """Every autotuning candidate of both kernels: v4's tiles, then v5's (``PROGRAMS_PER_SM`` marks them)."""
-    return _configs() + _resident_configs()
+    """Every autotuning candidate of the three kernels: v4's tiles, v5's (``PROGRAMS_PER_SM`` marks them) and
+    v6's (``TILE_H`` marks them)."""
+    return _configs() + _resident_configs() + _tma_configs()
 
 
 _tuned = None
@@ -375,11 +555,11 @@ _last_tuner = None
 
 
 def last_tuner():
-    """The autotuner (v4's or v5's) of the last autotuned launch, None before one."""
+    """The autotuner (v4's, v5's or v6's) of the last autotuned launch, None before one."""
     return _last_tuner
 
 
-#: Per shape where both kernels are candidates: the autotuner (v4's or v5's) whose best config was faster.
+#: Per shape where several kernels are candidates: the autotuner whose best config was fastest.
 _KERNEL_CHOICE: dict = {}
 
 
@@ -390,8 +570,8 @@ def _median_ms(fn) -> float:
 
 
 def _pick_tuner(key: tuple, run_with, tuners=None, timer=_median_ms):
-    """Autotune both kernels on this launch's arguments (each over its own candidates), time each one's best
-    config, and keep the faster for ``key``; ``run_with(tuner)`` launches through one autotuner."""
+    """Autotune each candidate kernel on this launch's arguments (each over its own tiles), time each one's best
+    config, and keep the fastest for ``key``; ``run_with(tuner)`` launches through one autotuner."""
     if key not in _KERNEL_CHOICE:
         times = {}
         for tuner in tuners or (_launcher(), _resident_launcher()):
@@ -453,15 +633,17 @@ def check_convfirst_inputs(x, w_taps, b_g, we_t, b_e, wp_t, b_p) -> None:
 
 def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: dict | None = None):
     """Launch the fused block into ``out``. ``config`` fixes the kernel and tile: one with ``PROGRAMS_PER_SM``
-    runs the v5 kernel (resident weights, persistent), any other the v4 kernel. Without one, each kernel
-    autotunes over its candidates on the GPU; where v5 is a candidate (:func:`resident_preferred`) both are
-    tuned and the faster is kept for that shape (:func:`_pick_tuner`)."""
+    runs the v5 kernel (resident weights, persistent), one with ``TILE_H`` the v6 kernel (TMA tiles), any
+    other the v4 kernel. Without one, on the GPU each candidate kernel autotunes over its own tiles (v4 always,
+    v5 where :func:`resident_preferred`, v6 where the tensors suit TMA), the best of each is timed and the
+    fastest is kept for that shape (:func:`_pick_tuner`)."""
     n, c, h, w = x.shape
     npix, hid = n * h * w, we_t.shape[1]
     if npix == 0:
         return out
     ca, cb = split_channels(c)
-    args = (x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, npix, h, w, c, packed_taps_rows(c), hid)
+    c16 = packed_taps_rows(c)
+    args = (x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, npix, h, w, c, c16, hid)
     if config is None and not autotuning():
         config = heuristic_config(c, npix, hid)
     sms = num_sms(x.device)
@@ -472,7 +654,19 @@ def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: di
             return (min(tiles, sms * meta["PROGRAMS_PER_SM"]) if resident else tiles,)
         return grid
 
-    if config is not None and "PROGRAMS_PER_SM" in config:
+    def tma_grid(meta):
+        return (n * triton.cdiv(h, meta["TILE_H"]) * triton.cdiv(w, meta["TILE_W"]),)
+
+    def tma_args(tile_h: int, tile_w: int):
+        return (*_nhwc_descriptors(x, out, tile_h, tile_w), w_taps, b_g, we_t, b_e, wp_t, b_p, n, h, w, c, c16, hid)
+
+    if config is not None and "TILE_H" in config:
+        if not tma_usable(x, out):
+            raise KernelInputError("the TMA form (config with TILE_H) needs x and out at 16-byte aligned addresses")
+        meta = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages", "maxnreg")}
+        compiled = convfirst_tma_kernel[tma_grid(meta)](*tma_args(meta["TILE_H"], meta["TILE_W"]), CA=ca, CB=cb,
+                                                        FP32_DOT=interpreting(), **meta, **launch_options(config))
+    elif config is not None and "PROGRAMS_PER_SM" in config:
         if hid % config["BLOCK_H"]:
             raise KernelInputError(f"config BLOCK_H={config['BLOCK_H']} does not divide the {hid} hidden channels "
                                    f"(the resident-weight kernel needs whole slices)")
@@ -488,13 +682,21 @@ def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: di
                                                                    FP32_DOT=interpreting(), **launch_options(config))
     else:
         def run_with(tuner):
+            if tuner is _tma_launcher():
+                # placeholder boxes; the autotuner's pre-hook sets each config's patch
+                return tuner[tma_grid](*tma_args(8, 8), CA=ca, CB=cb, FP32_DOT=False)
             return tuner[grid_for(tuner is _tuned_resident)](*args, CA=ca, CB=cb, FP32_DOT=False)
 
         global _last_tuner
+        tuners = [_launcher()]
         if resident_preferred(c, hid):
-            _last_tuner = _pick_tuner((c, hid, h, w, npix, str(x.dtype)), run_with)
+            tuners.append(_resident_launcher())
+        if tma_usable(x, out):
+            tuners.append(_tma_launcher())
+        if len(tuners) > 1:
+            _last_tuner = _pick_tuner((c, hid, h, w, npix, str(x.dtype), len(tuners)), run_with, tuners)
         else:
-            _last_tuner = _launcher()
+            _last_tuner = tuners[0]
         compiled = run_with(_last_tuner)
     LAST_COMPILED["convfirst"] = compiled
     return out

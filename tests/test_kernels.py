@@ -55,12 +55,12 @@ def test_kernel_matches_reference(block, channels, height, width, batch, dtype):
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
-KERNEL_FORMS = ("sliced", "dense", "resident")
+KERNEL_FORMS = ("sliced", "dense", "resident", "tma")
 
 
 def form_config(form: str, channels: int, npix: int) -> dict | None:
     """An explicit config of one form of the fused ConvFirst kernel (None where the form does not apply):
-    v4 sliced grouped conv, v3 dense grouped conv, v5 resident weights (persistent programs); the same fixed
+    v4 sliced grouped conv, v3 dense grouped conv, v5 resident weights (persistent programs), v6 TMA patches; the same fixed
     configs ``compare_forms`` checks on the GPU."""
     from convfirst.kernels.compare_forms import applies, fixed_config
 

@@ -71,6 +71,20 @@ CONVFIRST_RESIDENT_SIGNATURE = _sig({k: v for k, v in CONVFIRST_SIGNATURE.items(
                                      "UNROLL_TAPS", "FP32_DOT"])
 
 
+def convfirst_tma_signature(channels: int, tile_h: int, tile_w: int) -> dict:
+    """The v6 (TMA patch) kernel's signature: four NHWC descriptors (two channel parts of x and of out) whose
+    boxes are one patch of one part, then v4's weight pointers."""
+    ca, cb = split_channels(channels)
+
+    def desc(part):
+        return f"tensordesc<bf16[1, {tile_h}, {tile_w}, {part}]>"
+
+    return _sig({"xa_desc": desc(ca), "xb_desc": desc(cb or ca), "outa_desc": desc(ca), "outb_desc": desc(cb or ca),
+                 "w_taps_ptr": "*bf16", "b_g_ptr": "*fp32", "we_t_ptr": "*bf16", "b_e_ptr": "*fp32",
+                 "wp_t_ptr": "*bf16", "b_p_ptr": "*fp32"}, ["N", "H", "W"],
+                ["C", "C16", "HID", "CA", "CB", "TILE_H", "TILE_W", "BLOCK_H", "FP32_DOT"])
+
+
 def convfirst_constexprs(channels: int, tile: dict, expansion: int = 4) -> dict:
     """The fused ConvFirst kernel's constexprs at ``channels`` for a tile config (as the launcher sets them)."""
     ca, cb = split_channels(channels)
@@ -99,6 +113,11 @@ def report(block: str, shape: str) -> list[dict]:
                 rows.append({"config": cf.kwargs, "warps": cf.num_warps, "maxnreg": cf.maxnreg, **compile_config(
                     convfirst_fused.convfirst_resident_kernel, CONVFIRST_RESIDENT_SIGNATURE,
                     convfirst_constexprs(c, cf.kwargs), cf.num_warps, cf.num_stages, cf.maxnreg)})
+        for cf in convfirst_fused._tma_configs():  # v6 (TMA patches)
+            th, tw = cf.kwargs["TILE_H"], cf.kwargs["TILE_W"]
+            rows.append({"config": cf.kwargs, "warps": cf.num_warps, "maxnreg": cf.maxnreg, **compile_config(
+                convfirst_fused.convfirst_tma_kernel, convfirst_tma_signature(c, th, tw),
+                convfirst_constexprs(c, cf.kwargs), cf.num_warps, cf.num_stages, cf.maxnreg)})
     elif block == "mbconv":
         c, w = (int(v) for v in shape.split("@"))
         sig = _sig({"x_ptr": "*bf16", "we_t_ptr": "*bf16", "b_e_ptr": "*fp32", "w_taps_ptr": "*bf16",

@@ -521,12 +521,15 @@ def tma_usable(*tensors: torch.Tensor) -> bool:
 
 
 def tma_config(channels: int) -> dict:
-    """A fixed v6 config: 8 x 8 patches (4 x 4 in the interpreter), as v4's heuristic tile otherwise."""
+    """A fixed v6 config: 8 x 8 patches with v4's heuristic hidden slice and register cap; 4 x 8 patches where
+    C >= 384 (the [pixels, C] fp32 accumulator must fit, as for v4's 32-pixel tile); 4 x 4 in the interpreter."""
     if interpreting():
         return {"TILE_H": 4, "TILE_W": 4, "BLOCK_H": 32}
     tile = heuristic_config(channels, 1 << 20)
-    return {"TILE_H": 8, "TILE_W": 8, "BLOCK_H": tile["BLOCK_H"], "num_warps": 4,
-            "num_stages": 3, "maxnreg": tile["maxnreg"]}
+    if tile["BLOCK_M"] == 32:
+        return {"TILE_H": 4, "TILE_W": 8, "BLOCK_H": 32, "num_warps": 4, "num_stages": 2}
+    return {"TILE_H": 8, "TILE_W": 8, "BLOCK_H": tile["BLOCK_H"], "num_warps": 4, "num_stages": 3,
+            "maxnreg": tile.get("maxnreg")}
 
 
 def _nhwc_descriptors(x: torch.Tensor, out: torch.Tensor, tile_h: int, tile_w: int):

@@ -76,6 +76,52 @@ print(json.dumps({"smem": k.metadata.shared, "weights_bytes": cf.resident_weight
     assert got["smem"] >= got["weights_bytes"]
 
 
+def test_tma_kernel_moves_its_tap_tiles_by_bulk_copies_in_a_pipeline():
+    """v6 compiled for sm_90 at 96 channels (two parts): the tap tiles, residual and output are TMA bulk tensor
+    copies, the tap loop is software-pipelined (more copies in the code than the loop body's two, and shared
+    memory for several stages), and ptxas needs no spills under the 128-register cap."""
+    code = r"""
+import json
+from convfirst.kernels import convfirst_fused as cf
+from convfirst.kernels import compile_report as cr
+out = {}
+for stages in (2, 3):
+    tile = dict(TILE_H=8, TILE_W=8, BLOCK_H=32)
+    sig = cr.convfirst_tma_signature(96, 8, 8)
+    k = cr.compile_sm90(cf.convfirst_tma_kernel, sig, cr.convfirst_constexprs(96, tile), num_warps=4,
+                        num_stages=stages, maxnreg=128)
+    ptx = k.asm["ptx"]
+    out[stages] = {"bulk_loads": ptx.count("cp.async.bulk.tensor.4d.shared"), "smem": k.metadata.shared,
+                   "res": cr.compile_config(cf.convfirst_tma_kernel, sig, cr.convfirst_constexprs(96, tile), 4,
+                                            stages, 128)}
+print(json.dumps(out))
+"""
+    got = _compile_outside_interpreter(code)
+    box = 64 * (64 + 32) * 2                      # one tap of both channel parts, bf16
+    for stages in ("2", "3"):
+        assert got[stages]["bulk_loads"] >= 2 * 2, "taps of both parts, each in the loop and its prologue"
+        assert got[stages]["res"]["spill_bytes"] == 0
+    assert got["3"]["bulk_loads"] > got["2"]["bulk_loads"], "a deeper pipeline issues more copies ahead"
+    assert got["3"]["smem"] >= 2 * box
+
+
+def test_fixed_tma_configs_cover_every_family_width(monkeypatch):
+    """The fixed v6 config (as the GPU would take it) exists at every ConvFirst width, from the narrowest to 768
+    channels, with as many pixels as v4's fixed tile, and keeps the [pixels, C] accumulator within registers
+    up to 192 channels (wider blocks run unfused in the models; there v4's 32-pixel tile spills as well)."""
+    import triton
+
+    from convfirst.kernels._common import accumulator_fits, split_channels
+
+    monkeypatch.setattr(convfirst_fused, "interpreting", lambda: False)
+    for c in (32, 48, 64, 96, 192, 384, 768):
+        cfg = convfirst_fused.tma_config(c)
+        pixels = cfg["TILE_H"] * cfg["TILE_W"]
+        assert pixels == convfirst_fused.heuristic_config(c, 1 << 20)["BLOCK_M"], (c, cfg)
+        cf = triton.Config({}, num_warps=cfg["num_warps"], maxnreg=cfg.get("maxnreg"))
+        assert c > 192 or accumulator_fits(pixels, sum(split_channels(c)), cf), (c, cfg)
+
+
 def _cf(m, bh, warps, maxnreg):
     import triton
 

@@ -1,10 +1,9 @@
 """The forms of the fused ConvFirst kernel, config by config, on one GPU.
 
 Forms: ``sliced`` (v2/v4: per-tile weight reads, sliced grouped conv), ``dense`` (v3: dense block-diagonal
-grouped conv), ``resident`` (v5: persistent programs whose 1x1 weights stay on chip), ``tma`` (v6: patches
-of one image whose activation tiles are TMA box copies) and ``tma-persistent`` (v7: v6's patches walked by
-persistent programs in one flattened, pipelined loop). How the v3, v5, v6 and v7 rows of
-``NOTES_convfirst.md`` were measured, in one run:
+grouped conv), ``resident`` (v5: persistent programs whose 1x1 weights stay on chip) and ``tma`` (v6: patches
+of one image whose activation tiles are TMA box copies). How the v3, v5 and v6 rows of ``NOTES_convfirst.md``
+were measured, in one run:
 
 1. correctness of each form (fixed configs, NaN-poisoned outputs, fp32 reference) at family shapes (batch 2;
    the dense form only up to ``DENSE_MAX_CHANNELS``, the resident one only where the weights fit) and at odd
@@ -43,12 +42,12 @@ CHECK_SHAPES = [(BlockShape("convfirst", 64, 56, 56), 2), (BlockShape("convfirst
                 (BlockShape("convfirst", 48, 56, 56), 1)]
 TIME_SHAPES = [BlockShape("convfirst", 64, 56, 56), BlockShape("convfirst", 96, 56, 56),
                BlockShape("convfirst", 192, 28, 28)]
-FORMS = ("sliced", "dense", "resident", "tma", "tma-persistent")
+FORMS = ("sliced", "dense", "resident", "tma")
 
 
 def form_of(config: dict) -> str:
     if "TILE_H" in config:
-        return "tma-persistent" if "PROGRAMS_PER_SM" in config else "tma"
+        return "tma"
     if "PROGRAMS_PER_SM" in config:
         return "resident"
     return "dense" if config.get("DENSE_GCONV") else "sliced"
@@ -59,8 +58,6 @@ def applies(form: str, channels: int) -> bool:
         return channels <= convfirst_fused.DENSE_MAX_CHANNELS
     if form == "resident":
         return convfirst_fused.resident_fits(channels, 4 * channels)
-    if form == "tma-persistent":  # its unrolled hidden loop spills above 128 channels
-        return channels <= convfirst_fused.TMA_PERSISTENT_MAX_CHANNELS
     return True
 
 
@@ -70,8 +67,6 @@ def fixed_config(form: str, channels: int, npix: int) -> dict:
         return convfirst_fused.resident_config(channels, 4 * channels)
     if form == "tma":
         return convfirst_fused.tma_config(channels)
-    if form == "tma-persistent":
-        return convfirst_fused.tma_persistent_config(channels)
     return dict(convfirst_fused.heuristic_config(channels, npix), DENSE_GCONV=form == "dense")
 
 
@@ -94,10 +89,6 @@ def candidate_configs(channels: int, npix: int, forms=FORMS) -> list[dict]:
     if "tma" in forms:
         side = round((npix / 256) ** 0.5)  # the timed shapes are square images at batch 256
         kept += convfirst_fused._prune_tma(convfirst_fused._tma_configs(), dict(named, H=side, W=side))
-    if "tma-persistent" in forms:
-        side = round((npix / 256) ** 0.5)
-        kept += convfirst_fused._prune_tma_persistent(convfirst_fused._tma_persistent_configs(),
-                                                      dict(named, H=side, W=side))
     return [launch_kwargs(cf) for cf in kept]
 
 
@@ -112,7 +103,7 @@ def parse_configs(text: str) -> list[dict]:
                          f"got {text!r}")
     out = []
     for c in configs:
-        if "TILE_H" in c:  # a v6 or v7 patch
+        if "TILE_H" in c:  # a v6 patch
             out.append(c)
             continue
         defaults = {"UNROLL_TAPS": False}

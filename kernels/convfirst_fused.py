@@ -127,58 +127,41 @@ def grouped3x3_parts(tile_ptr, w_taps_ptr, b_g_ptr, out_ptr, C, C16, pix_h, pix_
 
 
 @triton.jit
-def hidden_slice(j, ga, gb, acc_a, acc_b, we_t_ptr, b_e_ptr, wp_t_ptr, C, HID: tl.constexpr, ca, ca_ok, cb, cb_ok,
-                 CB: tl.constexpr, BLOCK_H: tl.constexpr, FP32_DOT: tl.constexpr):
-    """One step of the 1x1 chain: hidden channels [j, j + BLOCK_H), h = silu(g @ We[:, slice] + be) rounded to
-    the activation dtype, then acc += h @ Wp[slice, :] for both channel parts (columns ``ca``, ``cb``)."""
-    act = we_t_ptr.dtype.element_ty
-    hcol = j + tl.arange(0, BLOCK_H)
-    h_ok = hcol < HID
-    we_a = tl.load(we_t_ptr + ca[:, None] * HID + hcol[None, :], mask=ca_ok[:, None] & h_ok[None, :], other=0.0)
-    if FP32_DOT:
-        we_a = we_a.to(tl.float32)
-    hpre = tl.dot(ga, we_a)
-    if CB > 0:
-        we_b = tl.load(we_t_ptr + cb[:, None] * HID + hcol[None, :], mask=cb_ok[:, None] & h_ok[None, :],
-                       other=0.0)
-        if FP32_DOT:
-            we_b = we_b.to(tl.float32)
-        hpre = tl.dot(gb, we_b, hpre)
-    hpre += tl.load(b_e_ptr + hcol, mask=h_ok, other=0.0).to(tl.float32)[None, :]
-    h = silu(hpre, FP32_DOT).to(act)
-    if FP32_DOT:
-        h = h.to(tl.float32)
-    acc_a = project_accumulate(h, wp_t_ptr, hcol, h_ok, C, ca, ca_ok, acc_a, FP32_DOT)
-    if CB > 0:
-        acc_b = project_accumulate(h, wp_t_ptr, hcol, h_ok, C, cb, cb_ok, acc_b, FP32_DOT)
-    return acc_a, acc_b
-
-
-@triton.jit
 def hidden_chain(ga, gb, we_t_ptr, b_e_ptr, wp_t_ptr, C, HID: tl.constexpr, CA: tl.constexpr, CB: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, FP32_DOT: tl.constexpr,
-                 UNROLL_HIDDEN: tl.constexpr = False):
+                 BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, FP32_DOT: tl.constexpr):
     """The 1x1 chain of one tile: for each slice of BLOCK_H hidden channels, h = silu(g @ We[:, slice] + be),
-    rounded to the activation dtype, then acc += h @ Wp[slice, :] (:func:`hidden_slice`). ``ga``/``gb`` are
-    the grouped conv's two channel parts; returns the fp32 accumulators (acc_a [BLOCK_M, CA], acc_b
-    [BLOCK_M, CB]; acc_b is acc_a when CB == 0). The hidden activation lives one slice at a time in registers.
-    ``UNROLL_HIDDEN``: unrolled at compile time (no loop), as a flattened persistent tile loop needs."""
+    rounded to the activation dtype, then acc += h @ Wp[slice, :]. ``ga``/``gb`` are the grouped conv's two
+    channel parts; returns the fp32 accumulators (acc_a [BLOCK_M, CA], acc_b [BLOCK_M, CB]; acc_b is acc_a
+    when CB == 0). The hidden activation lives one slice at a time in registers."""
+    act = we_t_ptr.dtype.element_ty
     ca = tl.arange(0, CA)
     ca_ok = ca < C
-    cb = CA + tl.arange(0, max(CB, 16))  # unused when CB == 0
-    cb_ok = cb < C
     acc_a = tl.zeros([BLOCK_M, CA], dtype=tl.float32)
     acc_b = acc_a
     if CB > 0:
+        cb = CA + tl.arange(0, CB)
+        cb_ok = cb < C
         acc_b = tl.zeros([BLOCK_M, CB], dtype=tl.float32)
-    if UNROLL_HIDDEN:
-        for j in tl.static_range(0, HID, BLOCK_H):
-            acc_a, acc_b = hidden_slice(j, ga, gb, acc_a, acc_b, we_t_ptr, b_e_ptr, wp_t_ptr, C, HID, ca, ca_ok,
-                                        cb, cb_ok, CB, BLOCK_H, FP32_DOT)
-    else:
-        for j in range(0, HID, BLOCK_H):
-            acc_a, acc_b = hidden_slice(j, ga, gb, acc_a, acc_b, we_t_ptr, b_e_ptr, wp_t_ptr, C, HID, ca, ca_ok,
-                                        cb, cb_ok, CB, BLOCK_H, FP32_DOT)
+    for j in range(0, HID, BLOCK_H):
+        hcol = j + tl.arange(0, BLOCK_H)
+        h_ok = hcol < HID
+        we_a = tl.load(we_t_ptr + ca[:, None] * HID + hcol[None, :], mask=ca_ok[:, None] & h_ok[None, :], other=0.0)
+        if FP32_DOT:
+            we_a = we_a.to(tl.float32)
+        hpre = tl.dot(ga, we_a)
+        if CB > 0:
+            we_b = tl.load(we_t_ptr + cb[:, None] * HID + hcol[None, :], mask=cb_ok[:, None] & h_ok[None, :],
+                           other=0.0)
+            if FP32_DOT:
+                we_b = we_b.to(tl.float32)
+            hpre = tl.dot(gb, we_b, hpre)
+        hpre += tl.load(b_e_ptr + hcol, mask=h_ok, other=0.0).to(tl.float32)[None, :]
+        h = silu(hpre, FP32_DOT).to(act)
+        if FP32_DOT:
+            h = h.to(tl.float32)
+        acc_a = project_accumulate(h, wp_t_ptr, hcol, h_ok, C, ca, ca_ok, acc_a, FP32_DOT)
+        if CB > 0:
+            acc_b = project_accumulate(h, wp_t_ptr, hcol, h_ok, C, cb, cb_ok, acc_b, FP32_DOT)
     return acc_a, acc_b
 
 
@@ -376,75 +359,6 @@ def convfirst_tma_kernel(xa_desc, xb_desc, outa_desc, outb_desc, w_taps_ptr, b_g
         tma_bias_residual_store(acc_b, xb_desc, outb_desc, b_p_ptr, n, h0, w0, CA, C, CB, TILE_H, TILE_W)
 
 
-@triton.jit
-def tma_tap_dot(x_desc, acc, n, h0, w0, t, c0: tl.constexpr, w_taps_ptr, C16: tl.constexpr, CK: tl.constexpr,
-                TILE_H: tl.constexpr, TILE_W: tl.constexpr, FP32_DOT: tl.constexpr):
-    """acc += tap t of one channel part of the patch (the box copy and slice product of :func:`tma_tap_sum`)."""
-    BLOCK_M: tl.constexpr = TILE_H * TILE_W
-    S: tl.constexpr = CK // 16
-    a = x_desc.load([n, h0 + t // 3 - 1, w0 + t % 3 - 1, c0])
-    a = tl.permute(tl.reshape(a, (BLOCK_M, S, 16)), (1, 0, 2))
-    w_row = c0 + tl.arange(0, S)[:, None, None] * 16 + tl.arange(0, 16)[None, :, None]
-    w = tl.load(w_taps_ptr + t * C16 * 16 + w_row * 16 + tl.arange(0, 16)[None, None, :], mask=w_row < C16,
-                other=0.0)
-    if FP32_DOT:
-        a = a.to(tl.float32)
-        w = w.to(tl.float32)
-    return tl.dot(a, w, acc)
-
-
-@triton.jit
-def tma_gconv_finish(acc, b_g_ptr, c0: tl.constexpr, C: tl.constexpr, CK: tl.constexpr, BLOCK_M: tl.constexpr,
-                     act: tl.constexpr, FP32_DOT: tl.constexpr):
-    """Slices -> [BLOCK_M, CK], + grouped-conv bias, rounded to the activation dtype (fp32 in the interpreter)."""
-    g = slices_to_tile(acc, BLOCK_M, CK)
-    ch = c0 + tl.arange(0, CK)
-    g = (g + tl.load(b_g_ptr + ch, mask=ch < C, other=0.0).to(tl.float32)[None, :]).to(act)
-    if FP32_DOT:
-        g = g.to(tl.float32)
-    return g
-
-
-@triton.jit
-def convfirst_tma_persistent_kernel(xa_desc, xb_desc, outa_desc, outb_desc, w_taps_ptr, b_g_ptr, we_t_ptr,
-                                    b_e_ptr, wp_t_ptr, b_p_ptr, N, H, W, C: tl.constexpr, C16: tl.constexpr,
-                                    HID: tl.constexpr, CA: tl.constexpr, CB: tl.constexpr, TILE_H: tl.constexpr,
-                                    TILE_W: tl.constexpr, BLOCK_H: tl.constexpr, PROGRAMS_PER_SM: tl.constexpr,
-                                    FP32_DOT: tl.constexpr):
-    """v7: v6's patches walked by persistent programs in one flattened loop, so that the tap copies of a
-    program's next patch are in flight while it runs this patch's 1x1 chain and store.
-
-    Triton software-pipelines only a loop with a single inner loop, which it flattens (tile x tap) into one
-    loop whose copies run ``num_stages - 1`` taps ahead across patch boundaries (checked in the sm_90 TTGIR: one
-    ``scf.for``). So both channel parts share one tap loop and the hidden loop is unrolled."""
-    BLOCK_M: tl.constexpr = TILE_H * TILE_W
-    SA: tl.constexpr = CA // 16
-    SB: tl.constexpr = max(CB, 16) // 16   # a dummy one-slice accumulator when CB == 0
-    act = we_t_ptr.dtype.element_ty
-    tiles_w = tl.cdiv(W, TILE_W)
-    tiles_img = tl.cdiv(H, TILE_H) * tiles_w
-    for tile in tl.range(tl.program_id(0), N * tiles_img, tl.num_programs(0), flatten=True):
-        n = tile // tiles_img
-        h0 = (tile % tiles_img) // tiles_w * TILE_H
-        w0 = (tile % tiles_w) * TILE_W
-        acc_a = tl.zeros([SA, BLOCK_M, 16], dtype=tl.float32)
-        acc_b = tl.zeros([SB, BLOCK_M, 16], dtype=tl.float32)
-        for t in range(9):
-            acc_a = tma_tap_dot(xa_desc, acc_a, n, h0, w0, t, 0, w_taps_ptr, C16, CA, TILE_H, TILE_W, FP32_DOT)
-            if CB > 0:
-                acc_b = tma_tap_dot(xb_desc, acc_b, n, h0, w0, t, CA, w_taps_ptr, C16, CB, TILE_H, TILE_W,
-                                    FP32_DOT)
-        ga = tma_gconv_finish(acc_a, b_g_ptr, 0, C, CA, BLOCK_M, act, FP32_DOT)
-        gb = ga
-        if CB > 0:
-            gb = tma_gconv_finish(acc_b, b_g_ptr, CA, C, CB, BLOCK_M, act, FP32_DOT)
-        pa, pb = hidden_chain(ga, gb, we_t_ptr, b_e_ptr, wp_t_ptr, C, HID, CA, CB, BLOCK_M, BLOCK_H, FP32_DOT,
-                              UNROLL_HIDDEN=True)
-        tma_bias_residual_store(pa, xa_desc, outa_desc, b_p_ptr, n, h0, w0, 0, C, CA, TILE_H, TILE_W)
-        if CB > 0:
-            tma_bias_residual_store(pb, xb_desc, outb_desc, b_p_ptr, n, h0, w0, CA, C, CB, TILE_H, TILE_W)
-
-
 #: Sliced grouped-conv candidates: (BLOCK_M, BLOCK_H, warps, stages, UNROLL_TAPS, maxnreg). A register cap of
 #: 128 lets four 4-warp programs share an SM (the unrolled hidden loop of v4 otherwise takes 140-180). With one
 #: stage the loads would be plain (L1-cached) loads instead of cp.async copies that bypass L1, but the two
@@ -601,46 +515,6 @@ def _tma_launcher():
                            prune_configs_by={"early_config_prune": _prune_tma})(convfirst_tma_kernel)
 
 
-#: v7 (persistent TMA patches) candidates: (TILE_H, TILE_W, BLOCK_H, PROGRAMS_PER_SM, warps, stages, maxnreg).
-#: The unrolled hidden loop takes more registers than v6's (sm_90 compile: 164-173 uncapped at 64 and 96
-#: channels; 24 bytes of spills at 96 under the 128 cap), so both 3 and 4 programs per SM are candidates.
-TMA_PERSISTENT_CONFIGS = ((8, 8, 32, 4, 4, 3, 128), (8, 8, 32, 3, 4, 3, 168), (8, 8, 64, 3, 4, 3, None),
-                          (8, 8, 32, 4, 4, 2, 128), (8, 8, 32, 3, 4, 4, 168))
-
-
-def _tma_persistent_configs():
-    return [triton.Config({"TILE_H": th, "TILE_W": tw, "BLOCK_H": bh, "PROGRAMS_PER_SM": p}, num_warps=w,
-                          num_stages=st, maxnreg=r, pre_hook=_set_tma_block_shapes)
-            for th, tw, bh, p, w, st, r in TMA_PERSISTENT_CONFIGS]
-
-
-def _prune_tma_persistent(configs, named_args, **kwargs):
-    whole = [cf for cf in configs if named_args["HID"] % cf.kwargs["BLOCK_H"] == 0]  # unrolled whole slices
-    return _prune_tma(whole or configs[:1], named_args, **kwargs)
-
-
-@functools.cache
-def _tma_persistent_launcher():
-    """The v7 kernel autotuned per (C, hidden, H, W, N); built once, on first use."""
-    return triton.autotune(configs=_tma_persistent_configs(), key=["C", "HID", "H", "W", "N"],
-                           prune_configs_by={"early_config_prune": _prune_tma_persistent})(
-                               convfirst_tma_persistent_kernel)
-
-
-#: Widest block for which v7 is a candidate: at 192 channels its unrolled hidden loop spills 1.8 KB per thread
-#: (sm_90 compile), and the models fuse no wider block.
-TMA_PERSISTENT_MAX_CHANNELS = 128
-
-
-def tma_persistent_config(channels: int) -> dict:
-    """A fixed v7 config: 8 x 8 patches, four programs per SM; in the interpreter 4 x 4 patches and one program
-    per 'SM', so that a program walks several patches even at tiny shapes."""
-    if interpreting():
-        return {"TILE_H": 4, "TILE_W": 4, "BLOCK_H": 32, "PROGRAMS_PER_SM": 1}
-    return {"TILE_H": 8, "TILE_W": 8, "BLOCK_H": 32, "PROGRAMS_PER_SM": 4, "num_warps": 4, "num_stages": 3,
-            "maxnreg": 128}
-
-
 def tma_usable(*tensors: torch.Tensor) -> bool:
     """TMA needs 16-byte aligned base addresses (row strides are: C is a multiple of 8)."""
     return all(t.data_ptr() % 16 == 0 for t in tensors)
@@ -674,9 +548,9 @@ def _nhwc_descriptors(x: torch.Tensor, out: torch.Tensor, tile_h: int, tile_w: i
 
 
 def candidate_configs():
-    """Every autotuning candidate of the four kernels: v4's tiles, v5's (``PROGRAMS_PER_SM`` marks them), v6's
-    (``TILE_H`` marks them) and v7's (both keys)."""
-    return _configs() + _resident_configs() + _tma_configs() + _tma_persistent_configs()
+    """Every autotuning candidate of the three kernels: v4's tiles, v5's (``PROGRAMS_PER_SM`` marks them) and
+    v6's (``TILE_H`` marks them)."""
+    return _configs() + _resident_configs() + _tma_configs()
 
 
 _tuned = None
@@ -761,11 +635,11 @@ def check_convfirst_inputs(x, w_taps, b_g, we_t, b_e, wp_t, b_p) -> None:
 
 
 def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: dict | None = None):
-    """Launch the fused block into ``out``. ``config`` fixes the kernel and tile: one with ``TILE_H`` runs a TMA
-    kernel (v7, persistent, if it also has ``PROGRAMS_PER_SM``, else v6), one with only ``PROGRAMS_PER_SM`` the
-    v5 kernel (resident weights, persistent), any other the v4 kernel. Without one, on the GPU each candidate
-    kernel autotunes over its own tiles (v4 always, v5 where :func:`resident_preferred`, v6 and v7 where the
-    tensors suit TMA), the best of each is timed and the fastest is kept for that shape (:func:`_pick_tuner`)."""
+    """Launch the fused block into ``out``. ``config`` fixes the kernel and tile: one with ``PROGRAMS_PER_SM``
+    runs the v5 kernel (resident weights, persistent), one with ``TILE_H`` the v6 kernel (TMA tiles), any
+    other the v4 kernel. Without one, on the GPU each candidate kernel autotunes over its own tiles (v4 always,
+    v5 where :func:`resident_preferred`, v6 where the tensors suit TMA), the best of each is timed and the
+    fastest is kept for that shape (:func:`_pick_tuner`)."""
     n, c, h, w = x.shape
     npix, hid = n * h * w, we_t.shape[1]
     if npix == 0:
@@ -784,8 +658,7 @@ def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: di
         return grid
 
     def tma_grid(meta):
-        tiles = n * triton.cdiv(h, meta["TILE_H"]) * triton.cdiv(w, meta["TILE_W"])
-        return (min(tiles, sms * meta["PROGRAMS_PER_SM"]) if "PROGRAMS_PER_SM" in meta else tiles,)
+        return (n * triton.cdiv(h, meta["TILE_H"]) * triton.cdiv(w, meta["TILE_W"]),)
 
     def tma_args(tile_h: int, tile_w: int):
         return (*_nhwc_descriptors(x, out, tile_h, tile_w), w_taps, b_g, we_t, b_e, wp_t, b_p, n, h, w, c, c16, hid)
@@ -794,12 +667,8 @@ def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: di
         if not tma_usable(x, out):
             raise KernelInputError("the TMA form (config with TILE_H) needs x and out at 16-byte aligned addresses")
         meta = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages", "maxnreg")}
-        kernel = convfirst_tma_persistent_kernel if "PROGRAMS_PER_SM" in meta else convfirst_tma_kernel
-        if "PROGRAMS_PER_SM" in meta and hid % meta["BLOCK_H"]:
-            raise KernelInputError(f"config BLOCK_H={meta['BLOCK_H']} does not divide the {hid} hidden channels "
-                                   f"(the persistent TMA kernel unrolls whole slices)")
-        compiled = kernel[tma_grid(meta)](*tma_args(meta["TILE_H"], meta["TILE_W"]), CA=ca, CB=cb,
-                                          FP32_DOT=interpreting(), **meta, **launch_options(config))
+        compiled = convfirst_tma_kernel[tma_grid(meta)](*tma_args(meta["TILE_H"], meta["TILE_W"]), CA=ca, CB=cb,
+                                                        FP32_DOT=interpreting(), **meta, **launch_options(config))
     elif config is not None and "PROGRAMS_PER_SM" in config:
         if hid % config["BLOCK_H"]:
             raise KernelInputError(f"config BLOCK_H={config['BLOCK_H']} does not divide the {hid} hidden channels "
@@ -816,7 +685,7 @@ def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: di
                                                                    FP32_DOT=interpreting(), **launch_options(config))
     else:
         def run_with(tuner):
-            if tuner in (_tma_launcher(), _tma_persistent_launcher()):
+            if tuner is _tma_launcher():
                 # placeholder boxes; the autotuner's pre-hook sets each config's patch
                 return tuner[tma_grid](*tma_args(8, 8), CA=ca, CB=cb, FP32_DOT=False)
             return tuner[grid_for(tuner is _tuned_resident)](*args, CA=ca, CB=cb, FP32_DOT=False)
@@ -827,8 +696,6 @@ def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: di
             tuners.append(_resident_launcher())
         if tma_usable(x, out):
             tuners.append(_tma_launcher())
-            if hid % 32 == 0 and c <= TMA_PERSISTENT_MAX_CHANNELS:
-                tuners.append(_tma_persistent_launcher())
         if len(tuners) > 1:
             _last_tuner = _pick_tuner((c, hid, h, w, npix, str(x.dtype), len(tuners)), run_with, tuners)
         else:

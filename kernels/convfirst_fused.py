@@ -20,6 +20,12 @@ The grouped conv has two forms, chosen per config by the constexpr ``DENSE_GCONV
   (see ``compare_forms.py``).
 
 Tiles of C channels are held as two power-of-two parts CA + CB (96 = 64 + 32), see ``split_channels``.
+
+Kernels (versions in ``NOTES_convfirst.md``): v4 ``convfirst_block_kernel`` (the walk above), v5
+``convfirst_resident_kernel`` (persistent programs keeping We and Wp in shared memory) and v6
+``convfirst_tma_kernel`` (a program owns an 8 x 8 patch of one image and moves its tap tiles, residual and output
+as TMA box copies whose zero fill is the 'same' padding; fastest at 56 x 56 on the H100). The launcher autotunes
+each candidate kernel and keeps the fastest per shape.
 """
 from __future__ import annotations
 

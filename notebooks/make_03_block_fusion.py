@@ -76,6 +76,16 @@ run of about one image row at 56x56) and all C channels:
 
 DRAM sees the block input once (plus halo re-reads that hit L2) and the output once: 4C bytes per pixel.
 
+**The same block on 2D patches, moved by the TMA (v6).** A second form of the kernel gives each program an
+8 x 8 patch of one image instead of a run of pixels. Each of the 9 tap tiles is then one box of the NHWC
+tensor (1 x 8 x 8 x C at the shifted position), copied into shared memory by the Tensor Memory Accelerator,
+which writes zeros for every part of the box outside the image, negative coordinates included: the 'same'
+padding costs no address or mask arithmetic, and the copies run ahead of the products in a software
+pipeline. The residual and the output are box copies as well; the hidden loop is the one above. The launcher
+autotunes both forms (and the persistent one of the notes) per shape and keeps the fastest: on the H100 the
+patch form wins at 56 x 56 (a 56-wide image is exactly 7 x 7 patches); at 28 x 28 the 8 x 8 patches overhang the
+image by 30% and the run-of-pixels form stays faster.
+
 **MBConv.** The grouped conv runs on the *expanded* tensor, so each tile needs the expansion of its halo,
 shifted in space, and registers cannot be shifted. Recomputing the expansion per tap would cost 9x the
 expand arithmetic; instead, per hidden slice the program expands its tile *and* its halo rows (the 2W + 2
@@ -84,19 +94,30 @@ pixels before and after the run), writes that slice to a small per-program scrat
 grouped conv, then projects. The cost is recomputing the expansion of the halo rows and the scratch traffic
 through L2.
 
-The figure shows one 64-pixel ConvFirst tile on a 56-wide image and the input pixels its 9 taps read."""),
-    new_code_cell('''W_img, tile_start, tile_len = 56, 100, 64
-fig, ax = plt.subplots(figsize=(9, 2.6))
-for p in range(0, 5 * W_img):
-    r, c = divmod(p, W_img)
-    in_tile = tile_start <= p < tile_start + tile_len
-    in_halo = tile_start - W_img - 1 <= p < tile_start + tile_len + W_img + 1
-    color = "tab:blue" if in_tile else ("lightsteelblue" if in_halo else "white")
-    ax.add_patch(plt.Rectangle((c, -r), 1, 1, facecolor=color, edgecolor="0.85", linewidth=0.3))
-ax.set_xlim(0, W_img); ax.set_ylim(-5, 1); ax.set_aspect("equal")
-ax.set_xlabel("image column w (pixels)"); ax.set_ylabel("image row h"); ax.set_yticks([0.5 - r for r in range(5)], range(5))
-ax.set_title("one 64-pixel tile (dark) and the pixels its 3x3 taps read (light)")
-plt.show()'''),
+The figure shows, on a 56-wide image, one 64-pixel ConvFirst tile of each form and the input pixels its 9 taps read: a run of pixels (left) and an 8 x 8 patch (right)."""),
+    new_code_cell('''W_img, rows_shown = 56, 12
+fig, (ax_run, ax_patch) = plt.subplots(1, 2, figsize=(12, 3.2))
+
+def draw(ax, in_tile, in_halo, title):
+    for r in range(rows_shown):
+        for c in range(W_img):
+            color = "tab:blue" if in_tile(r, c) else ("lightsteelblue" if in_halo(r, c) else "white")
+            ax.add_patch(plt.Rectangle((c, -r), 1, 1, facecolor=color, edgecolor="0.85", linewidth=0.3))
+    ax.set_xlim(0, W_img); ax.set_ylim(-rows_shown + 1, 1); ax.set_aspect("equal")
+    ax.set_xlabel("image column w (pixels)"); ax.set_ylabel("image row h")
+    ax.set_yticks([0.5 - r for r in range(0, rows_shown, 2)], range(0, rows_shown, 2))
+    ax.set_title(title, fontsize=9)
+
+start, length = 2 * W_img + 20, 64          # a run of 64 pixels in flattened (h, w) order
+run = lambda r, c: start <= r * W_img + c < start + length
+draw(ax_run, run, lambda r, c: any(run(r + dr, c + dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)
+                                   if 0 <= c + dc < W_img),
+     "run of pixels (v4): 64 consecutive pixels (dark), taps read (light)")
+h0, w0 = 2, 16                               # an 8 x 8 patch
+patch = lambda r, c: h0 <= r < h0 + 8 and w0 <= c < w0 + 8
+draw(ax_patch, patch, lambda r, c: h0 - 1 <= r <= h0 + 8 and w0 - 1 <= c <= w0 + 8,
+     "8 x 8 patch (v6): one TMA box per tap; the 10 x 10 halo (light)")
+plt.tight_layout(); plt.show()'''),
     new_markdown_cell("""## Bytes moved: fused vs unfused
 
 Per block at the target batch, counted analytically by `convfirst.counting.block_accounting` (bf16;
@@ -225,9 +246,20 @@ show the same: v5 runs 2.1x faster with three programs per SM than with one. At 
 (144 KB) leave room for a single program per SM, which also spills, and v5 is about 1.5x slower than v4; at
 C = 32 v4 fits five programs per SM and is about 10% faster. A third pipeline stage in v4 (two shifted taps in
 flight instead of one) bought the same at 64@56 without any resident weights, and 3-6% at 96@56: with both
-kernels autotuned per shape, v4's three-stage tiles won at every shape of the latest block benchmark, by
-1-2% over v5. A tap loop walked by kernel rows with plain loads (three in flight, two of them L1 hits) was
+kernels autotuned per shape, v4's three-stage tiles beat v5 at every shape of the block benchmark of commit
+6caa08a, by 1-2%. A tap loop walked by kernel rows with plain loads (three in flight, two of them L1 hits) was
 slower at every shape where it ran (and faulted at C = 32 and 96 on this Triton version); it is not kept.
+
+**v6 took the address arithmetic away, and gained less than predicted.** Moving each tap tile as one TMA box
+of an 8 x 8 patch removes every per-pixel offset and mask from the program (98-124 registers without spills
+in the sm_90 compile) and lets the copy engine run the loads ahead of the products. Predicted 10-18% at
+96@56 (written down before the run, `kernels/NOTES_convfirst.md`); measured 6% at 96@56 (0.587 -> 0.551 ms for
+the best config of each form in one run) and 2-3% at 64@56: the programs per SM, and with them the latency
+each tap wait exposes, did not change. With v6 among the candidates the block benchmark's 96@56 row is 2.91x
+the best `torch.compile` mode, 3% short of 3x. A persistent form of v6, whose tile loop Triton flattens with
+the tap loop so that the next patch's copies are in flight during the 1x1 chain, gave wrong outputs or
+illegal addresses for some tiles on the H100 (the interpreter passed every case) and was slower where it was
+right; it was removed, and its rows stay in `data/convfirst_forms_<gpu>.csv`.
 
 **The fused MBConv kernel** gained from the same change (fewer instructions, 168 instead of 255 registers,
 three programs per SM), but it still recomputes the expansion of the halo rows (3x at 56x56 with 64-pixel
@@ -239,9 +271,10 @@ fit in registers at any useful tile size, and those blocks are compute-bound any
 save there.
 
 **What would close the gaps** (notes in `kernels/NOTES_*.md`): more work in flight per SM rather than fewer
-bytes, since v5 removed most of the weight traffic and gained little. That means the input (or expanded) halo
-tile staged once in shared memory with the 9 shifted views fed to the tensor cores from there (one load
-round trip per tile instead of nine), and a warp-specialised pipeline in which one warp group loads and
+bytes, since v5 removed most of the weight traffic and gained little, and v6 most of the address work. That
+means the input (or expanded) halo tile staged once in shared memory with the 9 shifted views fed to the
+tensor cores from there (one copy per tile instead of nine; v6 still makes nine, because plain Triton cannot
+take a shifted view of a shared-memory tile), and a warp-specialised pipeline in which one warp group loads and
 convolves the next tile while another runs the current tile's 1x1 work, sharing one resident copy of the
 weights; for MBConv, 2D tiles and a rolling halo buffer. These need explicit shared-memory and warp-group
 control (CUTLASS or Triton's lower-level Gluon dialect)."""),

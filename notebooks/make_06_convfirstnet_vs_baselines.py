@@ -270,9 +270,10 @@ else:
     new_markdown_cell("""## What this run measured, and what it did not
 
 The recorded run had about five minutes of GPU time, which cannot hold every model under every variant at
-every batch (the latest run at commit 09a39b1 reached ConvNeXt-T and ConvFirstNet-T; a run just before it at
-the same commit measured ConvFirstNet-T and -H at batches 1 and 256; the other members' fused rows are from
-earlier commits and are not mixed in, see the start of the chapter): `torch.compile` compiles each new batch size afresh (10-20 s each on the H100 machine), the
+every batch (the latest run, the family plan at commit 40bea40, reached ConvNeXt-T compiled and ConvFirstNet-T,
+-H and -P fused at batches 1 and 256; a call right after it at the same commit measured ConvFirstNet-N and -S
+and MBConvNet-H and -T fused at batch 256; the other fused rows, batches 8-128 among them, are from earlier
+commits and are not mixed in, see the start of the chapter): `torch.compile` compiles each new batch size afresh (10-20 s each on the H100 machine), the
 fused kernels autotune their tile sizes for every new block shape and batch, and max-autotune benchmarks
 Triton templates for every conv and matmul shape, minutes per model. The run therefore goes in priority
 order: all batches for the comparison the chapter rests on, then every other model at batch 1 and 256, then

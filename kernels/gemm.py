@@ -215,14 +215,18 @@ def _launcher():
 
 
 def tma_configs() -> list:
-    """Autotuning candidates of the TMA form (the descriptors' block shapes are set per config)."""
+    """Autotuning candidates of the TMA form (the descriptors' block shapes are set per config). The last three
+    are 128 x 128 tiles of 8 warps small enough for two programs per SM (126 registers, 48-96 KB of shared
+    memory in the sm_90 compile), so that one program's epilogue overlaps the other's products; every other
+    tile holds one program per SM."""
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "PERSISTENT": persistent},
                           num_warps=warps, num_stages=stages, pre_hook=_set_block_shapes)
             for bm, bn, bk, warps, stages, persistent in [
                 (128, 256, 64, 8, 3, False), (128, 128, 64, 8, 4, False), (128, 128, 64, 4, 4, False),
                 (256, 128, 64, 8, 3, False), (128, 64, 64, 4, 4, False), (64, 128, 64, 4, 4, False),
                 (64, 256, 64, 8, 3, False), (128, 128, 64, 4, 3, False),
-                (128, 256, 64, 8, 3, True), (128, 128, 64, 8, 4, True), (128, 128, 64, 8, 3, True)]]
+                (128, 256, 64, 8, 3, True), (128, 128, 64, 8, 4, True), (128, 128, 64, 8, 3, True),
+                (128, 128, 64, 8, 3, False), (128, 128, 64, 8, 2, False), (128, 128, 32, 8, 4, False)]]
 
 
 def tma_config_fits(config: dict, has_residual: bool) -> bool:

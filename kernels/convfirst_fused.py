@@ -35,9 +35,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (LAST_COMPILED, KernelInputError, accumulator_fits, autotuning, check_activation,
-                      check_same_device, check_shape, check_weight_dtype, interpreting, next_pow2, launch_options,
-                      num_sms, packed_taps_rows, split_channels, tracing)
+from ._common import (LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, accumulator_fits, autotuning,
+                      check_activation, check_same_device, check_shape, check_weight_dtype, interpreting,
+                      next_pow2, launch_options, num_sms, packed_taps_rows, split_channels, tracing)
 from .activation import silu
 from .gconv import grouped3x3_tap_sum, load_shifted_tap
 
@@ -672,7 +672,7 @@ def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: di
     if config is not None and "TILE_H" in config:
         if not tma_usable(x, out):
             raise KernelInputError("the TMA form (config with TILE_H) needs x and out at 16-byte aligned addresses")
-        meta = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages", "maxnreg")}
+        meta = {k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}
         compiled = convfirst_tma_kernel[tma_grid(meta)](*tma_args(meta["TILE_H"], meta["TILE_W"]), CA=ca, CB=cb,
                                                         FP32_DOT=interpreting(), **meta, **launch_options(config))
     elif config is not None and "PROGRAMS_PER_SM" in config:

@@ -39,7 +39,7 @@ from ._common import (LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, accumulat
                       check_activation, check_same_device, check_shape, check_weight_dtype, interpreting,
                       next_pow2, launch_options, num_sms, packed_taps_rows, split_channels, tracing)
 from .activation import silu
-from .gconv import grouped3x3_tap_sum, load_shifted_tap
+from .gconv import grouped3x3_tap_sum, load_shifted_tap, slice_product
 
 
 @triton.jit
@@ -297,13 +297,8 @@ def tma_tap_sum(x_desc, n, h0, w0, c0: tl.constexpr, w_taps_ptr, C16: tl.constex
     w_ok = w_row < C16
     acc = tl.zeros([S, BLOCK_M, 16], dtype=tl.float32)
     for t in range(9):
-        a = x_desc.load([n, h0 + t // 3 - 1, w0 + t % 3 - 1, c0])
-        a = tl.permute(tl.reshape(a, (BLOCK_M, S, 16)), (1, 0, 2))
-        w = tl.load(w_taps_ptr + t * C16 * 16 + w_off, mask=w_ok, other=0.0)
-        if FP32_DOT:
-            a = a.to(tl.float32)
-            w = w.to(tl.float32)
-        acc = tl.dot(a, w, acc)
+        a = tl.reshape(x_desc.load([n, h0 + t // 3 - 1, w0 + t % 3 - 1, c0]), (BLOCK_M, CK))
+        acc = slice_product(a, t, acc, w_taps_ptr, w_off, w_ok, C16, CK, BLOCK_M, FP32_DOT)
     return acc
 
 

@@ -36,21 +36,25 @@ def load_shifted_tap(tile_ptr, t, rows, ROW_STRIDE, cols, col_ok, pix_h, pix_w, 
 
 
 @triton.jit
-def grouped3x3_one_tap(acc, t, tile_ptr, rows, ROW_STRIDE, cols, col_ok, w_taps_ptr, w_off, w_ok, C16,
-                       pix_h, pix_w, pix_ok, H, W, CK: tl.constexpr, BLOCK_M: tl.constexpr,
-                       FP32_DOT: tl.constexpr):
-    """acc += (input rows shifted by tap t) @ (block-diagonal 16x16 weight slices of tap t).
-
-    The shifted tile is loaded as [BLOCK_M, CK] (each pixel's CK channels contiguous, so a warp reads whole
-    cache lines) and only then viewed as [CK//16, BLOCK_M, 16] slices for the batched dot.
-    """
-    a = load_shifted_tap(tile_ptr, t, rows, ROW_STRIDE, cols, col_ok, pix_h, pix_w, pix_ok, H, W)
+def slice_product(a, t, acc, w_taps_ptr, w_off, w_ok, C16, CK: tl.constexpr, BLOCK_M: tl.constexpr,
+                  FP32_DOT: tl.constexpr):
+    """acc += the [BLOCK_M, CK] tap tile ``a`` viewed as [CK//16, BLOCK_M, 16] channel slices @ tap t's 16x16
+    block-diagonal weight slices (one batched dot); ``a`` is loaded whole first, so a warp reads whole lines."""
     a = tl.permute(tl.reshape(a, (BLOCK_M, CK // 16, 16)), (1, 0, 2))
     w = tl.load(w_taps_ptr + t * C16 * 16 + w_off, mask=w_ok, other=0.0)
     if FP32_DOT:
         a = a.to(tl.float32)
         w = w.to(tl.float32)
     return tl.dot(a, w, acc)
+
+
+@triton.jit
+def grouped3x3_one_tap(acc, t, tile_ptr, rows, ROW_STRIDE, cols, col_ok, w_taps_ptr, w_off, w_ok, C16,
+                       pix_h, pix_w, pix_ok, H, W, CK: tl.constexpr, BLOCK_M: tl.constexpr,
+                       FP32_DOT: tl.constexpr):
+    """acc += (input rows shifted by tap t) @ (block-diagonal 16x16 weight slices of tap t)."""
+    a = load_shifted_tap(tile_ptr, t, rows, ROW_STRIDE, cols, col_ok, pix_h, pix_w, pix_ok, H, W)
+    return slice_product(a, t, acc, w_taps_ptr, w_off, w_ok, C16, CK, BLOCK_M, FP32_DOT)
 
 
 @triton.jit

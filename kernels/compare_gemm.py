@@ -29,7 +29,7 @@ from convfirst.bench_blocks import TOLERANCE, BlockCase, BlockShape, relative_er
 from convfirst.provenance import environment_info, with_provenance
 from convfirst.timing import bench_ms, l2_rotation_count
 
-from . import gemm
+from . import gemm, gemm_ws
 from ._common import LAST_COMPILED, launch_kwargs
 
 #: Block shapes whose 1x1 layers run through the unfused sequence in the planned families (late stages of
@@ -54,6 +54,8 @@ def check_rows(dtype=torch.bfloat16, device="cuda", seed=0) -> list[dict]:
     tol = TOLERANCE[str(dtype).split(".")[-1]]
     configs = ([("pointer", launch_kwargs(cf)) for cf in gemm.gemm_configs()]
                + [("tma", launch_kwargs(cf)) for cf in gemm.tma_configs()])
+    if gemm_ws.ws_available(torch.device(device)):
+        configs += [("gluon-ws", cf) for cf in gemm_ws.ws_configs()]
     for m, k, n in CHECK_GEMMS:
         a = torch.randn(m, k, generator=gen).to(device, dtype)
         w_t = (torch.randn(k, n, generator=gen) / math.sqrt(k)).to(device, dtype)
@@ -71,7 +73,8 @@ def check_rows(dtype=torch.bfloat16, device="cuda", seed=0) -> list[dict]:
                 k_ = LAST_COMPILED["gemm"]
                 rows.append({"check": "matmul", "M": m, "K": k, "N": n, "act": act, "form": form,
                              "residual": residual is not None, "config": str(cf), "rel_err": err,
-                             "regs": k_.n_regs, "spills": k_.n_spills, "passed": bool(err < tol)})
+                             "regs": getattr(k_, "n_regs", None), "spills": getattr(k_, "n_spills", None),
+                             "passed": bool(err < tol)})
     for name, cin, cout, patch, hw in PATCH_SHAPES:
         x = torch.randn(2, cin, hw, hw, generator=gen).to(device, dtype).contiguous(memory_format=torch.channels_last)
         weight = (torch.randn(cout, cin, patch, patch, generator=gen) / math.sqrt(cin * patch * patch)).to(device, dtype)
@@ -112,14 +115,35 @@ def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True) -> list[dic
             def ours(form):
                 return lambda a, r: gemm.launch_matmul(a, w_t, bias, act, r, form=form)
 
+            def ws(cf):
+                return lambda a, r: gemm.launch_matmul(a, w_t, bias, act, r, config=cf, form="gluon-ws")
+
             a0, r0 = inputs[0]
             ref = gemm.matmul_reference(a0, w_t, bias, act, r0)
-            for impl, fn in (("cublas", cublas), ("triton-pointer", ours("pointer")), ("triton-tma", ours("tma"))):
+            impls = [("cublas", cublas, None), ("triton-pointer", ours("pointer"), None),
+                     ("triton-tma", ours("tma"), None)]
+            if gemm_ws.ws_available(a0.device):
+                # every Gluon tile is checked and timed; the row keeps the fastest, then "auto" (what models run)
+                timed = []
+                for cf in gemm_ws.ws_configs():
+                    fn = ws(cf)
+                    err = relative_error(fn(a0, r0), ref)
+                    timed.append((_time(fn, inputs, graphs), err, cf))
+                best = min(timed, key=lambda t: t[0])
+                rows.append({"part": "gemm", "block": shape.block, "C": c, "H": shape.H, "layer": layer,
+                             "M": m, "K": k, "N": n, "impl": "gluon-ws", "ms": best[0],
+                             "tflops": 2 * m * k * n / best[0] / 1e9, "gbps": nbytes / best[0] / 1e6,
+                             "rel_err": max(t[1] for t in timed), "config": str(best[2]), "batch": batch,
+                             "cuda_graph": graphs})
+                impls.append(("auto", ours("auto"), None))
+            for impl, fn, _ in impls:
                 err = relative_error(fn(a0, r0), ref)
                 ms = _time(fn, inputs, graphs)
                 tuner = {"triton-pointer": gemm._launcher, "triton-tma": gemm._tma_launcher}.get(impl)
                 tuner = tuner() if tuner else None
                 tuned = getattr(tuner, "best_config", None)
+                if impl == "auto":
+                    tuned = gemm.AUTO_CHOICE.get((m, n, k, act, has_res, a0.dtype, a0.device))
                 rows.append({"part": "gemm", "block": shape.block, "C": c, "H": shape.H, "layer": layer,
                              "M": m, "K": k, "N": n, "impl": impl, "ms": ms, "tflops": 2 * m * k * n / ms / 1e9,
                              "gbps": nbytes / ms / 1e6, "rel_err": err, "config": str(tuned) if tuned else "",

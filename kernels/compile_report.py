@@ -7,6 +7,7 @@ HID16 and NPIX is assumed, as at the benchmark shapes.
 
     python -m convfirst.kernels.compile_report convfirst 64 96
     python -m convfirst.kernels.compile_report mbconv 64@56
+    python -m convfirst.kernels.compile_report gemm-ws
 """
 from __future__ import annotations
 
@@ -39,19 +40,49 @@ def compile_sm90(fn, signature: dict, constexprs: dict, num_warps: int, num_stag
                           target=GPUTarget("cuda", 90, 32), options=options)
 
 
-def compile_config(fn, signature: dict, constexprs: dict, num_warps: int, num_stages: int,
-                   maxnreg: int | None = None) -> dict:
-    """Compile one config for sm_90 and return ptxas' registers/spills and Triton's shared memory (bytes)."""
-    kernel = compile_sm90(fn, signature, constexprs, num_warps, num_stages, maxnreg)
+def compile_gluon_sm90(fn, signature: dict, constexprs: dict, num_warps: int, maxnreg: int | None = None):
+    """Compile a Gluon kernel for sm_90 (no GPU needed); the compiled kernel (``.asm``)."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    attrs = {(i,): [["tt.divisibility", 16]] for i, (name, ty) in enumerate(signature.items())
+             if ty.startswith("*") or (name in DIVISIBLE_INTS and ty != "constexpr")}
+    options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
+    return triton.compile(GluonASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
+                          target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def ptxas_report(ptx: str) -> dict:
+    """ptxas' registers and spill bytes for sm_90a."""
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(kernel.asm["ptx"])
+        f.write(ptx)
     report = subprocess.run([PTXAS, "-v", "--gpu-name", "sm_90a", f.name, "-o", os.devnull],
                             capture_output=True, text=True).stderr
     os.unlink(f.name)
     regs = re.search(r"Used (\d+) registers", report)
     spills = re.search(r"(\d+) bytes spill stores", report)
-    return {"regs": int(regs.group(1)) if regs else None, "spill_bytes": int(spills.group(1)) if spills else None,
-            "smem": kernel.metadata.shared}
+    return {"regs": int(regs.group(1)) if regs else None, "spill_bytes": int(spills.group(1)) if spills else None}
+
+
+def gemm_ws_report(config: dict, act_silu: bool, has_res: bool) -> dict:
+    """One tile of the warp-specialised Gluon GEMM compiled for sm_90: ptxas' registers and spills, shared
+    memory, the wgmma, TMA-copy and mbarrier-wait counts of the PTX and the register split of its partitions."""
+    from . import gemm_ws
+
+    sig = gemm_ws.ws_signature("bf16", config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"])
+    consts = dict(ACT_SILU=act_silu, HAS_RES=has_res, GROUP_M=config.get("GROUP_M", 8), STAGES=config["STAGES"],
+                  CONSUMER_REGS=config.get("CONSUMER_REGS", 232))
+    kernel = compile_gluon_sm90(gemm_ws.gemm_ws_kernel, sig, consts, num_warps=4, maxnreg=config.get("maxnreg", 168))
+    ptx = kernel.asm["ptx"]
+    return {**ptxas_report(ptx), "smem": kernel.metadata.shared, "wgmma": ptx.count("wgmma.mma_async"),
+            "tma_copies": ptx.count("cp.async.bulk.tensor"), "mbarrier_waits": ptx.count("mbarrier.try_wait"),
+            "setmaxnreg": sorted({int(v) for v in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)})}
+
+
+def compile_config(fn, signature: dict, constexprs: dict, num_warps: int, num_stages: int,
+                   maxnreg: int | None = None) -> dict:
+    """Compile one config for sm_90 and return ptxas' registers/spills and Triton's shared memory (bytes)."""
+    kernel = compile_sm90(fn, signature, constexprs, num_warps, num_stages, maxnreg)
+    return {**ptxas_report(kernel.asm["ptx"]), "smem": kernel.metadata.shared}
 
 
 def _sig(pointers: dict, ints: list[str], constexprs: list[str]) -> dict:
@@ -130,8 +161,13 @@ def report(block: str, shape: str) -> list[dict]:
                           HALO_B=mbconv_fused.halo_rows(w), FP32_DOT=False)
             rows.append({"config": cf.kwargs, "warps": cf.num_warps, "maxnreg": cf.maxnreg, **compile_config(
                 mbconv_fused.mbconv_block_kernel, sig, consts, cf.num_warps, cf.num_stages, cf.maxnreg)})
+    elif block == "gemm-ws":
+        from . import gemm_ws
+        for cf in gemm_ws.ws_configs():
+            for silu, res in ((True, False), (False, True)):
+                rows.append({"config": cf, "act_silu": silu, "residual": res, **gemm_ws_report(cf, silu, res)})
     else:
-        raise SystemExit(f"block {block!r}: choose convfirst (shape = C), mbconv (shape = C@W) or gconv")
+        raise SystemExit(f"block {block!r}: choose convfirst (shape = C), mbconv (shape = C@W), gconv or gemm-ws")
     return rows
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from convfirst.bench_blocks import TOLERANCE, BlockCase, BlockShape, relative_error
 from convfirst.kernels import KernelInputError, PatchifyConv2d, interpreting
-from convfirst.kernels import gemm
+from convfirst.kernels import gemm, gemm_ws
 from convfirst.kernels.unfused import GEMM_BACKENDS, convfirst_block_unfused, mbconv_block_unfused
 
 ON_GPU = torch.cuda.is_available() and not interpreting()
@@ -41,11 +41,16 @@ def _operands(m, k, n, dtype, gen):
     return a, w_t, bias, res
 
 
+WS_HERE = gemm_ws.ws_available(torch.device(DEVICE))
+
+
 @pytest.mark.parametrize("form", gemm.FORMS)
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("act, with_residual", [("none", False), ("silu", False), ("none", True), ("silu", True)])
 @pytest.mark.parametrize("m, k, n", SIZES)
 def test_matmul_epilogue_matches_reference(m, k, n, act, with_residual, dtype, form):
+    if form == "gluon-ws" and not WS_HERE:
+        pytest.skip("the Gluon form runs only on a Hopper GPU (the interpreter does not execute Gluon)")
     a, w_t, bias, res = _operands(m, k, n, getattr(torch, dtype), _gen())
     assert a.abs().sum() > 0
     residual = res if with_residual else None
@@ -61,7 +66,8 @@ def _candidates():
     if ON_GPU:
         from convfirst.kernels._common import launch_kwargs
         return ([("pointer", launch_kwargs(cf)) for cf in gemm.gemm_configs()]
-                + [("tma", launch_kwargs(cf)) for cf in gemm.tma_configs()])
+                + [("tma", launch_kwargs(cf)) for cf in gemm.tma_configs()]
+                + [("gluon-ws", cf) for cf in gemm_ws.ws_configs()])
     return [("pointer", gemm.heuristic_config(1, 1, 1)), ("tma", gemm.tma_heuristic_config()),
             ("pointer", {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 16, "GROUP_M": 2}),
             ("pointer", {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 2, "PERSISTENT": True}),
@@ -73,6 +79,8 @@ def _candidates():
 def test_every_gemm_config_matches_reference(form, config):
     """Several row and column tiles; K both a multiple of every K step (the unmasked loop the 1x1 layers take)
     and not (a partial last step). With a residual where the config fits shared memory with one, else without."""
+    if form == "gluon-ws" and not WS_HERE:
+        pytest.skip("the Gluon form runs only on a Hopper GPU")
     residual_fits = form != "tma" or gemm.tma_config_fits(config, True)
     for m, k, n in ((300, 128, 96), (300, 80, 96)) if ON_GPU else ((45, 64, 72), (45, 40, 72)):
         a, w_t, bias, res = _operands(m, k, n, torch.bfloat16, _gen())
@@ -163,6 +171,13 @@ def test_sequence_backends_agree_with_the_reference(block):
         assert relative_error(out, ref) < TOLERANCE["bfloat16"], backend
     with pytest.raises(KernelInputError, match="gemm='cutlass'"):
         run(x, case.packed, gemm="cutlass")
+
+
+@pytest.mark.skipif(WS_HERE, reason="here the Gluon form can run")
+def test_gluon_form_without_a_hopper_gpu_is_refused_by_name():
+    a, w_t, bias, _ = _operands(16, 16, 16, torch.bfloat16, _gen())
+    with pytest.raises(KernelInputError, match="form='gluon-ws' needs Triton's Gluon and a Hopper"):
+        gemm.launch_matmul(a, w_t, bias, form="gluon-ws")
 
 
 def test_bad_input_is_named():

@@ -267,3 +267,31 @@ def test_gemm_comparison_tables_take_the_latest_run_of_each_part():
     assert table.loc[("convfirst", 384, 14), "cublas"] == 5.0
     assert table.loc[("convfirst", 384, 14), "triton-tma"] == 6.0
     assert tables["patchify"].attrs["commit"] == "ccc"   # each part from its own latest run
+
+
+def test_gluon_gemm_is_warp_specialised_with_tma_and_wgmma_and_no_spills():
+    """The warp-specialised Gluon GEMM compiled for sm_90 (no GPU): every candidate tile, with the SiLU and the
+    residual epilogue, issues wgmma products and TMA copies, splits its registers between the consumer warp
+    groups (232) and the loader warps (24) with setmaxnreg, does not spill, and fits in shared memory."""
+    code = r"""
+import json
+from convfirst.kernels import compile_report as cr, gemm_ws
+out = []
+for cf in gemm_ws.ws_configs():
+    for silu, res in ((True, False), (False, True)):
+        out.append(dict(cf, silu=silu, res=res, **cr.gemm_ws_report(cf, silu, res)))
+print(json.dumps(out))
+"""
+    from convfirst.kernels import gemm_ws
+
+    if not gemm_ws.HAVE_GLUON:
+        pytest.skip("this Triton has no Gluon")
+    rows = _compile_outside_interpreter(code)
+    assert len(rows) == 2 * len(gemm_ws.ws_configs()) >= 4
+    for r in rows:
+        name = f"{r['BLOCK_M']}x{r['BLOCK_N']}x{r['BLOCK_K']} silu={r['silu']} res={r['res']}"
+        assert r["wgmma"] > 0 and r["tma_copies"] >= (3 if r["res"] else 2), name
+        assert {24, 232} <= set(r["setmaxnreg"]), f"{name}: partitions not given their registers: {r['setmaxnreg']}"
+        assert r["spill_bytes"] == 0, name
+        assert r["smem"] >= gemm_ws.ws_smem_bytes(r["BLOCK_M"], r["BLOCK_N"], r["BLOCK_K"], r["STAGES"]), name
+        assert r["smem"] <= 227 * 1024, name

@@ -1,0 +1,235 @@
+"""The epilogue-fused matrix product as a warp-specialised Hopper kernel (Gluon): ``act(A @ W + bias) [+ residual]``.
+
+Why a second form of :mod:`gemm`: the 1x1 layers of the 14x14 and 7x7 stages have few K steps (K = 256-768 for
+the expanding layers), so each tile's prologue and epilogue (bias, SiLU, residual, store) are a large share of
+its time, and in the single-stream Triton kernel (:func:`gemm.gemm_tma_kernel`) the tensor cores idle while a
+tile's epilogue runs. Here every program holds two *consumer* warp groups that take alternate tiles, and one
+*loader* warp per consumer that only issues the TMA copies of its consumer's A and W steps into a ring of
+shared-memory stages. While one consumer runs its epilogue the other consumer's products keep the tensor cores
+busy (the "ping-pong" schedule of Hopper GEMM libraries), and the loads never wait behind arithmetic.
+
+Layout of one program (grid = one program per SM, tiles walked persistently)::
+
+    default partition (4 warps)   consumer 0: tiles 2p, 2p + 2P, ...   wgmma [BLOCK_M, BLOCK_N] in registers
+    worker 0          (4 warps)   consumer 1: tiles 2p + 1, ...
+    worker 1, 2       (1 warp)    loaders 0, 1: TMA copies of A [BLOCK_M, BLOCK_K] and W [BLOCK_K, BLOCK_N]
+
+Each consumer/loader pair shares a ring of STAGES buffers with a ``ready`` and an ``empty`` mbarrier per stage.
+The epilogue adds the bias, applies SiLU, adds the residual (copied by TMA into the consumer's staging tile
+while the products run) and stores through the same staging tile with a TMA store.
+
+Gluon (Triton's explicit-layout dialect) runs only on a GPU: the interpreter does not execute it. On the CPU
+the tests compile it for sm_90 (:mod:`compile_report`) and check its instructions; on the GPU they check its
+values against fp64 at real sizes.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+
+try:  # Gluon ships with Triton >= 3.5; without it this form is simply not offered
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
+                                                                   warpgroup_mma, warpgroup_mma_wait)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+    HAVE_GLUON = True
+    LOG2E = gl.constexpr(1.4426950408889634)
+except ImportError:  # pragma: no cover - depends on the installed Triton
+    HAVE_GLUON = False
+
+
+#: Candidate tiles: (BLOCK_M, BLOCK_N, BLOCK_K, STAGES per consumer). Two consumers each hold a
+#: [BLOCK_M, BLOCK_N] fp32 accumulator (128 registers per thread at 128 x 128) and STAGES x 32 KB of operand
+#: buffers plus a 32 KB staging tile, so 2 x (2 x 32 + 32) = 192 KB of the 227 KB of shared memory at 2 stages.
+WS_CONFIGS = ((128, 128, 64, 2), (128, 128, 32, 4), (128, 64, 64, 2), (64, 128, 64, 2))
+
+
+if HAVE_GLUON:
+    @gluon.jit
+    def _tile_origin(tile, M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr):
+        """Top-left element of linear tile ``tile``, row tiles in groups of GROUP_M (neighbours share A in L2)."""
+        tiles_m = gl.cdiv(M, BLOCK_M)
+        per_group = GROUP_M * gl.cdiv(N, BLOCK_N)
+        first_m = (tile // per_group) * GROUP_M
+        group_rows = gl.minimum(tiles_m - first_m, GROUP_M)
+        pid_m = first_m + (tile % per_group) % group_rows
+        pid_n = (tile % per_group) // group_rows
+        return pid_m * BLOCK_M, pid_n * BLOCK_N
+
+    @gluon.jit
+    def _loader(descs, ring, sizes, flags, WHICH: gl.constexpr):
+        """One warp: the TMA copies of consumer WHICH's A and W steps, STAGES ahead of its products."""
+        a_desc, w_desc, res_desc, out_desc, bias_ptr = descs
+        a_bufs, w_bufs, c_buf, ready, empty, res_bar = ring
+        M, N, K = sizes
+        ACT_SILU, HAS_RES, GROUP_M = flags
+        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+        BLOCK_N: gl.constexpr = w_desc.block_type.shape[1]
+        STAGES: gl.constexpr = a_bufs.type.shape[0]
+        nbytes: gl.constexpr = a_desc.block_type.nbytes + w_desc.block_type.nbytes
+        num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
+        step = 0
+        for tile in range(2 * gl.program_id(0) + WHICH, num_tiles, 2 * gl.num_programs(0)):
+            off_m, off_n = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+            for k in range(0, K, BLOCK_K):
+                s = step % STAGES
+                # a fresh mbarrier counts as having completed the phase before phase 0: the first pass is free
+                mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)
+                bar = ready.index(s)
+                mbarrier.expect(bar, nbytes)
+                tma.async_copy_global_to_shared(a_desc, [off_m, k], bar, a_bufs.index(s))
+                tma.async_copy_global_to_shared(w_desc, [k, off_n], bar, w_bufs.index(s))
+                step += 1
+
+    @gluon.jit
+    def _consumer(descs, ring, sizes, flags, WHICH: gl.constexpr):
+        """One warp group: the products of its tiles on the tensor cores, then the fused epilogue and the store."""
+        a_desc, w_desc, res_desc, out_desc, bias_ptr = descs
+        a_bufs, w_bufs, c_buf, ready, empty, res_bar = ring
+        M, N, K = sizes
+        ACT_SILU, HAS_RES, GROUP_M = flags
+        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+        BLOCK_N: gl.constexpr = w_desc.block_type.shape[1]
+        STAGES: gl.constexpr = a_bufs.type.shape[0]
+        acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                             instr_shape=[16, BLOCK_N, 16])
+        col_layout: gl.constexpr = gl.SliceLayout(0, acc_layout)
+        num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
+        step = 0
+        count = 0
+        for tile in range(2 * gl.program_id(0) + WHICH, num_tiles, 2 * gl.num_programs(0)):
+            off_m, off_n = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+            tma.store_wait(0)  # the staging tile's previous store has left before it is refilled
+            if HAS_RES:
+                mbarrier.expect(res_bar, res_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(res_desc, [off_m, off_n], res_bar, c_buf)
+            acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
+            prev = 0
+            for k in range(0, K, BLOCK_K):
+                s = step % STAGES
+                mbarrier.wait(ready.index(s), (step // STAGES) & 1)
+                a_s = a_bufs.index(s)
+                w_s = w_bufs.index(s)
+                acc = warpgroup_mma(a_s, w_s, acc, is_async=True)
+                # keep one product in flight; the one before it is done, so its stage goes back to the loader
+                acc = warpgroup_mma_wait(1, deps=[acc, a_s, w_s])[0]
+                mbarrier.arrive(empty.index(prev), count=1, pred=k > 0)
+                prev = s
+                step += 1
+            acc = warpgroup_mma_wait(0, deps=[acc])
+            mbarrier.arrive(empty.index(prev), count=1)
+
+            cols = off_n + gl.arange(0, BLOCK_N, layout=col_layout)
+            bias = gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
+            acc = acc + gl.expand_dims(bias, 0)
+            if ACT_SILU:
+                acc = acc / (1.0 + gl.exp2(-LOG2E * acc))
+            if HAS_RES:
+                mbarrier.wait(res_bar, count & 1)
+                acc = acc + c_buf.load(acc_layout).to(gl.float32)
+            c_buf.store(acc.to(out_desc.dtype))
+            fence_async_shared()
+            tma.async_copy_shared_to_global(out_desc, [off_m, off_n], c_buf)
+            count += 1
+        tma.store_wait(0)
+
+    @gluon.jit
+    def _ring(a_desc, w_desc, out_desc, STAGES: gl.constexpr):
+        """One consumer's shared memory: STAGES A and W buffers, its staging tile, and their mbarriers."""
+        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
+        w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
+        c_buf = gl.allocate_shared_memory(out_desc.dtype, out_desc.block_type.shape, out_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        res_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+            mbarrier.init(empty.index(i), count=1)
+        mbarrier.init(res_bar, count=1)
+        return a_bufs, w_bufs, c_buf, ready, empty, res_bar
+
+    @gluon.jit
+    def gemm_ws_kernel(a_desc, w_desc, res_desc, out_desc, bias_ptr, M, N, K, ACT_SILU: gl.constexpr,
+                       HAS_RES: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
+                       CONSUMER_REGS: gl.constexpr):
+        """Persistent, warp-specialised ``act(A @ W + bias) [+ residual]``; launch with num_warps=4."""
+        ring0 = _ring(a_desc, w_desc, out_desc, STAGES)  # each consumer's own ring, staging tile and barriers
+        ring1 = _ring(a_desc, w_desc, out_desc, STAGES)
+        fence_async_shared()
+        descs = (a_desc, w_desc, res_desc, out_desc, bias_ptr)
+        sizes = (M, N, K)
+        flags = (ACT_SILU, HAS_RES, GROUP_M)
+        gl.warp_specialize([(_consumer, (descs, ring0, sizes, flags, 0)), (_consumer, (descs, ring1, sizes, flags, 1)),
+                            (_loader, (descs, ring0, sizes, flags, 0)), (_loader, (descs, ring1, sizes, flags, 1))],
+                           [4, 1, 1], [CONSUMER_REGS, 24, 24])
+
+
+def ws_available(device: torch.device) -> bool:
+    """Whether this form can run here: Gluon present and a Hopper (sm_90) GPU."""
+    return HAVE_GLUON and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
+
+
+def ws_usable(a: torch.Tensor, w_t: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None) -> bool:
+    """TMA's rules (16-byte aligned bases and row strides) on every operand, and a Hopper GPU."""
+    tensors = (a, w_t, out) if residual is None else (a, w_t, out, residual)
+    return ws_available(a.device) and all(
+        t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in tensors)
+
+
+def ws_smem_bytes(block_m: int, block_n: int, block_k: int, stages: int, itemsize: int = 2) -> int:
+    """Shared memory of one program: two consumers' operand rings and staging tiles (barriers not counted)."""
+    return 2 * (stages * (block_m * block_k + block_k * block_n) + block_m * block_n) * itemsize
+
+
+def ws_configs() -> list[dict]:
+    """Every candidate tile as a launch dict (consumers get 232 registers, the loader warps 24)."""
+    return [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "STAGES": st, "GROUP_M": 8}
+            for bm, bn, bk, st in WS_CONFIGS if ws_smem_bytes(bm, bn, bk, st) <= 220 * 1024]
+
+
+_SMS: dict = {}
+
+
+def _layout(block_shape, dtype):
+    return gl.NVMMASharedLayout.get_default_for(block_shape, gl.bfloat16 if dtype == torch.bfloat16 else gl.float16)
+
+
+def launch_ws(a, w_t, bias, residual, out, act: str, config: dict):
+    """One launch of :func:`gemm_ws_kernel` with the fixed tile ``config`` (see :func:`ws_configs`)."""
+    bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
+    m, k = a.shape
+    n = w_t.shape[1]
+    a_desc = GluonDescriptor.from_tensor(a, [bm, bk], _layout([bm, bk], a.dtype))
+    w_desc = GluonDescriptor.from_tensor(w_t, [bk, bn], _layout([bk, bn], a.dtype))
+    out_desc = GluonDescriptor.from_tensor(out, [bm, bn], _layout([bm, bn], a.dtype))
+    res_desc = GluonDescriptor.from_tensor(residual, [bm, bn], _layout([bm, bn], a.dtype)) \
+        if residual is not None else out_desc  # never read when HAS_RES is False
+    if a.device not in _SMS:
+        _SMS[a.device] = torch.cuda.get_device_properties(a.device).multi_processor_count
+    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    grid = (max(1, min(_SMS[a.device], triton.cdiv(tiles, 2))),)
+    return gemm_ws_kernel[grid](a_desc, w_desc, res_desc, out_desc, bias, m, n, k, ACT_SILU=act == "silu",
+                                HAS_RES=residual is not None, GROUP_M=config.get("GROUP_M", 8),
+                                STAGES=config["STAGES"], CONSUMER_REGS=config.get("CONSUMER_REGS", 232),
+                                num_warps=4, maxnreg=config.get("maxnreg", 168))
+
+
+@functools.cache
+def ws_signature(dtype: str = "bf16", block_m: int = 128, block_n: int = 128, block_k: int = 64) -> dict:
+    """The kernel's argument types for an sm_90 compile without a GPU (descriptor types with their layouts)."""
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float16
+    from triton.runtime.jit import mangle_type
+
+    def desc(rows, cols, shape):
+        t = torch.empty(rows, cols, dtype=torch_dtype)
+        return mangle_type(GluonDescriptor.from_tensor(t, shape, _layout(shape, torch_dtype)))
+
+    return {"a_desc": desc(256, 256, [block_m, block_k]), "w_desc": desc(256, 256, [block_k, block_n]),
+            "res_desc": desc(256, 256, [block_m, block_n]), "out_desc": desc(256, 256, [block_m, block_n]),
+            "bias_ptr": f"*{dtype}", "M": "i32", "N": "i32", "K": "i32", "ACT_SILU": "constexpr",
+            "HAS_RES": "constexpr", "GROUP_M": "constexpr", "STAGES": "constexpr", "CONSUMER_REGS": "constexpr"}

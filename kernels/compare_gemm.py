@@ -122,30 +122,24 @@ def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True) -> list[dic
             ref = gemm.matmul_reference(a0, w_t, bias, act, r0)
             impls = [("cublas", cublas, None), ("triton-pointer", ours("pointer"), None),
                      ("triton-tma", ours("tma"), None)]
-            if gemm_ws.ws_available(a0.device):
-                # every Gluon tile is checked and timed; a row per kernel keeps its fastest, then "auto"
+            if gemm_ws.ws_available(a0.device):  # every Gluon tile is checked and timed; the row keeps the fastest
                 timed = []
                 for cf in gemm_ws.ws_configs():
                     fn = ws(cf)
                     err = relative_error(fn(a0, r0), ref)
                     timed.append((_time(fn, inputs, graphs), err, cf))
-                for kind in sorted({t[2]["KERNEL"] for t in timed}):  # the fastest tile of each Gluon kernel
-                    mine = [t for t in timed if t[2]["KERNEL"] == kind]
-                    best = min(mine, key=lambda t: t[0])
-                    rows.append({"part": "gemm", "block": shape.block, "C": c, "H": shape.H, "layer": layer,
-                                 "M": m, "K": k, "N": n, "impl": f"gluon-{kind}", "ms": best[0],
-                                 "tflops": 2 * m * k * n / best[0] / 1e9, "gbps": nbytes / best[0] / 1e6,
-                                 "rel_err": max(t[1] for t in mine), "config": str(best[2]), "batch": batch,
-                                 "cuda_graph": graphs})
-                impls.append(("auto", ours("auto"), None))
+                best = min(timed, key=lambda t: t[0])
+                rows.append({"part": "gemm", "block": shape.block, "C": c, "H": shape.H, "layer": layer,
+                             "M": m, "K": k, "N": n, "impl": "gluon-ws", "ms": best[0],
+                             "tflops": 2 * m * k * n / best[0] / 1e9, "gbps": nbytes / best[0] / 1e6,
+                             "rel_err": max(t[1] for t in timed), "config": str(best[2]), "batch": batch,
+                             "cuda_graph": graphs})
             for impl, fn, _ in impls:
                 err = relative_error(fn(a0, r0), ref)
                 ms = _time(fn, inputs, graphs)
                 tuner = {"triton-pointer": gemm._launcher, "triton-tma": gemm._tma_launcher}.get(impl)
                 tuner = tuner() if tuner else None
                 tuned = getattr(tuner, "best_config", None)
-                if impl == "auto":
-                    tuned = gemm.AUTO_CHOICE.get((m, n, k, act, has_res, a0.dtype, a0.device))
                 rows.append({"part": "gemm", "block": shape.block, "C": c, "H": shape.H, "layer": layer,
                              "M": m, "K": k, "N": n, "impl": impl, "ms": ms, "tflops": 2 * m * k * n / ms / 1e9,
                              "gbps": nbytes / ms / 1e6, "rel_err": err, "config": str(tuned) if tuned else "",

@@ -68,16 +68,10 @@ def gemm_ws_report(config: dict, act_silu: bool, has_res: bool) -> dict:
     memory, the wgmma, TMA-copy and mbarrier-wait counts of the PTX and the register split of its partitions."""
     from . import gemm_ws
 
-    kind = config["KERNEL"]
-    sig = gemm_ws.ws_signature(kind, "bf16", config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"])
-    consts = dict(ACT_SILU=act_silu, HAS_RES=has_res, GROUP_M=config.get("GROUP_M", 8), STAGES=config["STAGES"])
-    if kind == "epilogue":
-        consts["EPILOGUE_REGS"] = config.get("EPILOGUE_REGS", 88)
-        kernel = compile_gluon_sm90(gemm_ws.gemm_ws_epilogue_kernel, sig, consts, num_warps=8, maxnreg=168)
-    else:
-        consts["CONSUMER_REGS"] = config.get("CONSUMER_REGS", 232)
-        kernel = compile_gluon_sm90(gemm_ws.gemm_ws_kernel, sig, consts, num_warps=4,
-                                    maxnreg=config.get("maxnreg", 168))
+    sig = gemm_ws.ws_signature("bf16", config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"])
+    consts = dict(ACT_SILU=act_silu, HAS_RES=has_res, GROUP_M=config.get("GROUP_M", 8), STAGES=config["STAGES"],
+                  CONSUMER_REGS=config.get("CONSUMER_REGS", 232))
+    kernel = compile_gluon_sm90(gemm_ws.gemm_ws_kernel, sig, consts, num_warps=4, maxnreg=config.get("maxnreg", 168))
     ptx = kernel.asm["ptx"]
     return {**ptxas_report(ptx), "smem": kernel.metadata.shared, "wgmma": ptx.count("wgmma.mma_async"),
             "tma_copies": ptx.count("cp.async.bulk.tensor"), "mbarrier_waits": ptx.count("mbarrier.try_wait"),

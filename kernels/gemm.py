@@ -260,33 +260,10 @@ def tma_usable(a: torch.Tensor, w_t: torch.Tensor, out: torch.Tensor) -> bool:
     return all(t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in (a, w_t, out))
 
 
-#: Which form runs the plain-matrix products by default. "auto": on a Hopper GPU with Gluon, per (M, N, K,
-#: epilogue) the fastest of the autotuned TMA kernel and every tile of the warp-specialised Gluon kernel
-#: (:mod:`gemm_ws`), timed once on first use (:func:`_auto_choice`); elsewhere "tma".
-DEFAULT_FORM = "auto"
-FORMS = ("tma", "pointer", "gluon-ws", "auto")
-
-#: (M, N, K, act, residual?, dtype, device) -> ("tma", None) or ("gluon-ws", config): the choices of "auto".
-AUTO_CHOICE: dict = {}
-
-
-def _auto_choice(a, w_t, bias, residual, out, act) -> tuple:
-    """Time the autotuned TMA kernel and each Gluon tile on these operands (outputs into ``out``); keep the fastest."""
-    from triton.testing import do_bench
-
-    from . import gemm_ws
-
-    m, k = a.shape
-    n = w_t.shape[1]
-    key = (m, n, k, act, residual is not None, a.dtype, a.device)
-    if key not in AUTO_CHOICE:
-        timed = [(do_bench(lambda: _launch_tma(a, w_t, bias, residual, out, m, n, k, act, None), warmup=10,
-                           rep=40), ("tma", None))]
-        for cf in gemm_ws.ws_configs():
-            timed.append((do_bench(lambda cf=cf: gemm_ws.launch_ws(a, w_t, bias, residual, out, act, cf),
-                                   warmup=10, rep=40), ("gluon-ws", cf)))
-        AUTO_CHOICE[key] = min(timed, key=lambda t: t[0])[1]
-    return AUTO_CHOICE[key]
+#: Which form runs the plain-matrix products by default: "tma" (measured against the others in NOTES_gemm.md).
+#: "gluon-ws" (:mod:`gemm_ws`, a warp-specialised Hopper kernel) is taken only when asked for.
+DEFAULT_FORM = "tma"
+FORMS = ("tma", "pointer", "gluon-ws")
 
 
 def _launch_tma(a, w_t, bias, residual, out, m, n, k, act, config):
@@ -391,7 +368,7 @@ def check_matmul_inputs(a, w_t, bias, act, residual) -> None:
 def launch_matmul(a, w_t, bias, act="none", residual=None, config=None, out=None, form=None) -> torch.Tensor:
     """Launch into ``out`` (a new [M, N] tensor when None; tests pass a NaN-poisoned one). ``form``: one of
     ``FORMS`` (default ``DEFAULT_FORM``); where TMA's alignment rules are not met the pointer form runs.
-    ``config`` a fixed tile of that form ("auto" with a config means "tma" with it)."""
+    ``config`` a fixed tile of that form."""
     from . import gemm_ws
 
     m, k = a.shape
@@ -407,11 +384,6 @@ def launch_matmul(a, w_t, bias, act="none", residual=None, config=None, out=None
     if m == 0 or n == 0:
         return out
     if tma_usable(a, w_t, out) and (residual is None or tma_usable(residual, w_t, out)):
-        if form == "auto":
-            if config is None and autotuning() and gemm_ws.ws_available(a.device):
-                form, config = _auto_choice(a, w_t, bias, residual, out, act)
-            else:
-                form = "tma"
         if form == "gluon-ws":
             LAST_COMPILED["gemm"] = gemm_ws.launch_ws(a, w_t, bias, residual, out, act,
                                                       config or gemm_ws.ws_configs()[0])

@@ -18,6 +18,11 @@ Each consumer/loader pair shares a ring of STAGES buffers with a ``ready`` and a
 The epilogue adds the bias, applies SiLU, adds the residual (copied by TMA into the consumer's staging tile
 while the products run) and stores through the same staging tile with a TMA store.
 
+Measured (H100, batch 256, ``NOTES_gemm.md`` v5): 2-7% faster than the TMA kernel on the expanding layers, 3-20%
+slower on the projecting ones, because a consumer warp group holds at most a 128 x 128 accumulator, whose L2
+traffic per FLOP is a third above the TMA kernel's 128 x 256 tile. So it is an opt-in form
+(``launch_matmul(..., form="gluon-ws")``); the models run the TMA kernel.
+
 Gluon (Triton's explicit-layout dialect) runs only on a GPU: the interpreter does not execute it. On the CPU
 the tests compile it for sm_90 (:mod:`compile_report`) and check its instructions; on the GPU they check its
 values against fp64 at real sizes.
@@ -40,14 +45,11 @@ except ImportError:  # pragma: no cover - depends on the installed Triton
     HAVE_GLUON = False
 
 
-#: Candidate tiles of the ping-pong kernel (v5): (BLOCK_M, BLOCK_N, BLOCK_K, STAGES per consumer). Two consumers
-#: each hold a [BLOCK_M, BLOCK_N] fp32 accumulator (128 registers per thread at 128 x 128) and STAGES operand
-#: buffers plus a staging tile: 2 x (2 x 32 + 32) = 192 KB of the 227 KB of shared memory at 128 x 128 x 64.
-PINGPONG_TILES = ((128, 128, 64, 2), (128, 128, 32, 4), (128, 64, 64, 2), (64, 128, 64, 2))
-#: Candidate tiles of the epilogue-partition kernel (v5b): one 8-warp MMA partition on 128 x 256 (128 fp32
-#: registers per thread), a STAGES-deep ring and one bf16 staging tile (64 KB): 160 KB at every candidate.
-EPILOGUE_TILES = ((128, 256, 64, 2), (128, 256, 32, 4), (128, 128, 64, 4))
-#: Shared-memory stages must be a power of two (Gluon's allocation), so 3 is not offered.
+#: Candidate tiles: (BLOCK_M, BLOCK_N, BLOCK_K, STAGES per consumer). Two consumers each hold a
+#: [BLOCK_M, BLOCK_N] fp32 accumulator (128 registers per thread at 128 x 128) and STAGES operand buffers plus a
+#: staging tile: 2 x (2 x 32 + 32) = 192 KB of the 227 KB of shared memory at 128 x 128 x 64. Shared-memory
+#: allocations must have power-of-two shapes in Gluon, so 3 stages are not offered.
+WS_CONFIGS = ((128, 128, 64, 2), (128, 128, 32, 4), (128, 64, 64, 2), (64, 128, 64, 2))
 
 
 if HAVE_GLUON:
@@ -179,130 +181,6 @@ if HAVE_GLUON:
                             (_loader, (descs, ring0, sizes, flags, 0)), (_loader, (descs, ring1, sizes, flags, 1))],
                            [4, 1, 1], [CONSUMER_REGS, 24, 24])
 
-    # ----- v5b: one 8-warp MMA partition on 128 x 256 tiles, the epilogue in its own warp group -----------------
-
-    @gluon.jit
-    def _epi_load(a_desc, w_desc, a_bufs, w_bufs, ready, j, first, step_tiles, M, N, KSTEPS,
-                  GROUP_M: gl.constexpr):
-        """Issue the TMA copies of linear step ``j`` (tile ``first + (j // KSTEPS) * step_tiles``, K step
-        ``j % KSTEPS``) into stage ``j % STAGES``."""
-        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
-        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
-        BLOCK_N: gl.constexpr = w_desc.block_type.shape[1]
-        STAGES: gl.constexpr = a_bufs.type.shape[0]
-        off_m, off_n = _tile_origin(first + (j // KSTEPS) * step_tiles, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        s = j % STAGES
-        mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + w_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(a_desc, [off_m, (j % KSTEPS) * BLOCK_K], ready.index(s), a_bufs.index(s))
-        tma.async_copy_global_to_shared(w_desc, [(j % KSTEPS) * BLOCK_K, off_n], ready.index(s), w_bufs.index(s))
-
-    @gluon.jit
-    def _epi_mma(ptrs, ring, sizes, flags):
-        """Two warp groups: the TMA loads (STAGES - 1 steps ahead, across tile boundaries) and wgmma products of
-        [BLOCK_M, BLOCK_N] tiles; each finished tile + bias goes to the epilogue warps through the staging tile
-        in bf16/fp16, and the products of the next tile start while the epilogue of this one runs."""
-        a_desc, w_desc, bias_ptr, res_ptr, out_ptr = ptrs
-        a_bufs, w_bufs, stage, ready, acc_full, acc_free = ring
-        M, N, K = sizes
-        ACT_SILU, HAS_RES, GROUP_M = flags
-        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
-        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
-        BLOCK_N: gl.constexpr = w_desc.block_type.shape[1]
-        STAGES: gl.constexpr = a_bufs.type.shape[0]
-        acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[gl.num_warps(), 1],
-                                                             instr_shape=[16, BLOCK_N, 16])
-        pid = gl.program_id(0)
-        nprog = gl.num_programs(0)
-        num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
-        ksteps = gl.cdiv(K, BLOCK_K)
-        my_tiles = gl.cdiv(num_tiles - pid, nprog)
-        total = my_tiles * ksteps
-        for j in gl.static_range(STAGES - 1):
-            if j < total:
-                _epi_load(a_desc, w_desc, a_bufs, w_bufs, ready, j, pid, nprog, M, N, ksteps, GROUP_M)
-        step = 0
-        for t in range(my_tiles):
-            off_m, off_n = _tile_origin(pid + t * nprog, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-            acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
-            for kk in range(ksteps):
-                s = step % STAGES
-                mbarrier.wait(ready.index(s), (step // STAGES) & 1)
-                a_s = a_bufs.index(s)
-                w_s = w_bufs.index(s)
-                acc = warpgroup_mma(a_s, w_s, acc, is_async=True)
-                # the product of the step before is done: its stage takes the copies STAGES - 1 steps ahead
-                acc = warpgroup_mma_wait(1, deps=[acc, a_s, w_s])[0]
-                if step + STAGES - 1 < total:
-                    _epi_load(a_desc, w_desc, a_bufs, w_bufs, ready, step + STAGES - 1, pid, nprog, M, N, ksteps,
-                              GROUP_M)
-                step += 1
-            acc = warpgroup_mma_wait(0, deps=[acc])
-            cols = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, acc_layout))
-            acc = acc + gl.expand_dims(gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32), 0)
-            mbarrier.wait(acc_free, (t & 1) ^ 1)  # the epilogue has read the previous tile out
-            stage.store(acc.to(stage.dtype))
-            mbarrier.arrive(acc_full, count=1)
-
-    @gluon.jit
-    def _epi_store(ptrs, ring, sizes, flags):
-        """One warp group: SiLU and the residual on the staged tile, CHUNK rows at a time, stored with 16-byte
-        vector stores; frees the staging tile for the next product as soon as it is read."""
-        a_desc, w_desc, bias_ptr, res_ptr, out_ptr = ptrs
-        a_bufs, w_bufs, stage, ready, acc_full, acc_free = ring
-        M, N, K = sizes
-        ACT_SILU, HAS_RES, GROUP_M = flags
-        BLOCK_M: gl.constexpr = stage.type.shape[0]
-        BLOCK_N: gl.constexpr = stage.type.shape[1]
-        CHUNK: gl.constexpr = 16
-        VEC: gl.constexpr = 8
-        layout: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // (BLOCK_N // VEC), BLOCK_N // VEC],
-                                                [gl.num_warps(), 1], [1, 0])
-        num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
-        count = 0
-        for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
-            off_m, off_n = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-            mbarrier.wait(acc_full, count & 1)
-            cols = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
-            for r in gl.static_range(BLOCK_M // CHUNK):
-                v = stage.slice(r * CHUNK, CHUNK, dim=0).load(layout).to(gl.float32)
-                rows = off_m + r * CHUNK + gl.arange(0, CHUNK, layout=gl.SliceLayout(1, layout))
-                offs = gl.expand_dims(rows.to(gl.int64) * N, 1) + gl.expand_dims(cols, 0)
-                ok = gl.expand_dims(rows < M, 1) & gl.expand_dims(cols < N, 0)
-                if ACT_SILU:
-                    v = _silu(v)
-                if HAS_RES:
-                    v = v + gl.load(res_ptr + offs, mask=ok, other=0.0).to(gl.float32)
-                gl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=ok)
-            mbarrier.arrive(acc_free, count=1)
-            count += 1
-
-    @gluon.jit
-    def gemm_ws_epilogue_kernel(a_desc, w_desc, bias_ptr, res_ptr, out_ptr, M, N, K, ACT_SILU: gl.constexpr,
-                                HAS_RES: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
-                                EPILOGUE_REGS: gl.constexpr):
-        """Persistent ``act(A @ W + bias) [+ residual]``: a load-and-MMA partition (num_warps=8) and an epilogue
-        warp group; the products of the next tile run while the epilogue of this one does."""
-        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
-        BLOCK_N: gl.constexpr = w_desc.block_type.shape[1]
-        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
-        w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
-        stage_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_N], a_desc.dtype)
-        stage = gl.allocate_shared_memory(a_desc.dtype, [BLOCK_M, BLOCK_N], stage_layout)
-        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        acc_full = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        acc_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(STAGES):
-            mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(acc_full, count=1)
-        mbarrier.init(acc_free, count=1)
-        fence_async_shared()
-        ptrs = (a_desc, w_desc, bias_ptr, res_ptr, out_ptr)
-        ring = (a_bufs, w_bufs, stage, ready, acc_full, acc_free)
-        sizes = (M, N, K)
-        flags = (ACT_SILU, HAS_RES, GROUP_M)
-        gl.warp_specialize([(_epi_mma, (ptrs, ring, sizes, flags)), (_epi_store, (ptrs, ring, sizes, flags))],
-                           [4], [EPILOGUE_REGS])
-
 
 def ws_available(device: torch.device) -> bool:
     """Whether this form can run here: Gluon present and a Hopper (sm_90) GPU."""
@@ -317,18 +195,14 @@ def ws_usable(a: torch.Tensor, w_t: torch.Tensor, out: torch.Tensor, residual: t
 
 
 def ws_smem_bytes(config: dict, itemsize: int = 2) -> int:
-    """Shared memory of one program's buffers (barriers not counted)."""
+    """Shared memory of one program: two consumers' operand rings and staging tiles (barriers not counted)."""
     bm, bn, bk, st = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"], config["STAGES"]
-    ring = st * (bm * bk + bk * bn) + bm * bn
-    return (2 * ring if config["KERNEL"] == "pingpong" else ring) * itemsize
+    return 2 * (st * (bm * bk + bk * bn) + bm * bn) * itemsize
 
 
 def ws_configs() -> list[dict]:
-    """Every candidate of both kernels as a launch dict (``KERNEL``: "pingpong" or "epilogue")."""
-    out = [{"KERNEL": "pingpong", "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "STAGES": st, "GROUP_M": 8}
-           for bm, bn, bk, st in PINGPONG_TILES]
-    out += [{"KERNEL": "epilogue", "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "STAGES": st, "GROUP_M": 8}
-            for bm, bn, bk, st in EPILOGUE_TILES]
+    """Every candidate tile as a launch dict (consumers get 232 registers, the loader warps 24)."""
+    out = [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "STAGES": st, "GROUP_M": 8} for bm, bn, bk, st in WS_CONFIGS]
     return [cf for cf in out if ws_smem_bytes(cf) <= 220 * 1024]
 
 
@@ -340,34 +214,28 @@ def _layout(block_shape, dtype):
 
 
 def launch_ws(a, w_t, bias, residual, out, act: str, config: dict):
-    """One launch of the Gluon kernel ``config["KERNEL"]`` with the fixed tile ``config`` (see :func:`ws_configs`)."""
+    """One launch of :func:`gemm_ws_kernel` with the fixed tile ``config`` (see :func:`ws_configs`)."""
     bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
     m, k = a.shape
     n = w_t.shape[1]
     a_desc = GluonDescriptor.from_tensor(a, [bm, bk], _layout([bm, bk], a.dtype))
     w_desc = GluonDescriptor.from_tensor(w_t, [bk, bn], _layout([bk, bn], a.dtype))
-    if a.device not in _SMS:
-        _SMS[a.device] = torch.cuda.get_device_properties(a.device).multi_processor_count
-    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    flags = dict(ACT_SILU=act == "silu", HAS_RES=residual is not None, GROUP_M=config.get("GROUP_M", 8),
-                 STAGES=config["STAGES"])
-    if config["KERNEL"] == "epilogue":
-        grid = (max(1, min(_SMS[a.device], tiles)),)
-        return gemm_ws_epilogue_kernel[grid](a_desc, w_desc, bias, residual if residual is not None else out, out,
-                                             m, n, k, **flags, EPILOGUE_REGS=config.get("EPILOGUE_REGS", 88),
-                                             num_warps=8, maxnreg=168)
     out_desc = GluonDescriptor.from_tensor(out, [bm, bn], _layout([bm, bn], a.dtype))
     res_desc = GluonDescriptor.from_tensor(residual, [bm, bn], _layout([bm, bn], a.dtype)) \
         if residual is not None else out_desc  # never read when HAS_RES is False
+    if a.device not in _SMS:
+        _SMS[a.device] = torch.cuda.get_device_properties(a.device).multi_processor_count
+    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
     grid = (max(1, min(_SMS[a.device], triton.cdiv(tiles, 2))),)
-    return gemm_ws_kernel[grid](a_desc, w_desc, res_desc, out_desc, bias, m, n, k, **flags,
-                                CONSUMER_REGS=config.get("CONSUMER_REGS", 232), num_warps=4,
-                                maxnreg=config.get("maxnreg", 168))
+    return gemm_ws_kernel[grid](a_desc, w_desc, res_desc, out_desc, bias, m, n, k, ACT_SILU=act == "silu",
+                                HAS_RES=residual is not None, GROUP_M=config.get("GROUP_M", 8),
+                                STAGES=config["STAGES"], CONSUMER_REGS=config.get("CONSUMER_REGS", 232),
+                                num_warps=4, maxnreg=config.get("maxnreg", 168))
 
 
 @functools.cache
-def ws_signature(kernel: str, dtype: str = "bf16", block_m: int = 128, block_n: int = 128, block_k: int = 64) -> dict:
-    """A Gluon kernel's argument types for an sm_90 compile without a GPU (descriptor types with their layouts)."""
+def ws_signature(dtype: str = "bf16", block_m: int = 128, block_n: int = 128, block_k: int = 64) -> dict:
+    """The kernel's argument types for an sm_90 compile without a GPU (descriptor types with their layouts)."""
     torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float16
     from triton.runtime.jit import mangle_type
 
@@ -375,11 +243,7 @@ def ws_signature(kernel: str, dtype: str = "bf16", block_m: int = 128, block_n: 
         t = torch.empty(256, 256, dtype=torch_dtype)
         return mangle_type(GluonDescriptor.from_tensor(t, shape, _layout(shape, torch_dtype)))
 
-    flags = {"ACT_SILU": "constexpr", "HAS_RES": "constexpr", "GROUP_M": "constexpr", "STAGES": "constexpr"}
-    if kernel == "epilogue":
-        return {"a_desc": desc([block_m, block_k]), "w_desc": desc([block_k, block_n]), "bias_ptr": "*fp32",
-                "res_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "M": "i32", "N": "i32", "K": "i32", **flags,
-                "EPILOGUE_REGS": "constexpr"}
     return {"a_desc": desc([block_m, block_k]), "w_desc": desc([block_k, block_n]),
             "res_desc": desc([block_m, block_n]), "out_desc": desc([block_m, block_n]), "bias_ptr": "*fp32",
-            "M": "i32", "N": "i32", "K": "i32", **flags, "CONSUMER_REGS": "constexpr"}
+            "M": "i32", "N": "i32", "K": "i32", "ACT_SILU": "constexpr", "HAS_RES": "constexpr",
+            "GROUP_M": "constexpr", "STAGES": "constexpr", "CONSUMER_REGS": "constexpr"}

@@ -269,11 +269,11 @@ def test_gemm_comparison_tables_take_the_latest_run_of_each_part():
     assert tables["patchify"].attrs["commit"] == "ccc"   # each part from its own latest run
 
 
-def test_gluon_gemms_are_warp_specialised_with_tma_and_wgmma_and_no_spills():
-    """Both warp-specialised Gluon GEMMs compiled for sm_90 (no GPU), every candidate tile, with the SiLU and
-    with the residual epilogue: wgmma products and TMA copies, the registers moved between partitions by
-    setmaxnreg (ping-pong: consumers 232, loader warps 24; epilogue kernel: epilogue warps 88, the MMA
-    partition what is left, at least 200), no spills beyond one register, and shared memory within the SM's 227 KB."""
+def test_gluon_gemm_is_warp_specialised_with_tma_and_wgmma_and_no_spills():
+    """The warp-specialised Gluon GEMM compiled for sm_90 (no GPU), every candidate tile, with the SiLU and with
+    the residual epilogue: wgmma products and TMA copies (one more for the residual tile), registers moved
+    between partitions by setmaxnreg (consumer warp groups 232, loader warps 24), no spills, and shared memory
+    within the SM's 227 KB."""
     code = r"""
 import json
 from convfirst.kernels import compile_report as cr, gemm_ws
@@ -288,16 +288,10 @@ print(json.dumps(out))
     if not gemm_ws.HAVE_GLUON:
         pytest.skip("this Triton has no Gluon")
     rows = _compile_outside_interpreter(code)
-    assert len(rows) == 2 * len(gemm_ws.ws_configs())
-    assert {r["KERNEL"] for r in rows} == {"pingpong", "epilogue"}
+    assert len(rows) == 2 * len(gemm_ws.ws_configs()) >= 4
     for r in rows:
-        name = f"{r['KERNEL']} {r['BLOCK_M']}x{r['BLOCK_N']}x{r['BLOCK_K']} silu={r['silu']} res={r['res']}"
-        assert r["wgmma"] > 0 and r["tma_copies"] >= 2, name
-        if r["KERNEL"] == "pingpong":
-            assert {24, 232} <= set(r["setmaxnreg"]), f"{name}: {r['setmaxnreg']}"
-            assert r["tma_copies"] >= (3 if r["res"] else 2), name
-        else:
-            assert 88 in r["setmaxnreg"] and max(r["setmaxnreg"]) >= 200, f"{name}: {r['setmaxnreg']}"
-        # the 128 x 256 x 32 tile with four stages keeps one 4-byte value in local memory under the SiLU epilogue
-        assert r["spill_bytes"] <= (4 if r["KERNEL"] == "epilogue" else 0), name
+        name = f"{r['BLOCK_M']}x{r['BLOCK_N']}x{r['BLOCK_K']} silu={r['silu']} res={r['res']}"
+        assert r["wgmma"] > 0 and r["tma_copies"] >= (3 if r["res"] else 2), name
+        assert {24, 232} <= set(r["setmaxnreg"]), f"{name}: partitions not given their registers: {r['setmaxnreg']}"
+        assert r["spill_bytes"] == 0, name
         assert gemm_ws.ws_smem_bytes(r) <= r["smem"] <= 227 * 1024, name

@@ -308,7 +308,18 @@ else:
 gone) and at every narrow shape; cuBLAS stays slightly faster on the long-K projecting layers of the 7x7
 stage, where the matmul itself dominates (at 768@7 in the recorded run about 520 TFLOP/s for our tiles
 against 580 for cuBLAS and its add). The whole sequence got 1.1-1.6x faster (last line above), in three
-launches instead of five. The sequence rows of the benchmark above come from this kernel from commit 6fa51c7 on."""),
+launches instead of five. The sequence rows of the benchmark above come from this kernel from commit 6fa51c7 on.
+
+The most recent `gemm` run (commit b668293) also timed two warp-specialised kernels written in Gluon, Triton's
+explicit-layout dialect, against the TMA kernel: `gluon-pingpong` (two consumer warp groups taking alternate
+128 x 128 tiles, each fed by its own TMA loader warp, so that one tile's epilogue overlaps the other's
+products; kept as the opt-in form `gluon-ws`), `gluon-epilogue` (one 8-warp partition on 128 x 256 tiles
+handing each tile to a separate epilogue warp group; removed after this run) and `auto` (per shape, the faster
+of the TMA kernel and the Gluon tiles by a quick timing; also removed, since its choice did not always hold
+under the benchmark's conditions). The ping-pong kernel is 2-7% faster on the expanding layers and 3-20% slower
+on the projecting ones: a warp group holds at most a 128 x 128 accumulator, which reads a third more bytes
+from L2 per FLOP than the TMA kernel's 128 x 256 tile, so the models keep the TMA kernel
+(`kernels/NOTES_gemm.md`, v5)."""),
     new_markdown_cell("""### The same kernels on a second GPU
 
 The H200 has the H100's Hopper SMs (132 of them, measured peak bf16 rate within a few per cent) but 1.4x its

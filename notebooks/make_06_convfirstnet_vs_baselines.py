@@ -270,10 +270,9 @@ else:
     new_markdown_cell("""## What this run measured, and what it did not
 
 The recorded run had about five minutes of GPU time, which cannot hold every model under every variant at
-every batch (the fused rows shown are from commit 495ca06: ConvFirstNet-T and -H at batches 1 and 256, -P, -N
-and -S at 256, in three calls; ConvNeXt-T compiled comes from the family plan of commit 40bea40, whose fused
-rows, MBConvNet-H and -T among them, are not mixed in, nor are batches 8-128, measured at earlier commits; see
-the start of the chapter): `torch.compile` compiles each new batch size afresh (10-20 s each on the H100 machine), the
+every batch (the fused rows shown are from commit 48b410c, in two calls: ConvFirstNet-T, -H, -P, -N and -S and
+MBConvNet-H at batches 1 and 256, with ConvNeXt-T compiled at both batches from the first call; MBConvNet-T
+fused and batches 8-128, measured at earlier commits, are not mixed in; see the start of the chapter): `torch.compile` compiles each new batch size afresh (10-20 s each on the H100 machine), the
 fused kernels autotune their tile sizes for every new block shape and batch, and max-autotune benchmarks
 Triton templates for every conv and matmul shape, minutes per model. The run therefore goes in priority
 order: all batches for the comparison the chapter rests on, then every other model at batch 1 and 256, then

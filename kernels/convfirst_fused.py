@@ -474,13 +474,13 @@ def _resident_launcher():
 #: v6 (TMA tiles) candidates: (TILE_H, TILE_W, BLOCK_H, warps, stages, maxnreg). The patch is TILE_H x TILE_W
 #: pixels of one image (64 pixels: v4's best tile size); 8 x 8 covers a 56 x 56 image exactly, 4 x 16 and
 #: 16 x 4 waste less at 28 x 28 (7 x 2 patches) than 8 x 8 (4 x 4 patches, 23% overhang). Each stage holds one
-#: tap's boxes (8-12 KB at C = 64-96), so deeper pipelines cost no registers. The 128-pixel patches of 8 warps
-#: under a 128-register cap (two programs per SM, as many warps as four 4-warp programs) read each weight once
-#: per 128 pixels instead of 64: at 96@56 the weights are ~60% of the bytes a tile reads from L2.
+#: tap's boxes (8-12 KB at C = 64-96), so deeper pipelines cost no registers. 128-pixel patches of 8 warps
+#: under a 128-register cap (half the weight reads per pixel) were 35-45% slower (NOTES_convfirst.md) and are
+#: not offered.
 TMA_CONFIGS = ((8, 8, 64, 4, 2, 128), (8, 8, 32, 4, 2, 128), (8, 8, 64, 4, 3, 128), (8, 8, 32, 4, 3, 128),
                (8, 8, 32, 4, 3, 168), (8, 8, 64, 4, 3, None), (8, 8, 32, 4, 4, 128), (8, 8, 64, 4, 4, 128),
                (4, 16, 32, 4, 3, 128), (16, 4, 32, 4, 3, 128), (4, 16, 64, 4, 3, 128), (8, 16, 64, 8, 3, None),
-               (4, 8, 32, 4, 2, None), (8, 16, 32, 8, 3, 128), (16, 8, 32, 8, 3, 128), (8, 16, 32, 8, 2, 128))
+               (4, 8, 32, 4, 2, None))
 
 
 def _set_tma_block_shapes(nargs: dict) -> None:

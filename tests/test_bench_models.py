@@ -276,12 +276,13 @@ def test_stage_breakdown_adds_up_for_the_control():
     assert bm.stage_breakdown("b300", bm.CONTROL_MODEL) is None
 
 
-def test_recorded_rows_takes_the_latest_fused_run_and_fills_pytorch_cases_from_other_runs():
+def test_recorded_rows_takes_the_latest_complete_run_and_fills_pytorch_cases_from_other_runs():
     def row(model, variant, batch, date, ms, commit="abc1234"):
         return {"model": model, "variant": variant, "batch": batch, "resolution": 224, "dtype": "bfloat16",
                 "cuda_graphs": False, "ms": ms, "date": date, "commit": commit}
 
-    old, new, later = "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", "2026-01-03T00:00:00Z"
+    old, new, later, latest = ("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", "2026-01-03T00:00:00Z",
+                               "2026-01-04T00:00:00Z")
     df = pd.DataFrame([
         row("convnext_tiny", "compile-default", 256, old, 16.0, "0ld0001"),   # superseded by the new run
         row("convnext_tiny", "compile-default", 256, new, 15.0),
@@ -294,7 +295,8 @@ def test_recorded_rows_takes_the_latest_fused_run_and_fills_pytorch_cases_from_o
         row("convfirstnet_t", "fused", 256, old, 12.0),             # same commit, but the anchor has it
         row("convnext_tiny", "compile-max-autotune", 256, later, 14.5),  # a later PyTorch-only run fills in
         row("convnext_tiny", "compile-default", 256, later, 99.0, "abc1234+dirty"),  # dirty: never shown
-    ])
+        row("convfirstnet_t", "fused", 256, latest, 10.0, "def5678"),  # later, but without the reference: not
+    ])                                                                   # the anchor, other commit: not shown
     got = bm.recorded_rows(df).set_index(["model", "variant"])["ms"].to_dict()
     assert got == {("convnext_tiny", "compile-default"): 15.0, ("convfirstnet_t", "fused"): 11.0,
                    ("efficientnet_b0", "eager"): 13.0, ("convnext_tiny", "compile-max-autotune"): 14.5,

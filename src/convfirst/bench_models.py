@@ -569,7 +569,10 @@ def recorded_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The rows a chapter shows: the anchor run in full, plus other runs' PyTorch rows (eager and
     torch.compile variants) for the cases the anchor run did not reach.
 
-    The anchor is the most recent run with fused rows (the most recent run if none has any). Fused variants
+    The anchor is the most recent run that measured the comparison the targets rest on: fused rows and a
+    torch.compile row of the reference model (else the most recent run with fused rows, else the most recent
+    run), so that a later run that only re-times one model, say after a kernel change, does not become the
+    chapter's anchor on its own. Fused variants
     are taken from the anchor, or from another run of the anchor's commit: what ``fused`` installs changes as
     the kernels and the planner improve, so it is fixed by the commit. The PyTorch variants of another run on
     the same GPU measure the same thing, so a later run that adds, say, one max-autotune case fills it in, and
@@ -578,7 +581,9 @@ def recorded_rows(df: pd.DataFrame) -> pd.DataFrame:
     keeps its own ``date``, ``commit`` and ``peak_tflops`` (E uses the P of its own run).
     """
     is_fused = df["variant"].isin(FUSED_VARIANTS)
-    anchor = latest_run(df[is_fused] if is_fused.any() else df)
+    is_ref = (df["model"] == REFERENCE_MODEL) & df["variant"].isin(["compile-default", "compile-max-autotune"])
+    complete = df["date"].isin(set(df.loc[is_fused, "date"]) & set(df.loc[is_ref, "date"]))
+    anchor = latest_run(df[complete] if complete.any() else df[is_fused] if is_fused.any() else df)
     anchor = df[df["date"] == anchor["date"].iloc[0]].reset_index(drop=True)
     clean = ~df["commit"].astype(str).str.contains("dirty")
     same_kernels = clean & (df["commit"].astype(str) == str(anchor["commit"].iloc[0]))

@@ -270,10 +270,10 @@ else:
     new_markdown_cell("""## What this run measured, and what it did not
 
 The recorded run had about five minutes of GPU time, which cannot hold every model under every variant at
-every batch (the fused rows shown are from commit 48b410c, in three calls: every ConvFirstNet and MBConvNet member
-at batches 1 and 256, with ConvNeXt-T compiled at both batches from the first call; the third call, for
-MBConvNet-T, -P, -N and -S, was made from a checkout of that commit after later ones; batches 8-128 of the
-fused models, measured at earlier commits, are not mixed in; see the start of the chapter): `torch.compile` compiles each new batch size afresh (10-20 s each on the H100 machine), the
+every batch (the fused rows shown are from commit 48b410c, in four calls: every ConvFirstNet and MBConvNet member
+at batches 1 and 256, with ConvNeXt-T compiled at both batches from the first call, and ConvFirstNet-T and -H at
+batches 8-128; the last two calls, for MBConvNet-T, -P, -N and -S and for those batches, were made from a
+checkout of that commit after later ones; see the start of the chapter): `torch.compile` compiles each new batch size afresh (10-20 s each on the H100 machine), the
 fused kernels autotune their tile sizes for every new block shape and batch, and max-autotune benchmarks
 Triton templates for every conv and matmul shape, minutes per model. The run therefore goes in priority
 order: all batches for the comparison the chapter rests on, then every other model at batch 1 and 256, then

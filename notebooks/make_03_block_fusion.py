@@ -259,7 +259,10 @@ each tap wait exposes, did not change. With v6 among the candidates the block be
 the best `torch.compile` mode, 3% short of 3x. A persistent form of v6, whose tile loop Triton flattens with
 the tap loop so that the next patch's copies are in flight during the 1x1 chain, gave wrong outputs or
 illegal addresses for some tiles on the H100 (the interpreter passed every case) and was slower where it was
-right; it was removed, and its rows stay in `data/convfirst_forms_<gpu>.csv`.
+right; it was removed, and its rows stay in `data/convfirst_forms_<gpu>.csv`. Patches of 128 pixels (8 x 16 and
+16 x 8, 8 warps, two programs per SM), which read each weight once per 128 pixels instead of 64, were 41-43%
+slower (commit 8910292): at 96@56 the weights are about 60% of the bytes a tile reads from L2, so this was the
+test of whether those bytes bind. They do not; the latency of each tap wait does.
 
 **The fused MBConv kernel** gained from the same change (fewer instructions, 168 instead of 255 registers,
 three programs per SM), but it still recomputes the expansion of the halo rows (3x at 56x56 with 64-pixel
@@ -277,7 +280,10 @@ tensor cores from there (one copy per tile instead of nine; v6 still makes nine,
 take a shifted view of a shared-memory tile), and a warp-specialised pipeline in which one warp group loads and
 convolves the next tile while another runs the current tile's 1x1 work, sharing one resident copy of the
 weights; for MBConv, 2D tiles and a rolling halo buffer. These need explicit shared-memory and warp-group
-control (CUTLASS or Triton's lower-level Gluon dialect)."""),
+control (CUTLASS or Triton's lower-level Gluon dialect). A first Gluon kernel is in the repository for the
+1x1 matmuls (below); it shows the register limit that shapes such designs on Hopper: an accumulator lives in
+the registers of the warp group that issues the products, so overlapping one tile's epilogue with the next
+tile's products costs a second accumulator."""),
     new_markdown_cell("""### The unfused sequence's 1x1 layers: epilogues fused into the matmul
 
 Where the fused kernel loses (the 14x14 and 7x7 stages) a model runs the unfused sequence, so its speed

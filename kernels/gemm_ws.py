@@ -73,22 +73,18 @@ if HAVE_GLUON:
         return pid_m * BLOCK_M, pid_n * BLOCK_N
 
     @gluon.jit
-    def _loader(descs, ring, sizes, flags, WHICH: gl.constexpr):
+    def _loader(a_desc, w_desc, a_bufs, w_bufs, ready, empty, M, N, K, GROUP_M: gl.constexpr,
+                WHICH: gl.constexpr):
         """One warp: the TMA copies of consumer WHICH's A and W steps, STAGES ahead of its products."""
-        a_desc, w_desc, res_desc, out_desc, bias_ptr = descs
-        a_bufs, w_bufs, c_buf, ready, empty, res_bar = ring
-        M, N, K = sizes
-        ACT_SILU, HAS_RES, GROUP_M = flags
         BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
-        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
         BLOCK_N: gl.constexpr = w_desc.block_type.shape[1]
         STAGES: gl.constexpr = a_bufs.type.shape[0]
         nbytes: gl.constexpr = a_desc.block_type.nbytes + w_desc.block_type.nbytes
-        num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
         step = 0
-        for tile in range(2 * gl.program_id(0) + WHICH, num_tiles, 2 * gl.num_programs(0)):
+        for tile in range(2 * gl.program_id(0) + WHICH, gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N),
+                          2 * gl.num_programs(0)):
             off_m, off_n = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-            for k in range(0, K, BLOCK_K):
+            for k in range(0, K, a_desc.block_type.shape[1]):
                 s = step % STAGES
                 # a fresh mbarrier counts as having completed the phase before phase 0: the first pass is free
                 mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)
@@ -178,7 +174,8 @@ if HAVE_GLUON:
         sizes = (M, N, K)
         flags = (ACT_SILU, HAS_RES, GROUP_M)
         gl.warp_specialize([(_consumer, (descs, ring0, sizes, flags, 0)), (_consumer, (descs, ring1, sizes, flags, 1)),
-                            (_loader, (descs, ring0, sizes, flags, 0)), (_loader, (descs, ring1, sizes, flags, 1))],
+                            (_loader, (a_desc, w_desc, ring0[0], ring0[1], ring0[3], ring0[4], M, N, K, GROUP_M, 0)),
+                            (_loader, (a_desc, w_desc, ring1[0], ring1[1], ring1[3], ring1[4], M, N, K, GROUP_M, 1))],
                            [4, 1, 1], [CONSUMER_REGS, 24, 24])
 
 

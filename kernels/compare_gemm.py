@@ -118,10 +118,14 @@ def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True) -> list[dic
             def ws(cf):
                 return lambda a, r: gemm.launch_matmul(a, w_t, bias, act, r, config=cf, form="gluon-ws")
 
+            def record(impl, ms, err, config):
+                rows.append({"part": "gemm", "block": shape.block, "C": c, "H": shape.H, "layer": layer,
+                             "M": m, "K": k, "N": n, "impl": impl, "ms": ms, "tflops": 2 * m * k * n / ms / 1e9,
+                             "gbps": nbytes / ms / 1e6, "rel_err": err, "config": config, "batch": batch,
+                             "cuda_graph": graphs})
+
             a0, r0 = inputs[0]
             ref = gemm.matmul_reference(a0, w_t, bias, act, r0)
-            impls = [("cublas", cublas, None), ("triton-pointer", ours("pointer"), None),
-                     ("triton-tma", ours("tma"), None)]
             if gemm_ws.ws_available(a0.device):  # every Gluon tile is checked and timed; the row keeps the fastest
                 timed = []
                 for cf in gemm_ws.ws_configs():
@@ -129,21 +133,13 @@ def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True) -> list[dic
                     err = relative_error(fn(a0, r0), ref)
                     timed.append((_time(fn, inputs, graphs), err, cf))
                 best = min(timed, key=lambda t: t[0])
-                rows.append({"part": "gemm", "block": shape.block, "C": c, "H": shape.H, "layer": layer,
-                             "M": m, "K": k, "N": n, "impl": "gluon-ws", "ms": best[0],
-                             "tflops": 2 * m * k * n / best[0] / 1e9, "gbps": nbytes / best[0] / 1e6,
-                             "rel_err": max(t[1] for t in timed), "config": str(best[2]), "batch": batch,
-                             "cuda_graph": graphs})
-            for impl, fn, _ in impls:
+                record("gluon-ws", best[0], max(t[1] for t in timed), str(best[2]))
+            for impl, fn in (("cublas", cublas), ("triton-pointer", ours("pointer")), ("triton-tma", ours("tma"))):
                 err = relative_error(fn(a0, r0), ref)
                 ms = _time(fn, inputs, graphs)
                 tuner = {"triton-pointer": gemm._launcher, "triton-tma": gemm._tma_launcher}.get(impl)
-                tuner = tuner() if tuner else None
-                tuned = getattr(tuner, "best_config", None)
-                rows.append({"part": "gemm", "block": shape.block, "C": c, "H": shape.H, "layer": layer,
-                             "M": m, "K": k, "N": n, "impl": impl, "ms": ms, "tflops": 2 * m * k * n / ms / 1e9,
-                             "gbps": nbytes / ms / 1e6, "rel_err": err, "config": str(tuned) if tuned else "",
-                             "batch": batch, "cuda_graph": graphs})
+                tuned = getattr(tuner() if tuner else None, "best_config", None)
+                record(impl, ms, err, str(tuned) if tuned else "")
     return rows
 
 

@@ -184,13 +184,6 @@ def ws_available(device: torch.device) -> bool:
     return HAVE_GLUON and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
 
 
-def ws_usable(a: torch.Tensor, w_t: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None) -> bool:
-    """TMA's rules (16-byte aligned bases and row strides) on every operand, and a Hopper GPU."""
-    tensors = (a, w_t, out) if residual is None else (a, w_t, out, residual)
-    return ws_available(a.device) and all(
-        t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in tensors)
-
-
 def ws_smem_bytes(config: dict, itemsize: int = 2) -> int:
     """Shared memory of one program: two consumers' operand rings and staging tiles (barriers not counted)."""
     bm, bn, bk, st = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"], config["STAGES"]

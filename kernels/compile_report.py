@@ -28,27 +28,27 @@ PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bi
 DIVISIBLE_INTS = {"NPIX", "C", "C16", "HID", "HID16"}
 
 
+def _compile(source_cls, fn, signature: dict, constexprs: dict, options: dict):
+    """Compile ``fn`` for sm_90 from ``source_cls`` (Triton's or Gluon's AST source), pointers and the
+    ``DIVISIBLE_INTS`` assumed 16-divisible; launch options whose value is None are left out."""
+    attrs = {(i,): [["tt.divisibility", 16]] for i, (name, ty) in enumerate(signature.items())
+             if ty.startswith("*") or (name in DIVISIBLE_INTS and ty != "constexpr")}
+    return triton.compile(source_cls(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
+                          target=GPUTarget("cuda", 90, 32), options={k: v for k, v in options.items() if v is not None})
+
+
 def compile_sm90(fn, signature: dict, constexprs: dict, num_warps: int, num_stages: int,
                  maxnreg: int | None = None):
     """Compile one config of a Triton kernel for sm_90 (no GPU needed); the compiled kernel (``.asm``)."""
-    attrs = {(i,): [["tt.divisibility", 16]] for i, (name, ty) in enumerate(signature.items())
-             if ty.startswith("*") or (name in DIVISIBLE_INTS and ty != "constexpr")}
-    options = {"num_warps": num_warps, "num_stages": num_stages}
-    if maxnreg:
-        options["maxnreg"] = maxnreg
-    return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
-                          target=GPUTarget("cuda", 90, 32), options=options)
+    return _compile(ASTSource, fn, signature, constexprs,
+                    {"num_warps": num_warps, "num_stages": num_stages, "maxnreg": maxnreg or None})
 
 
 def compile_gluon_sm90(fn, signature: dict, constexprs: dict, num_warps: int, maxnreg: int | None = None):
     """Compile a Gluon kernel for sm_90 (no GPU needed); the compiled kernel (``.asm``)."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    attrs = {(i,): [["tt.divisibility", 16]] for i, (name, ty) in enumerate(signature.items())
-             if ty.startswith("*") or (name in DIVISIBLE_INTS and ty != "constexpr")}
-    options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
-    return triton.compile(GluonASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
-                          target=GPUTarget("cuda", 90, 32), options=options)
+    return _compile(GluonASTSource, fn, signature, constexprs, {"num_warps": num_warps, "maxnreg": maxnreg or None})
 
 
 def ptxas_report(ptx: str) -> dict:

@@ -475,7 +475,7 @@ def _resident_launcher():
 #: pixels of one image (64 pixels: v4's best tile size); 8 x 8 covers a 56 x 56 image exactly, 4 x 16 and
 #: 16 x 4 waste less at 28 x 28 (7 x 2 patches) than 8 x 8 (4 x 4 patches, 23% overhang). Each stage holds one
 #: tap's boxes (8-12 KB at C = 64-96), so deeper pipelines cost no registers. 128-pixel patches of 8 warps
-#: under a 128-register cap (half the weight reads per pixel) were 35-45% slower (NOTES_convfirst.md) and are
+#: under a 128-register cap (half the weight reads per pixel) were 41-43% slower (NOTES_convfirst.md) and are
 #: not offered.
 TMA_CONFIGS = ((8, 8, 64, 4, 2, 128), (8, 8, 32, 4, 2, 128), (8, 8, 64, 4, 3, 128), (8, 8, 32, 4, 3, 128),
                (8, 8, 32, 4, 3, 168), (8, 8, 64, 4, 3, None), (8, 8, 32, 4, 4, 128), (8, 8, 64, 4, 4, 128),

@@ -43,7 +43,9 @@ def save_measurements(df: pd.DataFrame, path: str | Path, *, key: Iterable[str] 
     path = Path(path)
     check_provenance(df, str(path))
     if path.exists():
-        old = pd.read_csv(path)
+        # round-trip parsing: the rows already recorded are written back digit for digit (pandas' default
+        # fast parser can move a float by one unit in the last place, so a rewrite would alter old values)
+        old = pd.read_csv(path, float_precision="round_trip")
         if key is not None:
             cols = list(key) + ["gpu", "commit", "date"]
             merged = old[cols].astype(str).merge(df[cols].astype(str), how="inner")

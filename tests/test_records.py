@@ -1,0 +1,34 @@
+"""``convfirst.records.save_measurements``: appending never alters or replaces a recorded row."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from convfirst.provenance import PROVENANCE_COLUMNS
+from convfirst.records import DataError, save_measurements
+
+
+def _rows(ms: list[float], date: str) -> pd.DataFrame:
+    df = pd.DataFrame({"impl": [f"k{i}" for i in range(len(ms))], "ms": ms})
+    for col in PROVENANCE_COLUMNS:
+        df[col] = {"date": date, "commit": "abc1234"}.get(col, "x")
+    return df
+
+
+def test_appending_keeps_the_recorded_rows_digit_for_digit(tmp_path):
+    path = tmp_path / "bench.csv"
+    # values whose shortest text form the default fast CSV parser does not read back exactly
+    save_measurements(_rows([245.11354137102572, 0.1 + 0.2, 1 / 3], "2026-01-01T00:00:00Z"), path, key=["impl"])
+    before = path.read_text().splitlines()
+    save_measurements(_rows([2.5], "2026-01-02T00:00:00Z"), path, key=["impl"])
+    after = path.read_text().splitlines()
+    assert after[:len(before)] == before
+    assert len(after) == len(before) + 1
+
+
+def test_a_row_with_the_same_key_and_provenance_is_refused(tmp_path):
+    path = tmp_path / "bench.csv"
+    save_measurements(_rows([1.0], "2026-01-01T00:00:00Z"), path, key=["impl"])
+    with pytest.raises(DataError, match="refusing to overwrite"):
+        save_measurements(_rows([2.0], "2026-01-01T00:00:00Z"), path, key=["impl"])
+    assert len(pd.read_csv(path)) == 1

@@ -58,18 +58,12 @@ def project_accumulate(h, wp_t_ptr, hcol, h_ok, C, cols, col_ok, acc, FP32_DOT: 
 
 
 @triton.jit
-def bias_residual_store(acc, x, b_p_ptr, out_ptr, row, pix_ok, cols, col_ok):
-    """out[row, cols] = acc + b_p[cols] + x for one channel part of the tile (x already loaded)."""
-    acc += tl.load(b_p_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :] + x.to(tl.float32)
-    tl.store(out_ptr + row[:, None] + cols[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=pix_ok[:, None] & col_ok[None, :])
-
-
-@triton.jit
 def add_bias_residual_store(acc, x_ptr, b_p_ptr, out_ptr, row, pix_ok, cols, col_ok):
     """out[row, cols] = acc + b_p[cols] + x[row, cols] for one channel part of the tile: the block's only write."""
-    x = tl.load(x_ptr + row[:, None] + cols[None, :], mask=pix_ok[:, None] & col_ok[None, :], other=0.0)
-    bias_residual_store(acc, x, b_p_ptr, out_ptr, row, pix_ok, cols, col_ok)
+    mask = pix_ok[:, None] & col_ok[None, :]
+    x = tl.load(x_ptr + row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    acc += tl.load(b_p_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :] + x
+    tl.store(out_ptr + row[:, None] + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -338,9 +332,9 @@ def tma_bias_residual_store(acc, x_desc, out_desc, b_p_ptr, n, h0, w0, c0: tl.co
 
 @triton.jit
 def convfirst_tma_kernel(xa_desc, xb_desc, outa_desc, outb_desc, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr,
-                         wp_t_ptr, b_p_ptr, x_ptr, out_ptr, N, H, W, C: tl.constexpr, C16: tl.constexpr,
-                         HID: tl.constexpr, CA: tl.constexpr, CB: tl.constexpr, TILE_H: tl.constexpr,
-                         TILE_W: tl.constexpr, BLOCK_H: tl.constexpr, EPILOGUE: tl.constexpr, FP32_DOT: tl.constexpr):
+                         wp_t_ptr, b_p_ptr, N, H, W, C: tl.constexpr, C16: tl.constexpr, HID: tl.constexpr,
+                         CA: tl.constexpr, CB: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+                         BLOCK_H: tl.constexpr, FP32_DOT: tl.constexpr):
     """v6: v4's tile walk on a TILE_H x TILE_W patch of one image, every activation tile moved by TMA.
 
     The nine shifted input tiles, the residual and the output are box copies of the NHWC tensor through
@@ -360,36 +354,10 @@ def convfirst_tma_kernel(xa_desc, xb_desc, outa_desc, outb_desc, w_taps_ptr, b_g
     if CB > 0:
         gb = tma_grouped3x3_part(xb_desc, w_taps_ptr, b_g_ptr, n, h0, w0, CA, C, C16, CB, TILE_H, TILE_W,
                                  FP32_DOT)
-    if EPILOGUE == 0:  # residual and output as box copies
-        acc_a, acc_b = hidden_chain(ga, gb, we_t_ptr, b_e_ptr, wp_t_ptr, C, HID, CA, CB, BLOCK_M, BLOCK_H, FP32_DOT)
-        tma_bias_residual_store(acc_a, xa_desc, outa_desc, b_p_ptr, n, h0, w0, 0, C, CA, TILE_H, TILE_W)
-        if CB > 0:
-            tma_bias_residual_store(acc_b, xb_desc, outb_desc, b_p_ptr, n, h0, w0, CA, C, CB, TILE_H, TILE_W)
-    else:  # residual loads and output stores through pointers (masked at the image edges)
-        i = tl.arange(0, BLOCK_M)
-        ph = h0 + i // TILE_W
-        pw = w0 + i % TILE_W
-        pix_ok = (ph < H) & (pw < W)
-        row = ((n * H + ph) * W + pw).to(tl.int64) * C
-        ca = tl.arange(0, CA)
-        if EPILOGUE == 2:  # the residual loads issued before the 1x1 chain, their latency hidden behind it
-            xa = tl.load(x_ptr + row[:, None] + ca[None, :], mask=pix_ok[:, None] & (ca < C)[None, :], other=0.0)
-            xb = xa
-            if CB > 0:
-                cb = CA + tl.arange(0, CB)
-                xb = tl.load(x_ptr + row[:, None] + cb[None, :], mask=pix_ok[:, None] & (cb < C)[None, :],
-                             other=0.0)
-        acc_a, acc_b = hidden_chain(ga, gb, we_t_ptr, b_e_ptr, wp_t_ptr, C, HID, CA, CB, BLOCK_M, BLOCK_H, FP32_DOT)
-        if EPILOGUE == 2:
-            bias_residual_store(acc_a, xa, b_p_ptr, out_ptr, row, pix_ok, ca, ca < C)
-            if CB > 0:
-                cb = CA + tl.arange(0, CB)
-                bias_residual_store(acc_b, xb, b_p_ptr, out_ptr, row, pix_ok, cb, cb < C)
-        else:
-            add_bias_residual_store(acc_a, x_ptr, b_p_ptr, out_ptr, row, pix_ok, ca, ca < C)
-            if CB > 0:
-                cb = CA + tl.arange(0, CB)
-                add_bias_residual_store(acc_b, x_ptr, b_p_ptr, out_ptr, row, pix_ok, cb, cb < C)
+    acc_a, acc_b = hidden_chain(ga, gb, we_t_ptr, b_e_ptr, wp_t_ptr, C, HID, CA, CB, BLOCK_M, BLOCK_H, FP32_DOT)
+    tma_bias_residual_store(acc_a, xa_desc, outa_desc, b_p_ptr, n, h0, w0, 0, C, CA, TILE_H, TILE_W)
+    if CB > 0:
+        tma_bias_residual_store(acc_b, xb_desc, outb_desc, b_p_ptr, n, h0, w0, CA, C, CB, TILE_H, TILE_W)
 
 
 #: Sliced grouped-conv candidates: (BLOCK_M, BLOCK_H, warps, stages, UNROLL_TAPS, maxnreg). A register cap of
@@ -522,15 +490,9 @@ def _set_tma_block_shapes(nargs: dict) -> None:
         desc.block_shape = [1, nargs["TILE_H"], nargs["TILE_W"], desc.block_shape[3]]
 
 
-#: v6's epilogue: 0 = the residual and the output as box copies (each copy waited on at once), 1 = through
-#: pointers, 2 = through pointers with the residual loads issued before the 1x1 chain.
-TMA_EPILOGUE = 0
-
-
 def _tma_configs():
-    return [triton.Config({"TILE_H": th, "TILE_W": tw, "BLOCK_H": bh, "EPILOGUE": TMA_EPILOGUE}, num_warps=w,
-                          num_stages=st, maxnreg=r, pre_hook=_set_tma_block_shapes)
-            for th, tw, bh, w, st, r in TMA_CONFIGS]
+    return [triton.Config({"TILE_H": th, "TILE_W": tw, "BLOCK_H": bh}, num_warps=w, num_stages=st, maxnreg=r,
+                          pre_hook=_set_tma_block_shapes) for th, tw, bh, w, st, r in TMA_CONFIGS]
 
 
 def _prune_tma(configs, named_args, **kwargs):
@@ -702,13 +664,12 @@ def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: di
         return (n * triton.cdiv(h, meta["TILE_H"]) * triton.cdiv(w, meta["TILE_W"]),)
 
     def tma_args(tile_h: int, tile_w: int):
-        return (*_nhwc_descriptors(x, out, tile_h, tile_w), w_taps, b_g, we_t, b_e, wp_t, b_p, x, out, n, h, w, c, c16,
-                hid)
+        return (*_nhwc_descriptors(x, out, tile_h, tile_w), w_taps, b_g, we_t, b_e, wp_t, b_p, n, h, w, c, c16, hid)
 
     if config is not None and "TILE_H" in config:
         if not tma_usable(x, out):
             raise KernelInputError("the TMA form (config with TILE_H) needs x and out at 16-byte aligned addresses")
-        meta = {"EPILOGUE": TMA_EPILOGUE, **{k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}}
+        meta = {k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}
         compiled = convfirst_tma_kernel[tma_grid(meta)](*tma_args(meta["TILE_H"], meta["TILE_W"]), CA=ca, CB=cb,
                                                         FP32_DOT=interpreting(), **meta, **launch_options(config))
     elif config is not None and "PROGRAMS_PER_SM" in config:

@@ -82,19 +82,6 @@ def test_convfirst_kernel_forms_match_reference(block, channels, height, width, 
     assert err < TOLERANCE["bfloat16"], f"{form} C={channels} {height}x{width} N={batch}: rel err {err:.3g}"
 
 
-@pytest.mark.parametrize("epilogue", [0, 1, 2])
-@pytest.mark.parametrize("channels, height, width, batch", [(80, 5, 7, 2), (32, 9, 6, 1)] if not ON_GPU
-                         else [(96, 9, 15, 2), (64, 56, 56, 2), (80, 29, 31, 1)])
-def test_tma_form_epilogues_match_reference(channels, height, width, batch, epilogue):
-    """v6's three epilogues (box copies; pointers; pointers with the residual loaded before the 1x1 chain) on
-    images that the patches overhang: the pointer forms must mask the pixels outside the image themselves."""
-    config = dict(form_config("tma", channels, batch * height * width), EPILOGUE=epilogue)
-    case = BlockCase(BlockShape("convfirst", channels, height, width), batch, "bfloat16", device=DEVICE, seed=_seed())
-    x = case.inputs[0]
-    err = relative_error(case.launch_poisoned(x, config), case.reference(x))
-    assert err < TOLERANCE["bfloat16"], f"EPILOGUE={epilogue} C={channels} {height}x{width}: rel err {err:.3g}"
-
-
 def test_resident_form_walks_more_tiles_than_programs():
     """The v5 grid is persistent: fewer programs than tiles, each program looping over several."""
     from convfirst.kernels._common import num_sms

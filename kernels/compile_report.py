@@ -113,7 +113,7 @@ def convfirst_tma_signature(channels: int, tile_h: int, tile_w: int) -> dict:
     return _sig({"xa_desc": desc(ca), "xb_desc": desc(cb or ca), "outa_desc": desc(ca), "outb_desc": desc(cb or ca),
                  "w_taps_ptr": "*bf16", "b_g_ptr": "*fp32", "we_t_ptr": "*bf16", "b_e_ptr": "*fp32",
                  "wp_t_ptr": "*bf16", "b_p_ptr": "*fp32"}, ["N", "H", "W"],
-                ["C", "C16", "HID", "CA", "CB", "TILE_H", "TILE_W", "BLOCK_H", "FP32_DOT"])
+                ["C", "C16", "HID", "CA", "CB", "TILE_H", "TILE_W", "BLOCK_H", "JOINT_TAPS", "FP32_DOT"])
 
 
 def convfirst_constexprs(channels: int, tile: dict, expansion: int = 4) -> dict:

@@ -277,45 +277,76 @@ def convfirst_resident_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_
 
 
 @triton.jit
+def tap_weight_offsets(c0: tl.constexpr, CK: tl.constexpr, C16: tl.constexpr):
+    """Offsets (and mask) of channels [c0, c0 + CK)'s 16x16 slices within one tap's packed weight [C16, 16], shaped
+    [CK//16, 16, 16] for :func:`slice_product`."""
+    S: tl.constexpr = CK // 16
+    w_row = c0 + tl.arange(0, S)[:, None, None] * 16 + tl.arange(0, 16)[None, :, None]  # packed row = input channel
+    return w_row * 16 + tl.arange(0, 16)[None, None, :], w_row < C16
+
+
+@triton.jit
+def tma_tap(x_desc, n, h0, w0, t, c0: tl.constexpr, BLOCK_M: tl.constexpr, CK: tl.constexpr):
+    """Tap t (dy, dx = t // 3 - 1, t % 3 - 1) of a patch as [BLOCK_M, CK]: the box [1, TILE_H, TILE_W, CK] at
+    (n, h0 + dy, w0 + dx, c0) of the NHWC input, moved by the Tensor Memory Accelerator, which fills what lies
+    outside the image with zeros (negative coordinates included): the 'same' padding costs no address or mask
+    arithmetic, and the tap is one bulk copy instead of BLOCK_M * CK / (32 * warps) pointer loads per thread."""
+    return tl.reshape(x_desc.load([n, h0 + t // 3 - 1, w0 + t % 3 - 1, c0]), (BLOCK_M, CK))
+
+
+@triton.jit
 def tma_tap_sum(x_desc, n, h0, w0, c0: tl.constexpr, w_taps_ptr, C16: tl.constexpr, CK: tl.constexpr,
                 TILE_H: tl.constexpr, TILE_W: tl.constexpr, FP32_DOT: tl.constexpr):
     """The 9-tap sum of a grouped 3x3 gw8 conv for a TILE_H x TILE_W patch of image ``n`` (top-left pixel
     (h0, w0)), channels [c0, c0 + CK), without bias; fp32 [CK//16, TILE_H*TILE_W, 16] as
-    :func:`grouped3x3_tap_sum` returns it.
-
-    Tap (dy, dx) is the box [1, TILE_H, TILE_W, CK] at (n, h0 + dy - 1, w0 + dx - 1, c0) of the NHWC input,
-    moved by the Tensor Memory Accelerator, which fills what lies outside the image with zeros (negative
-    coordinates included): the 'same' padding costs no address or mask arithmetic, and each tap is one bulk
-    copy instead of BLOCK_M * CK / (32 * warps) pointer loads per thread."""
+    :func:`grouped3x3_tap_sum` returns it. Each tap is a box copy (:func:`tma_tap`)."""
     BLOCK_M: tl.constexpr = TILE_H * TILE_W
-    S: tl.constexpr = CK // 16
-    s_idx = tl.arange(0, S)[:, None, None]
-    k_idx = tl.arange(0, 16)[None, None, :]
-    kin = tl.arange(0, 16)[None, :, None]
-    w_row = c0 + s_idx * 16 + kin                      # [S, 16, 1] packed-weight row (input channel)
-    w_off = w_row * 16 + k_idx
-    w_ok = w_row < C16
-    acc = tl.zeros([S, BLOCK_M, 16], dtype=tl.float32)
+    w_off, w_ok = tap_weight_offsets(c0, CK, C16)
+    acc = tl.zeros([CK // 16, BLOCK_M, 16], dtype=tl.float32)
     for t in range(9):
-        a = tl.reshape(x_desc.load([n, h0 + t // 3 - 1, w0 + t % 3 - 1, c0]), (BLOCK_M, CK))
-        acc = slice_product(a, t, acc, w_taps_ptr, w_off, w_ok, C16, CK, BLOCK_M, FP32_DOT)
+        acc = slice_product(tma_tap(x_desc, n, h0, w0, t, c0, BLOCK_M, CK), t, acc, w_taps_ptr, w_off, w_ok, C16,
+                            CK, BLOCK_M, FP32_DOT)
     return acc
+
+
+@triton.jit
+def tma_tap_sums_joint(xa_desc, xb_desc, n, h0, w0, w_taps_ptr, C16: tl.constexpr, CA: tl.constexpr,
+                       CB: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, FP32_DOT: tl.constexpr):
+    """:func:`tma_tap_sum` of both channel parts in one tap loop: per tap the two parts' boxes are copied in the
+    same pipeline stage, so a tile waits 9 times instead of 18; returns (acc_a, acc_b)."""
+    BLOCK_M: tl.constexpr = TILE_H * TILE_W
+    wa_off, wa_ok = tap_weight_offsets(0, CA, C16)
+    wb_off, wb_ok = tap_weight_offsets(CA, CB, C16)
+    acc_a = tl.zeros([CA // 16, BLOCK_M, 16], dtype=tl.float32)
+    acc_b = tl.zeros([CB // 16, BLOCK_M, 16], dtype=tl.float32)
+    for t in range(9):
+        a = tma_tap(xa_desc, n, h0, w0, t, 0, BLOCK_M, CA)
+        b = tma_tap(xb_desc, n, h0, w0, t, CA, BLOCK_M, CB)
+        acc_a = slice_product(a, t, acc_a, w_taps_ptr, wa_off, wa_ok, C16, CA, BLOCK_M, FP32_DOT)
+        acc_b = slice_product(b, t, acc_b, w_taps_ptr, wb_off, wb_ok, C16, CB, BLOCK_M, FP32_DOT)
+    return acc_a, acc_b
+
+
+@triton.jit
+def finish_grouped3x3(acc, b_g_ptr, c0: tl.constexpr, C: tl.constexpr, CK: tl.constexpr, BLOCK_M: tl.constexpr,
+                      dtype: tl.constexpr, FP32_DOT: tl.constexpr):
+    """A part's tap sum [CK//16, BLOCK_M, 16] as [BLOCK_M, CK] + bias, rounded to the activation dtype as the
+    unfused sequence stores it (fp32 again in the interpreter)."""
+    ch = c0 + tl.arange(0, CK)
+    g = slices_to_tile(acc, BLOCK_M, CK) + tl.load(b_g_ptr + ch, mask=ch < C, other=0.0).to(tl.float32)[None, :]
+    g = g.to(dtype)
+    if FP32_DOT:
+        g = g.to(tl.float32)
+    return g
 
 
 @triton.jit
 def tma_grouped3x3_part(x_desc, w_taps_ptr, b_g_ptr, n, h0, w0, c0: tl.constexpr, C: tl.constexpr,
                         C16: tl.constexpr, CK: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
                         FP32_DOT: tl.constexpr):
-    """Grouped 3x3 + bias of one channel part of the patch as [TILE_H*TILE_W, CK], rounded to the activation
-    dtype as the unfused sequence stores it (fp32 again in the interpreter)."""
-    BLOCK_M: tl.constexpr = TILE_H * TILE_W
-    g = slices_to_tile(tma_tap_sum(x_desc, n, h0, w0, c0, w_taps_ptr, C16, CK, TILE_H, TILE_W, FP32_DOT),
-                       BLOCK_M, CK)
-    ch = c0 + tl.arange(0, CK)
-    g = (g + tl.load(b_g_ptr + ch, mask=ch < C, other=0.0).to(tl.float32)[None, :]).to(x_desc.dtype)
-    if FP32_DOT:
-        g = g.to(tl.float32)
-    return g
+    """Grouped 3x3 + bias of one channel part of the patch as [TILE_H*TILE_W, CK] (see :func:`finish_grouped3x3`)."""
+    return finish_grouped3x3(tma_tap_sum(x_desc, n, h0, w0, c0, w_taps_ptr, C16, CK, TILE_H, TILE_W, FP32_DOT),
+                             b_g_ptr, c0, C, CK, TILE_H * TILE_W, x_desc.dtype, FP32_DOT)
 
 
 @triton.jit
@@ -334,7 +365,7 @@ def tma_bias_residual_store(acc, x_desc, out_desc, b_p_ptr, n, h0, w0, c0: tl.co
 def convfirst_tma_kernel(xa_desc, xb_desc, outa_desc, outb_desc, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr,
                          wp_t_ptr, b_p_ptr, N, H, W, C: tl.constexpr, C16: tl.constexpr, HID: tl.constexpr,
                          CA: tl.constexpr, CB: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
-                         BLOCK_H: tl.constexpr, FP32_DOT: tl.constexpr):
+                         BLOCK_H: tl.constexpr, JOINT_TAPS: tl.constexpr, FP32_DOT: tl.constexpr):
     """v6: v4's tile walk on a TILE_H x TILE_W patch of one image, every activation tile moved by TMA.
 
     The nine shifted input tiles, the residual and the output are box copies of the NHWC tensor through
@@ -349,11 +380,17 @@ def convfirst_tma_kernel(xa_desc, xb_desc, outa_desc, outb_desc, w_taps_ptr, b_g
     n = pid // tiles_img
     h0 = (pid % tiles_img) // tiles_w * TILE_H
     w0 = (pid % tiles_w) * TILE_W
-    ga = tma_grouped3x3_part(xa_desc, w_taps_ptr, b_g_ptr, n, h0, w0, 0, C, C16, CA, TILE_H, TILE_W, FP32_DOT)
-    gb = ga
-    if CB > 0:
-        gb = tma_grouped3x3_part(xb_desc, w_taps_ptr, b_g_ptr, n, h0, w0, CA, C, C16, CB, TILE_H, TILE_W,
-                                 FP32_DOT)
+    if CB > 0 and JOINT_TAPS:  # both parts in one tap loop
+        acc_a, acc_b = tma_tap_sums_joint(xa_desc, xb_desc, n, h0, w0, w_taps_ptr, C16, CA, CB, TILE_H, TILE_W,
+                                          FP32_DOT)
+        ga = finish_grouped3x3(acc_a, b_g_ptr, 0, C, CA, BLOCK_M, xa_desc.dtype, FP32_DOT)
+        gb = finish_grouped3x3(acc_b, b_g_ptr, CA, C, CB, BLOCK_M, xa_desc.dtype, FP32_DOT)
+    else:
+        ga = tma_grouped3x3_part(xa_desc, w_taps_ptr, b_g_ptr, n, h0, w0, 0, C, C16, CA, TILE_H, TILE_W, FP32_DOT)
+        gb = ga
+        if CB > 0:
+            gb = tma_grouped3x3_part(xb_desc, w_taps_ptr, b_g_ptr, n, h0, w0, CA, C, C16, CB, TILE_H, TILE_W,
+                                     FP32_DOT)
     acc_a, acc_b = hidden_chain(ga, gb, we_t_ptr, b_e_ptr, wp_t_ptr, C, HID, CA, CB, BLOCK_M, BLOCK_H, FP32_DOT)
     tma_bias_residual_store(acc_a, xa_desc, outa_desc, b_p_ptr, n, h0, w0, 0, C, CA, TILE_H, TILE_W)
     if CB > 0:
@@ -490,9 +527,14 @@ def _set_tma_block_shapes(nargs: dict) -> None:
         desc.block_shape = [1, nargs["TILE_H"], nargs["TILE_W"], desc.block_shape[3]]
 
 
+#: Whether v6 runs both channel parts (where C has two) in one tap loop.
+TMA_JOINT_TAPS = False
+
+
 def _tma_configs():
-    return [triton.Config({"TILE_H": th, "TILE_W": tw, "BLOCK_H": bh}, num_warps=w, num_stages=st, maxnreg=r,
-                          pre_hook=_set_tma_block_shapes) for th, tw, bh, w, st, r in TMA_CONFIGS]
+    return [triton.Config({"TILE_H": th, "TILE_W": tw, "BLOCK_H": bh, "JOINT_TAPS": TMA_JOINT_TAPS}, num_warps=w,
+                          num_stages=st, maxnreg=r, pre_hook=_set_tma_block_shapes)
+            for th, tw, bh, w, st, r in TMA_CONFIGS]
 
 
 def _prune_tma(configs, named_args, **kwargs):
@@ -669,7 +711,7 @@ def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: di
     if config is not None and "TILE_H" in config:
         if not tma_usable(x, out):
             raise KernelInputError("the TMA form (config with TILE_H) needs x and out at 16-byte aligned addresses")
-        meta = {k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}
+        meta = {"JOINT_TAPS": TMA_JOINT_TAPS, **{k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}}
         compiled = convfirst_tma_kernel[tma_grid(meta)](*tma_args(meta["TILE_H"], meta["TILE_W"]), CA=ca, CB=cb,
                                                         FP32_DOT=interpreting(), **meta, **launch_options(config))
     elif config is not None and "PROGRAMS_PER_SM" in config:

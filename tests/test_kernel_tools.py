@@ -86,7 +86,7 @@ from convfirst.kernels import convfirst_fused as cf
 from convfirst.kernels import compile_report as cr
 out = {}
 for stages in (2, 3):
-    tile = dict(TILE_H=8, TILE_W=8, BLOCK_H=32)
+    tile = dict(TILE_H=8, TILE_W=8, BLOCK_H=32, JOINT_TAPS=cf.TMA_JOINT_TAPS)
     sig = cr.convfirst_tma_signature(96, 8, 8)
     k = cr.compile_sm90(cf.convfirst_tma_kernel, sig, cr.convfirst_constexprs(96, tile), num_warps=4,
                         num_stages=stages, maxnreg=128)

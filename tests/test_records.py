@@ -32,3 +32,21 @@ def test_a_row_with_the_same_key_and_provenance_is_refused(tmp_path):
     with pytest.raises(DataError, match="refusing to overwrite"):
         save_measurements(_rows([2.0], "2026-01-01T00:00:00Z"), path, key=["impl"])
     assert len(pd.read_csv(path)) == 1
+
+
+def test_whole_numbers_in_a_column_with_gaps_keep_their_text(tmp_path):
+    """A column holding whole numbers and gaps reads as floats; a rewrite through numbers would turn 124 into
+    124.0. The recorded text must survive an append, whatever the column's type."""
+    path = tmp_path / "bench.csv"
+    first = _rows([0.5, 0.25], "2026-01-01T00:00:00Z")
+    first["regs"] = pd.array([124, None], dtype="Int64")
+    save_measurements(first, path, key=["impl"])
+    assert pd.read_csv(path, dtype=str, keep_default_na=False)["regs"].tolist() == ["124", ""]
+    second = _rows([2.5], "2026-01-02T00:00:00Z")
+    second["spills"] = [0]  # a column the file does not have yet: the old rows get it empty
+    save_measurements(second, path, key=["impl"])
+    after = pd.read_csv(path, dtype=str, keep_default_na=False)
+    assert list(after.columns[:len(first.columns)]) == list(first.columns)
+    assert after["regs"].tolist() == ["124", "", ""]
+    assert after["ms"].tolist()[:2] == ["0.5", "0.25"]
+    assert after["spills"].tolist() == ["", "", "0"]

@@ -8,6 +8,7 @@ Rules:
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Iterable
 
@@ -42,20 +43,23 @@ def save_measurements(df: pd.DataFrame, path: str | Path, *, key: Iterable[str] 
     """
     path = Path(path)
     check_provenance(df, str(path))
+    # every row as the text CSV holds it: the recorded rows are written back exactly as they were read (a parse
+    # to numbers would move a float by one unit in the last place, or turn "124" into "124.0" in a column
+    # with gaps), and the new rows as pandas writes them
+    new = pd.read_csv(io.StringIO(df.to_csv(index=False)), dtype=str, keep_default_na=False)
     if path.exists():
-        # round-trip parsing: the rows already recorded are written back digit for digit (pandas' default
-        # fast parser can move a float by one unit in the last place, so a rewrite would alter old values)
-        old = pd.read_csv(path, float_precision="round_trip")
+        old = pd.read_csv(path, dtype=str, keep_default_na=False)
         if key is not None:
             cols = list(key) + ["gpu", "commit", "date"]
-            merged = old[cols].astype(str).merge(df[cols].astype(str), how="inner")
+            shared = [c for c in cols if c in old and c in new]
+            merged = old[shared].merge(new[shared], how="inner")
             if len(merged):
                 raise DataError(f"{path}: {len(merged)} row(s) already recorded with the same key and "
                                 f"provenance; refusing to overwrite measured data")
-        out = pd.concat([old, df], ignore_index=True, sort=False)
+        out = pd.concat([old, new], ignore_index=True, sort=False).fillna("")
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-        out = df
+        out = new
     tmp = path.with_suffix(path.suffix + ".tmp")
     out.to_csv(tmp, index=False)
     tmp.replace(path)

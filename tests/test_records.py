@@ -50,3 +50,13 @@ def test_whole_numbers_in_a_column_with_gaps_keep_their_text(tmp_path):
     assert after["regs"].tolist() == ["124", "", ""]
     assert after["ms"].tolist()[:2] == ["0.5", "0.25"]
     assert after["spills"].tolist() == ["", "", "0"]
+
+
+def test_a_commit_that_looks_like_a_number_reads_back_as_text(tmp_path):
+    from convfirst.records import load_measurements
+
+    path = tmp_path / "bench.csv"
+    rows = _rows([1.0], "2026-01-01T00:00:00Z")
+    rows["commit"] = "0988e09"  # scientific notation to a number parser
+    save_measurements(rows, path, key=["impl"])
+    assert load_measurements(path)["commit"].tolist() == ["0988e09"]

@@ -70,7 +70,8 @@ def load_measurements(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise DataError(f"no recorded data at {path}")
-    df = pd.read_csv(path)
+    # commits stay text (a hash such as 0988e09 would otherwise read as the number 9.88e11), floats exact
+    df = pd.read_csv(path, dtype={"commit": str}, float_precision="round_trip")
     check_provenance(df, str(path))
     return df
 

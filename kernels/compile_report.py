@@ -92,7 +92,7 @@ def _sig(pointers: dict, ints: list[str], constexprs: list[str]) -> dict:
 CONVFIRST_SIGNATURE = _sig({"x_ptr": "*bf16", "w_taps_ptr": "*bf16", "b_g_ptr": "*fp32", "we_t_ptr": "*bf16",
                             "b_e_ptr": "*fp32", "wp_t_ptr": "*bf16", "b_p_ptr": "*fp32", "out_ptr": "*bf16"},
                            ["NPIX", "H", "W"], ["C", "C16", "HID", "CA", "CB", "BLOCK_M", "BLOCK_H", "UNROLL_TAPS",
-                                                "DENSE_GCONV", "JOINT_TAPS", "FP32_DOT"])
+                                                "DENSE_GCONV", "FP32_DOT"])
 
 
 #: The v5 (resident-weight) kernel's signature: v4's without DENSE_GCONV, with PROGRAMS_PER_SM.

@@ -39,7 +39,7 @@ from ._common import (LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, accumulat
                       check_activation, check_same_device, check_shape, check_weight_dtype, interpreting,
                       next_pow2, launch_options, num_sms, packed_taps_rows, split_channels, tracing)
 from .activation import silu
-from .gconv import grouped3x3_one_tap, grouped3x3_tap_sum, load_shifted_tap, slice_product
+from .gconv import grouped3x3_tap_sum, load_shifted_tap, slice_product
 
 
 @triton.jit
@@ -133,28 +133,6 @@ def grouped3x3_parts(tile_ptr, w_taps_ptr, b_g_ptr, out_ptr, C, C16, pix_h, pix_
 
 
 @triton.jit
-def grouped3x3_parts_joint(tile_ptr, w_taps_ptr, b_g_ptr, C: tl.constexpr, C16: tl.constexpr, pix_h, pix_w, pix_ok,
-                           H, W, CA: tl.constexpr, CB: tl.constexpr, BLOCK_M: tl.constexpr, act: tl.constexpr,
-                           FP32_DOT: tl.constexpr):
-    """:func:`grouped3x3_parts` (sliced form, two parts) with both parts' shifted loads in one tap loop: the
-    pipeline has both parts' copies of a tap in one stage, and a tile runs 9 loop steps instead of 18."""
-    rows = tl.arange(0, BLOCK_M)
-    ca = tl.arange(0, CA)
-    cb = CA + tl.arange(0, CB)
-    wa_off, wa_ok = tap_weight_offsets(0, CA, C16)
-    wb_off, wb_ok = tap_weight_offsets(CA, CB, C16)
-    acc_a = tl.zeros([CA // 16, BLOCK_M, 16], dtype=tl.float32)
-    acc_b = tl.zeros([CB // 16, BLOCK_M, 16], dtype=tl.float32)
-    for t in range(9):
-        acc_a = grouped3x3_one_tap(acc_a, t, tile_ptr, rows, C, ca, ca < C, w_taps_ptr, wa_off, wa_ok, C16, pix_h,
-                                   pix_w, pix_ok, H, W, CA, BLOCK_M, FP32_DOT)
-        acc_b = grouped3x3_one_tap(acc_b, t, tile_ptr, rows, C, cb, cb < C, w_taps_ptr, wb_off, wb_ok, C16, pix_h,
-                                   pix_w, pix_ok, H, W, CB, BLOCK_M, FP32_DOT)
-    return (finish_grouped3x3(acc_a, b_g_ptr, 0, C, CA, BLOCK_M, act, FP32_DOT),
-            finish_grouped3x3(acc_b, b_g_ptr, CA, C, CB, BLOCK_M, act, FP32_DOT))
-
-
-@triton.jit
 def hidden_chain(ga, gb, we_t_ptr, b_e_ptr, wp_t_ptr, C, HID: tl.constexpr, CA: tl.constexpr, CB: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, FP32_DOT: tl.constexpr):
     """The 1x1 chain of one tile: for each slice of BLOCK_H hidden channels, h = silu(g @ We[:, slice] + be),
@@ -197,8 +175,7 @@ def hidden_chain(ga, gb, we_t_ptr, b_e_ptr, wp_t_ptr, C, HID: tl.constexpr, CA: 
 def convfirst_block_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_ptr, b_p_ptr, out_ptr,
                            NPIX, H, W, C: tl.constexpr, C16: tl.constexpr, HID: tl.constexpr,
                            CA: tl.constexpr, CB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
-                           UNROLL_TAPS: tl.constexpr, DENSE_GCONV: tl.constexpr, JOINT_TAPS: tl.constexpr,
-                           FP32_DOT: tl.constexpr):
+                           UNROLL_TAPS: tl.constexpr, DENSE_GCONV: tl.constexpr, FP32_DOT: tl.constexpr):
     act = out_ptr.dtype.element_ty
     pid = tl.program_id(0)
     offs = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -210,12 +187,8 @@ def convfirst_block_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_t_p
 
     # 1. grouped 3x3 + bias, rounded to the activation dtype (as the unfused sequence stores it)
     tile_ptr = x_ptr + (pid * BLOCK_M).to(tl.int64) * C
-    if CB > 0 and JOINT_TAPS and not DENSE_GCONV:
-        ga, gb = grouped3x3_parts_joint(tile_ptr, w_taps_ptr, b_g_ptr, C, C16, pix_h, pix_w, pix_ok, H, W, CA, CB,
-                                        BLOCK_M, act, FP32_DOT)
-    else:
-        ga, gb = grouped3x3_parts(tile_ptr, w_taps_ptr, b_g_ptr, out_ptr, C, C16, pix_h, pix_w, pix_ok, H, W,
-                                  CA, CB, BLOCK_M, UNROLL_TAPS, DENSE_GCONV, FP32_DOT)
+    ga, gb = grouped3x3_parts(tile_ptr, w_taps_ptr, b_g_ptr, out_ptr, C, C16, pix_h, pix_w, pix_ok, H, W,
+                              CA, CB, BLOCK_M, UNROLL_TAPS, DENSE_GCONV, FP32_DOT)
     acc_a, acc_b = hidden_chain(ga, gb, we_t_ptr, b_e_ptr, wp_t_ptr, C, HID, CA, CB, BLOCK_M, BLOCK_H, FP32_DOT)
 
     # 3. + project bias + residual, one write of C channels per pixel
@@ -443,21 +416,15 @@ DENSE_CONFIGS = ((64, 64, 4, 2), (64, 32, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2)
 DENSE_MAX_CHANNELS = 128
 
 
-#: Whether v4's sliced grouped conv runs both channel parts (where C has two) in one tap loop (as v6 does,
-#: :data:`TMA_JOINT_TAPS`).
-V4_JOINT_TAPS = False
-
-
 def _configs(include_dense: bool = False):
     """Autotuning candidates: the v2 (sliced grouped conv) tiles, plus the v3 dense ones if ``include_dense``."""
     out = []
     for block_m, block_h, warps, stages, unroll, maxnreg in SLICED_CONFIGS:
         out.append(triton.Config({"BLOCK_M": block_m, "BLOCK_H": block_h, "UNROLL_TAPS": unroll,
-                                  "DENSE_GCONV": False, "JOINT_TAPS": V4_JOINT_TAPS}, num_warps=warps,
-                                 num_stages=stages, maxnreg=maxnreg))
+                                  "DENSE_GCONV": False}, num_warps=warps, num_stages=stages, maxnreg=maxnreg))
     for block_m, block_h, warps, stages in DENSE_CONFIGS if include_dense else ():
         out.append(triton.Config({"BLOCK_M": block_m, "BLOCK_H": block_h, "UNROLL_TAPS": False,
-                                  "DENSE_GCONV": True, "JOINT_TAPS": False}, num_warps=warps, num_stages=stages))
+                                  "DENSE_GCONV": True}, num_warps=warps, num_stages=stages))
     return out
 
 
@@ -762,7 +729,6 @@ def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: di
                                                                    BLOCK_H=config["BLOCK_H"],
                                                                    UNROLL_TAPS=config.get("UNROLL_TAPS", False),
                                                                    DENSE_GCONV=config.get("DENSE_GCONV", False),
-                                                                   JOINT_TAPS=config.get("JOINT_TAPS", V4_JOINT_TAPS),
                                                                    FP32_DOT=interpreting(), **launch_options(config))
     else:
         def run_with(tuner):

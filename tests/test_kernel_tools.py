@@ -41,7 +41,7 @@ def test_gpu_path_compiles_to_hardware_tanh_without_the_reciprocal():
 import json
 from convfirst.kernels import convfirst_fused
 from convfirst.kernels.compile_report import CONVFIRST_SIGNATURE, compile_sm90, convfirst_constexprs
-tile = dict(BLOCK_M=64, BLOCK_H=64, UNROLL_TAPS=False, DENSE_GCONV=False, JOINT_TAPS=False)
+tile = dict(BLOCK_M=64, BLOCK_H=64, UNROLL_TAPS=False, DENSE_GCONV=False)
 k = compile_sm90(convfirst_fused.convfirst_block_kernel, CONVFIRST_SIGNATURE, convfirst_constexprs(64, tile),
                  num_warps=4, num_stages=2, maxnreg=128)
 ptx = k.asm["ptx"]

@@ -8,6 +8,7 @@ HID16 and NPIX is assumed, as at the benchmark shapes.
     python -m convfirst.kernels.compile_report convfirst 64 96
     python -m convfirst.kernels.compile_report mbconv 64@56
     python -m convfirst.kernels.compile_report gemm-ws
+    python -m convfirst.kernels.compile_report gluon-shift
 """
 from __future__ import annotations
 
@@ -76,6 +77,38 @@ def gemm_ws_report(config: dict, act_silu: bool, has_res: bool) -> dict:
     return {**ptxas_report(ptx), "smem": kernel.metadata.shared, "wgmma": ptx.count("wgmma.mma_async"),
             "tma_copies": ptx.count("cp.async.bulk.tensor"), "mbarrier_waits": ptx.count("mbarrier.try_wait"),
             "setmaxnreg": sorted({int(v) for v in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)})}
+
+
+def gluon_shifted_view_compiles(offset: int, rows: int = 64) -> bool:
+    """Whether Gluon compiles (for sm_90) a load of ``rows`` rows of a staged [2 * rows, 16] shared-memory tile
+    starting at row ``offset``: the 'shifted view' a fused block would feed the tensor cores for each 3x3 tap of a
+    halo staged once. Triton's verifier takes only offsets that are multiples of the view's length ("The split
+    offset may not touch the tile"; Triton 3.6 and 3.8, any shared layout), so a tap shifted by one pixel cannot
+    be written as a view (``NOTES_convfirst.md``)."""
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+
+    if "shifted_view" not in _GLUON_PROBES:
+        @gluon.jit
+        def shifted_view(out_ptr, OFFSET: gl.constexpr, ROWS: gl.constexpr):
+            blocked: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])
+            halo = gl.allocate_shared_memory(gl.bfloat16, [2 * ROWS, 16], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+            halo.store(gl.zeros([2 * ROWS, 16], gl.bfloat16, blocked))
+            tap = halo.slice(OFFSET, ROWS, 0).load(blocked)
+            r = gl.arange(0, ROWS, layout=gl.SliceLayout(1, blocked))
+            c = gl.arange(0, 16, layout=gl.SliceLayout(0, blocked))
+            gl.store(out_ptr + gl.expand_dims(r, 1) * 16 + gl.expand_dims(c, 0), tap)
+
+        _GLUON_PROBES["shifted_view"] = shifted_view
+    try:
+        compile_gluon_sm90(_GLUON_PROBES["shifted_view"], {"out_ptr": "*bf16", "OFFSET": "constexpr",
+                                                           "ROWS": "constexpr"}, {"OFFSET": offset, "ROWS": rows}, 4)
+    except Exception:  # noqa: BLE001 - the verifier's refusal surfaces as a compilation error
+        return False
+    return True
+
+
+_GLUON_PROBES: dict = {}
 
 
 def compile_config(fn, signature: dict, constexprs: dict, num_warps: int, num_stages: int,
@@ -166,8 +199,11 @@ def report(block: str, shape: str) -> list[dict]:
         for cf in gemm_ws.ws_configs():
             for silu, res in ((True, False), (False, True)):
                 rows.append({"config": cf, "act_silu": silu, "residual": res, **gemm_ws_report(cf, silu, res)})
+    elif block == "gluon-shift":
+        rows = [{"offset": off, "rows": 64, "compiles": gluon_shifted_view_compiles(off)} for off in (0, 1, 17, 64)]
     else:
-        raise SystemExit(f"block {block!r}: choose convfirst (shape = C), mbconv (shape = C@W), gconv or gemm-ws")
+        raise SystemExit(f"block {block!r}: choose convfirst (shape = C), mbconv (shape = C@W), gconv, gemm-ws or "
+                         f"gluon-shift")
     return rows
 
 

@@ -81,7 +81,9 @@ DRAM sees the block input once (plus halo re-reads that hit L2) and the output o
 tensor (1 x 8 x 8 x C at the shifted position), copied into shared memory by the Tensor Memory Accelerator,
 which writes zeros for every part of the box outside the image, negative coordinates included: the 'same'
 padding costs no address or mask arithmetic, and the copies run ahead of the products in a software
-pipeline. The residual and the output are box copies as well; the hidden loop is the one above. The launcher
+pipeline. Where C is held as two parts (96 = 64 + 32), both parts' boxes of a tap are copied in one pipeline
+stage, so a patch waits 9 times rather than 18. The residual and the output are box copies as well; the hidden
+loop is the one above. The launcher
 autotunes both forms (and the persistent one of the notes) per shape and keeps the fastest: on the H100 the
 patch form wins at 56 x 56 (a 56-wide image is exactly 7 x 7 patches); at 28 x 28 the 8 x 8 patches overhang the
 image by 30% and the run-of-pixels form stays faster.
@@ -225,8 +227,9 @@ if len(v4) and len(v5):
 issued on more than half of the cycles, and the SiLU alone (an exp with a denormal guard and an IEEE
 reciprocal, about eleven instructions per hidden element) was about a third of all instructions. v4 halves
 the instruction count (table above) and the time fell by about a quarter at 64@56 and by more at 96@56,
-where v2 also held a 256-register tile. The target table says where that leaves each target: against
-`torch.compile`, 64@56 passes 3x and 96@56 does not; both stay far under 50% of the floor.
+where v2 also held a 256-register tile. Against `torch.compile`, v4 passed 3x at 64@56 and missed it at 96@56;
+the target table above shows where the later versions below leave each target. Both shapes stay far under 50% of
+the floor.
 
 **What limits v4** is the L2: its throughput is the highest of the kernel's units, and waiting on global
 loads is now the largest stall. Counted from the kernel's loads, every 64-pixel tile at C = 64 reads from
@@ -255,8 +258,14 @@ of an 8 x 8 patch removes every per-pixel offset and mask from the program (98-1
 in the sm_90 compile) and lets the copy engine run the loads ahead of the products. Predicted 10-18% at
 96@56 (written down before the run, `kernels/NOTES_convfirst.md`); measured 6% at 96@56 (0.587 -> 0.551 ms for
 the best config of each form in one run) and 2-3% at 64@56: the programs per SM, and with them the latency
-each tap wait exposes, did not change. With v6 among the candidates the block benchmark's 96@56 row is 2.91x
-the best `torch.compile` mode, 3% short of 3x. A persistent form of v6, whose tile loop Triton flattens with
+each tap wait exposes, did not change. With v6 among the candidates the block benchmark's 96@56 row was 2.91x
+the best `torch.compile` mode, 3% short of 3x. Two smaller changes followed (commits bcb1c4f and cf01342).
+Running both channel parts in one tap loop halves a patch's waits at 96@56 (18 to 9). It gained 2.7% with the
+best tile and 4-8% with the others, against the 5-10% predicted. It is the default now, and with it the 96@56 row
+is 3.02x this run's best `torch.compile` mode (0.533 against 1.607 ms). That meets 3x by less than the spread
+between runs: the same kernel took 0.548 ms under CUDA graphs. The other change moved the residual and the output
+to pointer loads and stores. The box copies are each waited on at once, but the pointer epilogue was 1-6% slower
+and was removed. A persistent form of v6, whose tile loop Triton flattens with
 the tap loop so that the next patch's copies are in flight during the 1x1 chain, gave wrong outputs or
 illegal addresses for some tiles on the H100 (the interpreter passed every case) and was slower where it was
 right; it was removed, and its rows stay in `data/convfirst_forms_<gpu>.csv`. Patches of 128 pixels (8 x 16 and
@@ -277,10 +286,12 @@ save there.
 bytes, since v5 removed most of the weight traffic and gained little, and v6 most of the address work. That
 means the input (or expanded) halo tile staged once in shared memory with the 9 shifted views fed to the
 tensor cores from there (one copy per tile instead of nine; v6 still makes nine, because plain Triton cannot
-take a shifted view of a shared-memory tile), and a warp-specialised pipeline in which one warp group loads and
-convolves the next tile while another runs the current tile's 1x1 work, sharing one resident copy of the
+take a shifted view of a shared-memory tile, and neither can Gluon: its views of a staged tile may start only
+at a multiple of their own length, checked by compiling for sm_90 with Triton 3.6 and 3.8,
+`python -m convfirst.kernels.compile_report gluon-shift`), and a warp-specialised pipeline in which one warp
+group loads and convolves the next tile while another runs the current tile's 1x1 work, sharing one resident copy of the
 weights; for MBConv, 2D tiles and a rolling halo buffer. These need explicit shared-memory and warp-group
-control (CUTLASS or Triton's lower-level Gluon dialect). A first Gluon kernel is in the repository for the
+control with shared-memory reads at per-row addresses (CUTLASS/CuTe or PTX). A Gluon kernel is in the repository for the
 1x1 matmuls (below); it shows the register limit that shapes such designs on Hopper: an accumulator lives in
 the registers of the warp group that issues the products, so overlapping one tile's epilogue with the next
 tile's products costs a second accumulator."""),

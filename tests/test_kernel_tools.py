@@ -295,3 +295,20 @@ print(json.dumps(out))
         assert {24, 232} <= set(r["setmaxnreg"]), f"{name}: partitions not given their registers: {r['setmaxnreg']}"
         assert r["spill_bytes"] == 0, name
         assert gemm_ws.ws_smem_bytes(r) <= r["smem"] <= 227 * 1024, name
+
+
+def test_gluon_takes_no_shared_memory_view_shifted_by_a_pixel():
+    """The limit that keeps the fused blocks' halo from being staged once (``NOTES_convfirst.md``): a Gluon view of
+    a staged tile may start only at a multiple of its own length. Views at rows 0 and 64 compile (the probe kernel
+    itself is sound); the one-pixel and 17-pixel shifts a 3x3 tap needs do not. Should a Triton release lift the
+    restriction, this test fails and the notes' plan becomes possible."""
+    from convfirst.kernels import gemm_ws
+
+    if not gemm_ws.HAVE_GLUON:
+        pytest.skip("this Triton has no Gluon")
+    got = _compile_outside_interpreter(r"""
+import json
+from convfirst.kernels.compile_report import gluon_shifted_view_compiles
+print(json.dumps({off: gluon_shifted_view_compiles(off) for off in (0, 64, 1, 17)}))
+""")
+    assert got == {"0": True, "64": True, "1": False, "17": False}

@@ -28,7 +28,7 @@ from pathlib import Path
 
 SECTIONS = ("SpeedOfLight", "MemoryWorkloadAnalysis", "Occupancy", "LaunchStats", "WarpStateStats",
             "ComputeWorkloadAnalysis", "SchedulerStats", "InstructionStats")
-KERNEL_NAMES = {"convfirst": "convfirst_(block|resident)_kernel", "mbconv": "mbconv_block_kernel",
+KERNEL_NAMES = {"convfirst": "convfirst_(block|resident|tma)_kernel", "mbconv": "mbconv_block_kernel",
                 "gconv": "grouped3x3_kernel"}
 
 #: (block, shape, batch, config): the benchmark shapes' best autotuned configs (data/block_bench_h100.csv)
@@ -46,7 +46,7 @@ def parse_config(text: str) -> dict:
     out = {}
     for item in filter(None, text.split(",")):
         key, value = item.split("=")
-        out[key] = bool(int(value)) if key in ("UNROLL_TAPS", "DENSE_GCONV") else int(value)
+        out[key] = bool(int(value)) if key in ("UNROLL_TAPS", "DENSE_GCONV", "JOINT_TAPS") else int(value)
     return out
 
 

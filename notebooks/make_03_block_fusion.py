@@ -190,11 +190,12 @@ for t in targets.itertuples():
 
 One launch of each kernel at batch 256 was profiled with Nsight Compute (`python -m convfirst.kernels.ncu_report`;
 the counters are recorded in `data/kernel_ncu_<gpu>.csv` and shown here in both modes, since they need `ncu`
-on the GPU machine). Three versions of the fused kernels are recorded: **v2**; **v4**, which computes SiLU
-on the hardware tanh and makes the channel and hidden widths compile-time constants; and **v5**, the ConvFirst
+on the GPU machine). Five versions of the fused kernels are recorded: **v2**; **v4**, which computes SiLU
+on the hardware tanh and makes the channel and hidden widths compile-time constants; **v5**, the ConvFirst
 kernel as persistent programs that load the two 1x1 weight matrices once and keep them in shared memory for
 all their tiles (a candidate where those weights take 40-64 KB, C = 48 and 64: there the launcher autotunes
-both kernels and keeps the faster). Columns: time (µs),
+both kernels and keeps the faster); **v6**, the 8 x 8 patches moved by TMA, which the models run at 56 x 56;
+and **v6c**, v6 with both channel parts of 96@56 in one tap loop (the default). Columns: time (µs),
 instructions executed (millions of warp instructions), the share of cycles a scheduler issued an
 instruction, SM / L2 / DRAM / tensor-pipe throughput as % of peak, the three largest stall reasons in
 cycles per issued instruction (waiting on a global load, on a fixed-latency dependency, on shared memory or
@@ -216,7 +217,15 @@ if len(v4) and len(v5):
     a, b = v4.sort_values("time_us").iloc[0], v5.sort_values("time_us").iloc[0]
     print(f"ConvFirst 64@56, v4 -> v5 (resident weights): {a.time_us:.0f} -> {b.time_us:.0f} us; L2 throughput "
           f"{a.l2_pct:.0f}% -> {b.l2_pct:.0f}% of peak; global-load stall {a.stall_global_load:.1f} -> "
-          f"{b.stall_global_load:.1f}; achieved occupancy {a.occupancy_pct:.0f}% -> {b.occupancy_pct:.0f}%")'''),
+          f"{b.stall_global_load:.1f}; achieved occupancy {a.occupancy_pct:.0f}% -> {b.occupancy_pct:.0f}%")
+v6 = counters[(counters["kernel_version"] == "v6") & (counters["shape"] == "96@56x56")]
+v6c = counters[(counters["kernel_version"] == "v6c") & (counters["shape"] == "96@56x56")]
+if len(v6) and len(v6c):
+    a, b = v6.iloc[0], v6c.iloc[0]
+    print(f"ConvFirst 96@56, v6 -> v6c (one tap loop): {a.time_us:.0f} -> {b.time_us:.0f} us; instructions "
+          f"x{b.warp_instr_M / a.warp_instr_M:.2f}; issue active {a.issue_active_pct:.0f}% -> {b.issue_active_pct:.0f}%; "
+          f"tensor pipe {b.tensor_pipe_pct:.0f}% and L2 {b.l2_pct:.0f}% of peak; occupancy {b.occupancy_pct:.0f}% "
+          f"(four 4-warp programs per SM)")'''),
     new_markdown_cell("""### Why the targets are met or missed
 
 **The grouped conv kernel meets its target**: loading each shifted tile as whole cache lines and running the
@@ -259,9 +268,15 @@ in the sm_90 compile) and lets the copy engine run the loads ahead of the produc
 96@56 (written down before the run, `kernels/NOTES_convfirst.md`); measured 6% at 96@56 (0.587 -> 0.551 ms for
 the best config of each form in one run) and 2-3% at 64@56: the programs per SM, and with them the latency
 each tap wait exposes, did not change. With v6 among the candidates the block benchmark's 96@56 row was 2.91x
-the best `torch.compile` mode, 3% short of 3x. Two smaller changes followed (commits bcb1c4f and cf01342).
+the best `torch.compile` mode, 3% short of 3x. Its counters (the v6 rows above) show where a 96@56 tile's time
+goes. Four 4-warp programs share an SM (a quarter of its warp slots), and a scheduler issues on about half of
+the cycles. The tensor pipe is active less than a third of the time and the L2 runs at about 70% of peak. Per
+issued instruction, the warps wait about 2 cycles on global loads and 1 on shared memory or the
+special-function unit. That is a latency-bound kernel with too few warps to hide it, the same picture as v4
+and v5. Two smaller changes followed (commits bcb1c4f and cf01342).
 Running both channel parts in one tap loop halves a patch's waits at 96@56 (18 to 9). It gained 2.7% with the
-best tile and 4-8% with the others, against the 5-10% predicted. It is the default now, and with it the 96@56 row
+best tile and 4-8% with the others, against the 5-10% predicted. Under the profiler it ran 9% fewer
+instructions (the v6c row above). It is the default now, and with it the 96@56 row
 is 3.02x this run's best `torch.compile` mode (0.533 against 1.607 ms). That meets 3x by less than the spread
 between runs: the same kernel took 0.548 ms under CUDA graphs. The other change moved the residual and the output
 to pointer loads and stores. The box copies are each waited on at once, but the pointer epilogue was 1-6% slower

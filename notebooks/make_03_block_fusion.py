@@ -387,7 +387,10 @@ compute-bound late-stage ones (second line). The fused kernels' advantage theref
 unfused MBConv sequence gains in the same way, and on the H200 it is faster than the fused MBConv kernel at
 every measured shape, so the planner of that GPU keeps every MBConv block unfused (chapter 6 uses the planner
 of the GPU it runs on)."""),
-    new_code_cell('''check = load_measurements(recorded_file("kernel_check", gpu))
+    new_code_cell('''check_all = load_measurements(recorded_file("kernel_check", gpu))
+check = check_all[check_all["commit"] == check_all.sort_values("date")["commit"].iloc[-1]]  # the latest sweep
+print(f"correctness sweep of commit {check['commit'].iloc[0]} ({check['date'].min()}); "
+      f"{len(check_all) - len(check)} rows of earlier sweeps are kept in the file")
 per_config = check[check["check"] == "every autotuning config"]
 display(per_config[["block", "C", "H", "W", "config", "rel_err", "regs", "spills"]].round(4))'''),
     new_markdown_cell("""## Correctness

@@ -39,7 +39,7 @@ from ._common import (LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, accumulat
                       check_activation, check_same_device, check_shape, check_weight_dtype, interpreting,
                       next_pow2, launch_options, num_sms, packed_taps_rows, split_channels, tracing)
 from .activation import silu
-from .gconv import grouped3x3_tap_sum, load_shifted_tap, slice_product
+from .gconv import grouped3x3_tap_sum, load_shifted_tap, slice_product, tap_weight_offsets
 
 
 @triton.jit
@@ -274,15 +274,6 @@ def convfirst_resident_kernel(x_ptr, w_taps_ptr, b_g_ptr, we_t_ptr, b_e_ptr, wp_
         add_bias_residual_store(acc_a, x_ptr, b_p_ptr, out_ptr, row, pix_ok, ca, ca_ok)
         if CB > 0:
             add_bias_residual_store(acc_b, x_ptr, b_p_ptr, out_ptr, row, pix_ok, cb, cb_ok)
-
-
-@triton.jit
-def tap_weight_offsets(c0: tl.constexpr, CK: tl.constexpr, C16: tl.constexpr):
-    """Offsets (and mask) of channels [c0, c0 + CK)'s 16x16 slices within one tap's packed weight [C16, 16], shaped
-    [CK//16, 16, 16] for :func:`slice_product`."""
-    S: tl.constexpr = CK // 16
-    w_row = c0 + tl.arange(0, S)[:, None, None] * 16 + tl.arange(0, 16)[None, :, None]  # packed row = input channel
-    return w_row * 16 + tl.arange(0, 16)[None, None, :], w_row < C16
 
 
 @triton.jit

@@ -49,6 +49,14 @@ def slice_product(a, t, acc, w_taps_ptr, w_off, w_ok, C16, CK: tl.constexpr, BLO
 
 
 @triton.jit
+def tap_weight_offsets(wc0, CK: tl.constexpr, C16):
+    """Offsets (and mask) of channels [wc0, wc0 + CK)'s 16x16 slices within one tap's packed weight [C16, 16],
+    shaped [CK//16, 16, 16] for :func:`slice_product`."""
+    w_row = wc0 + tl.arange(0, CK // 16)[:, None, None] * 16 + tl.arange(0, 16)[None, :, None]  # input channel
+    return w_row * 16 + tl.arange(0, 16)[None, None, :], w_row < C16
+
+
+@triton.jit
 def grouped3x3_one_tap(acc, t, tile_ptr, rows, ROW_STRIDE, cols, col_ok, w_taps_ptr, w_off, w_ok, C16,
                        pix_h, pix_w, pix_ok, H, W, CK: tl.constexpr, BLOCK_M: tl.constexpr,
                        FP32_DOT: tl.constexpr):
@@ -72,16 +80,10 @@ def grouped3x3_tap_sum(tile_ptr, rows, ROW_STRIDE, c0, C, w_taps_ptr, wc0, C16, 
     loop the compiler can software-pipeline. Returns fp32 [CK//16, BLOCK_M, 16]: output channel
     ``16*s + k`` of the slice for pixel ``m`` at ``[s, m, k]``, without bias.
     """
-    S: tl.constexpr = CK // 16
-    s_idx = tl.arange(0, S)[:, None, None]
-    k_idx = tl.arange(0, 16)[None, None, :]
-    kin = tl.arange(0, 16)[None, :, None]
     cols = c0 + tl.arange(0, CK)                       # input columns of the tile
     col_ok = cols < C
-    w_row = wc0 + s_idx * 16 + kin                     # [S, 16, 1] packed-weight row (input channel)
-    w_off = w_row * 16 + k_idx                         # [S, 16, 16]
-    w_ok = w_row < C16
-    acc = tl.zeros([S, BLOCK_M, 16], dtype=tl.float32)
+    w_off, w_ok = tap_weight_offsets(wc0, CK, C16)
+    acc = tl.zeros([CK // 16, BLOCK_M, 16], dtype=tl.float32)
     if UNROLL_TAPS:
         for t in tl.static_range(9):
             acc = grouped3x3_one_tap(acc, t, tile_ptr, rows, ROW_STRIDE, cols, col_ok, w_taps_ptr, w_off, w_ok,

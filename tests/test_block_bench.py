@@ -1,6 +1,7 @@
 """The block benchmark's helpers and the fuse-or-not planner, on the recorded H100 data (CPU only)."""
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from convfirst import bench_blocks as bb
@@ -85,3 +86,14 @@ def test_planner_ideal_model_without_data(monkeypatch):
     assert table.iloc[0]["source"] == "roofline model (ideal)"
     with pytest.raises(ParameterError, match="source"):
         planner.plan([("convfirst", 64, 56, 56, 4)], [256], "h100", source="guess")
+
+
+def test_floor_target_uses_the_floor_of_the_run_that_timed_our_kernel():
+    """Each run computes floors with its own measured P and B; the floor target divides our kernel's floor by
+    our kernel's time, both from one run, whatever the floors of other impls' (older) rows say."""
+    rows = [{"block": "convfirst", "C": 64, "H": 56, "batch": 256, "dtype": "bfloat16", "impl": impl, "ms": ms,
+             "floor_ms": floor} for impl, ms, floor in (("fused", 0.25, 0.1), ("compile-default", 1.0, 0.05),
+                                                       ("compile-max-autotune", 0.9, 0.05))]
+    t = bb.target_table(pd.DataFrame(rows)).set_index("target")
+    assert t.loc["ConvFirst 64@56: 50% of the roofline floor", "measured"] == pytest.approx(0.1 / 0.25)
+    assert t.loc["ConvFirst 64@56: 3x the best torch.compile", "measured"] == pytest.approx(0.9 / 0.25)

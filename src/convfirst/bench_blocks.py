@@ -538,15 +538,17 @@ def target_table(df: pd.DataFrame, batch: int = 256, dtype: str = "bfloat16") ->
         sel = df[(df["block"] == block) & (df["C"] == c) & (df["H"] == h) & (df["batch"] == batch)
                  & (df["dtype"] == dtype)]
         times = sel.groupby("impl")["ms"].median()
-        ours = times.get("triton" if block == "gconv" else "fused")
+        ours_impl = "triton" if block == "gconv" else "fused"
+        ours = times.get(ours_impl)
         if kind == "vs_compile":
             compiled = times[[i for i in ("compile-default", "compile-max-autotune") if i in times.index]]
             ref = compiled.min() if len(compiled) else float("nan")
             ref_name = compiled.idxmin() if len(compiled) else "none measured"
         elif kind == "vs_cudnn":
             ref, ref_name = times.get("eager", float("nan")), "eager (cuDNN)"
-        else:
-            ref, ref_name = float(sel["floor_ms"].median()) if len(sel) else float("nan"), "roofline floor"
+        else:  # the floor of our own rows: computed with the P and B measured in the run that timed them
+            own = sel.loc[sel["impl"] == ours_impl, "floor_ms"]
+            ref, ref_name = float(own.median()) if len(own) else float("nan"), "roofline floor"
         value = ref / ours if ours else float("nan")
         rows.append({"target": label, "reference": ref_name, "reference_ms": ref, "ours_ms": ours,
                      "required": need, "measured": value, "met": bool(value >= need),

@@ -64,17 +64,6 @@ def convfirst_block_unfused(x: torch.Tensor, packed: dict[str, torch.Tensor], ge
     return _image(_project(h, packed, _rows(x), gemm), x)
 
 
-def convfirst_block_gconv_expand(x: torch.Tensor, packed: dict[str, torch.Tensor],
-                                 hidden: torch.Tensor | None = None) -> torch.Tensor:
-    """The ConvFirst block in two launches: the grouped conv and the expanding layer in one Hopper kernel
-    (:func:`convfirst.kernels.gconv_expand.gconv_expand`, g kept on chip), then the projecting matmul with the
-    residual. ``hidden``: an optional [N*H*W, E*C] buffer for the expanded activation."""
-    from .gconv_expand import gconv_expand
-
-    h = gconv_expand(x, packed["w_taps"], packed["b_g"], packed["we_t"], packed["b_e"], out=hidden)
-    return _image(_project(h, packed, _rows(x), "triton"), x)
-
-
 def mbconv_block_unfused(x: torch.Tensor, packed: dict[str, torch.Tensor], gemm: str | None = None) -> torch.Tensor:
     """1x1 expand + SiLU -> gconv + SiLU (ours) -> 1x1 project + residual; ``gemm`` as above."""
     gemm = _backend(gemm)

@@ -12,6 +12,7 @@ HID16 and NPIX is assumed, as at the benchmark shapes.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -79,36 +80,37 @@ def gemm_ws_report(config: dict, act_silu: bool, has_res: bool) -> dict:
             "setmaxnreg": sorted({int(v) for v in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)})}
 
 
+@functools.cache
+def _shifted_view_probe():
+    """A Gluon kernel that stages a [2 * ROWS, 16] tile in shared memory and loads ROWS rows of it from row OFFSET."""
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+
+    @gluon.jit
+    def shifted_view(out_ptr, OFFSET: gl.constexpr, ROWS: gl.constexpr):
+        blocked: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])
+        halo = gl.allocate_shared_memory(gl.bfloat16, [2 * ROWS, 16], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+        halo.store(gl.zeros([2 * ROWS, 16], gl.bfloat16, blocked))
+        tap = halo.slice(OFFSET, ROWS, 0).load(blocked)
+        r = gl.arange(0, ROWS, layout=gl.SliceLayout(1, blocked))
+        c = gl.arange(0, 16, layout=gl.SliceLayout(0, blocked))
+        gl.store(out_ptr + gl.expand_dims(r, 1) * 16 + gl.expand_dims(c, 0), tap)
+
+    return shifted_view
+
+
 def gluon_shifted_view_compiles(offset: int, rows: int = 64) -> bool:
     """Whether Gluon compiles (for sm_90) a load of ``rows`` rows of a staged [2 * rows, 16] shared-memory tile
     starting at row ``offset``: the 'shifted view' a fused block would feed the tensor cores for each 3x3 tap of a
     halo staged once. Triton's verifier takes only offsets that are multiples of the view's length ("The split
     offset may not touch the tile"; Triton 3.6 and 3.8, any shared layout), so a tap shifted by one pixel cannot
     be written as a view (``NOTES_convfirst.md``)."""
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-
-    if "shifted_view" not in _GLUON_PROBES:
-        @gluon.jit
-        def shifted_view(out_ptr, OFFSET: gl.constexpr, ROWS: gl.constexpr):
-            blocked: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])
-            halo = gl.allocate_shared_memory(gl.bfloat16, [2 * ROWS, 16], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
-            halo.store(gl.zeros([2 * ROWS, 16], gl.bfloat16, blocked))
-            tap = halo.slice(OFFSET, ROWS, 0).load(blocked)
-            r = gl.arange(0, ROWS, layout=gl.SliceLayout(1, blocked))
-            c = gl.arange(0, 16, layout=gl.SliceLayout(0, blocked))
-            gl.store(out_ptr + gl.expand_dims(r, 1) * 16 + gl.expand_dims(c, 0), tap)
-
-        _GLUON_PROBES["shifted_view"] = shifted_view
     try:
-        compile_gluon_sm90(_GLUON_PROBES["shifted_view"], {"out_ptr": "*bf16", "OFFSET": "constexpr",
-                                                           "ROWS": "constexpr"}, {"OFFSET": offset, "ROWS": rows}, 4)
+        compile_gluon_sm90(_shifted_view_probe(), {"out_ptr": "*bf16", "OFFSET": "constexpr", "ROWS": "constexpr"},
+                           {"OFFSET": offset, "ROWS": rows}, 4)
     except Exception:  # noqa: BLE001 - the verifier's refusal surfaces as a compilation error
         return False
     return True
-
-
-_GLUON_PROBES: dict = {}
 
 
 def compile_config(fn, signature: dict, constexprs: dict, num_warps: int, num_stages: int,

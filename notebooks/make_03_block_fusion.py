@@ -384,9 +384,11 @@ else:
 latency-bound kernel should. `torch.compile`, which moves the hidden activation through DRAM between its
 kernels, runs faster on the H200 at the bandwidth-heavy early- and middle-stage shapes and the same at the
 compute-bound late-stage ones (second line). The fused kernels' advantage therefore shrinks on the H200. Our
-unfused MBConv sequence gains in the same way, and on the H200 it is faster than the fused MBConv kernel at
-every measured shape, so the planner of that GPU keeps every MBConv block unfused (chapter 6 uses the planner
-of the GPU it runs on)."""),
+unfused MBConv sequence gains in the same way: on the H200 it is faster than the fused MBConv kernel at 64@56
+and 128@28. At 256@14 the latest H200 run (commit e6ef31b, timed without CUDA graphs, where the sequence's three
+launches from Python weigh) put it behind the fused kernel, and `torch.compile` ahead of both. So the planner of
+that GPU keeps every MBConv block unfused (chapter 6 uses the planner of the GPU it runs on). The H200's
+`torch.compile` rows come from its first run (commit 2d79a88), our kernels' rows from the latest."""),
     new_code_cell('''check_all = load_measurements(recorded_file("kernel_check", gpu))
 check = check_all[check_all["commit"] == check_all.sort_values("date")["commit"].iloc[-1]]  # the latest sweep
 print(f"correctness sweep of commit {check['commit'].iloc[0]} ({check['date'].min()}); "

@@ -225,7 +225,7 @@ if len(v6) and len(v6c):
     print(f"ConvFirst 96@56, v6 -> v6c (one tap loop): {a.time_us:.0f} -> {b.time_us:.0f} us; instructions "
           f"x{b.warp_instr_M / a.warp_instr_M:.2f}; issue active {a.issue_active_pct:.0f}% -> {b.issue_active_pct:.0f}%; "
           f"tensor pipe {b.tensor_pipe_pct:.0f}% and L2 {b.l2_pct:.0f}% of peak; occupancy {b.occupancy_pct:.0f}% "
-          f"(four 4-warp programs per SM)")'''),
+          f"(about {b.occupancy_pct / 100 * 64 / 4:.0f} 4-warp programs of an SM's 64 warp slots)")'''),
     new_markdown_cell("""### Why the targets are met or missed
 
 **The grouped conv kernel meets its target**: loading each shifted tile as whole cache lines and running the

@@ -43,8 +43,9 @@ SEQUENCE_SHAPES = (BlockShape("convfirst", 96, 56, 56), BlockShape("convfirst", 
 PATCH_SHAPES = (("stem-t", 3, 96, 4, 224), ("down-t1", 96, 192, 2, 56), ("down-t2", 192, 384, 2, 28),
                 ("down-t3", 384, 768, 2, 14), ("stem-h", 3, 64, 4, 224), ("down-h1", 64, 128, 2, 56),
                 ("down-h2", 128, 256, 2, 28), ("down-h3", 256, 512, 2, 14))
-#: (M, K, N) checked with every candidate config: odd M, K below/above/not a multiple of 64, N not of 64.
-CHECK_GEMMS = ((1000, 96, 384), (777, 384, 96), (257, 48, 80), (130, 1536, 384), (300, 80, 96))
+#: (M, K, N) checked with every candidate config: odd M, K below/above/not a multiple of 64, N not of 64, and an
+#: expanding layer's K = 256 with N = 4K (the weight-resident form's widest slice).
+CHECK_GEMMS = ((1000, 96, 384), (777, 384, 96), (257, 48, 80), (130, 1536, 384), (300, 80, 96), (515, 256, 1024))
 
 
 def check_rows(dtype=torch.bfloat16, device="cuda", seed=0) -> list[dict]:
@@ -53,7 +54,8 @@ def check_rows(dtype=torch.bfloat16, device="cuda", seed=0) -> list[dict]:
     rows = []
     tol = TOLERANCE[str(dtype).split(".")[-1]]
     configs = ([("pointer", launch_kwargs(cf)) for cf in gemm.gemm_configs()]
-               + [("tma", launch_kwargs(cf)) for cf in gemm.tma_configs()])
+               + [("tma", launch_kwargs(cf)) for cf in gemm.tma_configs()]
+               + [("resident", launch_kwargs(cf)) for cf in gemm.resident_configs()])
     if gemm_ws.ws_available(torch.device(device)):
         configs += [("gluon-ws", cf) for cf in gemm_ws.ws_configs()]
     for m, k, n in CHECK_GEMMS:
@@ -65,6 +67,9 @@ def check_rows(dtype=torch.bfloat16, device="cuda", seed=0) -> list[dict]:
             ref = gemm.matmul_reference(a, w_t, bias, act, residual)
             for form, cf in configs:
                 if form == "tma" and not gemm.tma_config_fits(cf, residual is not None):
+                    continue
+                if form == "resident" and not (gemm.resident_usable(k)
+                                               and gemm.resident_config_fits(cf, k, residual is not None)):
                     continue
                 out = torch.full((m, n), float("nan"), device=device, dtype=dtype)
                 gemm.launch_matmul(a, w_t, bias, act, residual, config=cf, out=out, form=form)
@@ -94,10 +99,10 @@ def _time(fn, inputs, graphs):
     return bench_ms(fn, inputs, cuda_graph=graphs)
 
 
-def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True) -> list[dict]:
-    """The expand and project layers of each ``SEQUENCE_SHAPES`` block: cuBLAS + PyTorch epilogue vs ours."""
+def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True, shapes=SEQUENCE_SHAPES) -> list[dict]:
+    """The expand and project layers of each block in ``shapes``: cuBLAS + PyTorch epilogue vs ours."""
     rows = []
-    for shape in tqdm(SEQUENCE_SHAPES, desc="1x1 layers"):
+    for shape in tqdm(shapes, desc="1x1 layers"):
         m, c, hid = batch * shape.H * shape.W, shape.C, shape.E * shape.C
         for layer, k, n, act, has_res in (("expand", c, hid, "silu", False), ("project", hid, c, "none", True)):
             nbytes = 2 * (m * k + k * n + m * n * (2 if has_res else 1))
@@ -134,21 +139,25 @@ def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True) -> list[dic
                     timed.append((_time(fn, inputs, graphs), err, cf))
                 best = min(timed, key=lambda t: t[0])
                 record("gluon-ws", best[0], max(t[1] for t in timed), str(best[2]))
-            for impl, fn in (("cublas", cublas), ("triton-pointer", ours("pointer")), ("triton-tma", ours("tma"))):
+            impls = [("cublas", cublas), ("triton-pointer", ours("pointer")), ("triton-tma", ours("tma"))]
+            if gemm.resident_usable(k):
+                impls.append(("triton-resident", ours("resident")))
+            for impl, fn in impls:
                 err = relative_error(fn(a0, r0), ref)
                 ms = _time(fn, inputs, graphs)
-                tuner = {"triton-pointer": gemm._launcher, "triton-tma": gemm._tma_launcher}.get(impl)
+                tuner = {"triton-pointer": gemm._launcher, "triton-tma": gemm._tma_launcher,
+                         "triton-resident": gemm._resident_launcher}.get(impl)
                 tuned = getattr(tuner() if tuner else None, "best_config", None)
                 record(impl, ms, err, str(tuned) if tuned else "")
     return rows
 
 
-def sequence_rows(batch: int, dtype: str = "bfloat16", graphs: bool = True) -> list[dict]:
+def sequence_rows(batch: int, dtype: str = "bfloat16", graphs: bool = True, shapes=SEQUENCE_SHAPES) -> list[dict]:
     """The whole unfused sequence of each block shape with each GEMM backend."""
     from .unfused import convfirst_block_unfused, mbconv_block_unfused
 
     rows = []
-    for shape in tqdm(SEQUENCE_SHAPES, desc="sequences"):
+    for shape in tqdm(shapes, desc="sequences"):
         case = BlockCase(shape, batch, dtype, n_inputs=1)
         x_bytes = case.inputs[0].numel() * 2
         case.inputs += [case.new_input(torch.Generator().manual_seed(i), "cuda")
@@ -220,7 +229,16 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--parts", nargs="+", default=["checks", "gemm", "sequence", "patchify"],
                     choices=["checks", "gemm", "sequence", "patchify"])
+    ap.add_argument("--shapes", nargs="+", default=None, metavar="BLOCK:C@H",
+                    help="only these of the sequence shapes, e.g. convfirst:256@14 mbconv:64@56 (default: all)")
     args = ap.parse_args()
+    shapes = SEQUENCE_SHAPES
+    if args.shapes:
+        names = {f"{s.block}:{s.C}@{s.H}": s for s in SEQUENCE_SHAPES}
+        unknown = [n for n in args.shapes if n not in names]
+        if unknown:
+            raise SystemExit(f"--shapes: unknown {unknown}; choose from {sorted(names)}")
+        shapes = tuple(names[n] for n in args.shapes)
     if not torch.cuda.is_available():
         raise SystemExit("compare_gemm needs a CUDA GPU")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -236,9 +254,9 @@ def main() -> int:
         for c in failed:
             print("FAILED", c)
     if "gemm" in args.parts:
-        rows += gemm_rows(args.batch)
+        rows += gemm_rows(args.batch, shapes=shapes)
     if "sequence" in args.parts:
-        rows += sequence_rows(args.batch)
+        rows += sequence_rows(args.batch, shapes=shapes)
     if "patchify" in args.parts:
         rows += patch_rows(args.batch)
     if rows:

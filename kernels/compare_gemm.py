@@ -99,8 +99,11 @@ def _time(fn, inputs, graphs):
     return bench_ms(fn, inputs, cuda_graph=graphs)
 
 
-def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True, shapes=SEQUENCE_SHAPES) -> list[dict]:
-    """The expand and project layers of each block in ``shapes``: cuBLAS + PyTorch epilogue vs ours."""
+def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True, shapes=SEQUENCE_SHAPES,
+              gluon: bool = True) -> list[dict]:
+    """The expand and project layers of each block in ``shapes``: cuBLAS + PyTorch epilogue vs ours (the Gluon
+    tiles too unless ``gluon`` is False). Each weight-resident tile is also timed on its own (part
+    ``gemm-configs``), beside the autotuned row."""
     rows = []
     for shape in tqdm(shapes, desc="1x1 layers"):
         m, c, hid = batch * shape.H * shape.W, shape.C, shape.E * shape.C
@@ -123,15 +126,15 @@ def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True, shapes=SEQU
             def ws(cf):
                 return lambda a, r: gemm.launch_matmul(a, w_t, bias, act, r, config=cf, form="gluon-ws")
 
-            def record(impl, ms, err, config):
-                rows.append({"part": "gemm", "block": shape.block, "C": c, "H": shape.H, "layer": layer,
+            def record(impl, ms, err, config, part="gemm"):
+                rows.append({"part": part, "block": shape.block, "C": c, "H": shape.H, "layer": layer,
                              "M": m, "K": k, "N": n, "impl": impl, "ms": ms, "tflops": 2 * m * k * n / ms / 1e9,
                              "gbps": nbytes / ms / 1e6, "rel_err": err, "config": config, "batch": batch,
                              "cuda_graph": graphs})
 
             a0, r0 = inputs[0]
             ref = gemm.matmul_reference(a0, w_t, bias, act, r0)
-            if gemm_ws.ws_available(a0.device):  # every Gluon tile is checked and timed; the row keeps the fastest
+            if gluon and gemm_ws.ws_available(a0.device):  # every Gluon tile checked and timed; the row keeps the fastest
                 timed = []
                 for cf in gemm_ws.ws_configs():
                     fn = ws(cf)
@@ -149,6 +152,14 @@ def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True, shapes=SEQU
                          "triton-resident": gemm._resident_launcher}.get(impl)
                 tuned = getattr(tuner() if tuner else None, "best_config", None)
                 record(impl, ms, err, str(tuned) if tuned else "")
+            if gemm.resident_usable(k):
+                for cf in gemm.resident_configs():
+                    cf = launch_kwargs(cf)
+                    if not gemm.resident_config_fits(cf, k, has_res):
+                        continue
+                    fn = (lambda c: lambda a, r: gemm.launch_matmul(a, w_t, bias, act, r, config=c, form="resident"))(cf)
+                    err = relative_error(fn(a0, r0), ref)
+                    record("triton-resident", _time(fn, inputs, graphs), err, str(cf), part="gemm-configs")
     return rows
 
 
@@ -215,6 +226,8 @@ def comparison_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     for part, sub in df.groupby("part", sort=False):
         latest = sub[sub["date"] == sub["date"].max()]
         keys = [c for c in ("block", "shape", "C", "H", "layer") if c in latest and latest[c].notna().any()]
+        if part.endswith("-configs"):  # one row per tile, not a mean over them
+            keys.append("config")
         table = latest.pivot_table(index=keys, columns="impl", values="ms", sort=False)
         table.columns.name = "ms"
         table.attrs.update(date=latest["date"].iloc[0], commit=str(latest["commit"].iloc[0]),
@@ -229,6 +242,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--parts", nargs="+", default=["checks", "gemm", "sequence", "patchify"],
                     choices=["checks", "gemm", "sequence", "patchify"])
+    ap.add_argument("--no-gluon", action="store_true", help="leave the Gluon tiles out of the 1x1 layers' timing")
     ap.add_argument("--shapes", nargs="+", default=None, metavar="BLOCK:C@H",
                     help="only these of the sequence shapes, e.g. convfirst:256@14 mbconv:64@56 (default: all)")
     args = ap.parse_args()
@@ -254,7 +268,7 @@ def main() -> int:
         for c in failed:
             print("FAILED", c)
     if "gemm" in args.parts:
-        rows += gemm_rows(args.batch, shapes=shapes)
+        rows += gemm_rows(args.batch, shapes=shapes, gluon=not args.no_gluon)
     if "sequence" in args.parts:
         rows += sequence_rows(args.batch, shapes=shapes)
     if "patchify" in args.parts:

@@ -44,7 +44,7 @@ PATCH_SHAPES = (("stem-t", 3, 96, 4, 224), ("down-t1", 96, 192, 2, 56), ("down-t
                 ("down-t3", 384, 768, 2, 14), ("stem-h", 3, 64, 4, 224), ("down-h1", 64, 128, 2, 56),
                 ("down-h2", 128, 256, 2, 28), ("down-h3", 256, 512, 2, 14))
 #: (M, K, N) checked with every candidate config: odd M, K below/above/not a multiple of 64, N not of 64, and an
-#: expanding layer's K = 256 with N = 4K (the weight-resident form's widest slice).
+#: expanding layer of 256@14 in shape (K = 256, N = 4K) at an odd M.
 CHECK_GEMMS = ((1000, 96, 384), (777, 384, 96), (257, 48, 80), (130, 1536, 384), (300, 80, 96), (515, 256, 1024))
 
 
@@ -54,8 +54,7 @@ def check_rows(dtype=torch.bfloat16, device="cuda", seed=0) -> list[dict]:
     rows = []
     tol = TOLERANCE[str(dtype).split(".")[-1]]
     configs = ([("pointer", launch_kwargs(cf)) for cf in gemm.gemm_configs()]
-               + [("tma", launch_kwargs(cf)) for cf in gemm.tma_configs()]
-               + [("resident", launch_kwargs(cf)) for cf in gemm.resident_configs()])
+               + [("tma", launch_kwargs(cf)) for cf in gemm.tma_configs()])
     if gemm_ws.ws_available(torch.device(device)):
         configs += [("gluon-ws", cf) for cf in gemm_ws.ws_configs()]
     for m, k, n in CHECK_GEMMS:
@@ -67,9 +66,6 @@ def check_rows(dtype=torch.bfloat16, device="cuda", seed=0) -> list[dict]:
             ref = gemm.matmul_reference(a, w_t, bias, act, residual)
             for form, cf in configs:
                 if form == "tma" and not gemm.tma_config_fits(cf, residual is not None):
-                    continue
-                if form == "resident" and not (gemm.resident_usable(k)
-                                               and gemm.resident_config_fits(cf, k, residual is not None)):
                     continue
                 out = torch.full((m, n), float("nan"), device=device, dtype=dtype)
                 gemm.launch_matmul(a, w_t, bias, act, residual, config=cf, out=out, form=form)
@@ -102,8 +98,7 @@ def _time(fn, inputs, graphs):
 def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True, shapes=SEQUENCE_SHAPES,
               gluon: bool = True) -> list[dict]:
     """The expand and project layers of each block in ``shapes``: cuBLAS + PyTorch epilogue vs ours (the Gluon
-    tiles too unless ``gluon`` is False). Each weight-resident tile is also timed on its own (part
-    ``gemm-configs``), beside the autotuned row."""
+    tiles too unless ``gluon`` is False)."""
     rows = []
     for shape in tqdm(shapes, desc="1x1 layers"):
         m, c, hid = batch * shape.H * shape.W, shape.C, shape.E * shape.C
@@ -126,8 +121,8 @@ def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True, shapes=SEQU
             def ws(cf):
                 return lambda a, r: gemm.launch_matmul(a, w_t, bias, act, r, config=cf, form="gluon-ws")
 
-            def record(impl, ms, err, config, part="gemm"):
-                rows.append({"part": part, "block": shape.block, "C": c, "H": shape.H, "layer": layer,
+            def record(impl, ms, err, config):
+                rows.append({"part": "gemm", "block": shape.block, "C": c, "H": shape.H, "layer": layer,
                              "M": m, "K": k, "N": n, "impl": impl, "ms": ms, "tflops": 2 * m * k * n / ms / 1e9,
                              "gbps": nbytes / ms / 1e6, "rel_err": err, "config": config, "batch": batch,
                              "cuda_graph": graphs})
@@ -142,24 +137,12 @@ def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True, shapes=SEQU
                     timed.append((_time(fn, inputs, graphs), err, cf))
                 best = min(timed, key=lambda t: t[0])
                 record("gluon-ws", best[0], max(t[1] for t in timed), str(best[2]))
-            impls = [("cublas", cublas), ("triton-pointer", ours("pointer")), ("triton-tma", ours("tma"))]
-            if gemm.resident_usable(k):
-                impls.append(("triton-resident", ours("resident")))
-            for impl, fn in impls:
+            for impl, fn in (("cublas", cublas), ("triton-pointer", ours("pointer")), ("triton-tma", ours("tma"))):
                 err = relative_error(fn(a0, r0), ref)
                 ms = _time(fn, inputs, graphs)
-                tuner = {"triton-pointer": gemm._launcher, "triton-tma": gemm._tma_launcher,
-                         "triton-resident": gemm._resident_launcher}.get(impl)
+                tuner = {"triton-pointer": gemm._launcher, "triton-tma": gemm._tma_launcher}.get(impl)
                 tuned = getattr(tuner() if tuner else None, "best_config", None)
                 record(impl, ms, err, str(tuned) if tuned else "")
-            if gemm.resident_usable(k):
-                for cf in gemm.resident_configs():
-                    cf = launch_kwargs(cf)
-                    if not gemm.resident_config_fits(cf, k, has_res):
-                        continue
-                    fn = (lambda c: lambda a, r: gemm.launch_matmul(a, w_t, bias, act, r, config=c, form="resident"))(cf)
-                    err = relative_error(fn(a0, r0), ref)
-                    record("triton-resident", _time(fn, inputs, graphs), err, str(cf), part="gemm-configs")
     return rows
 
 
@@ -221,13 +204,17 @@ def patch_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True) -> list[di
 
 def comparison_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The recorded comparison as one table per part (gemm, sequence, patchify): ms per case and implementation,
-    from the most recent run that measured each part, with that run's date and commit in ``.attrs``."""
+    from the most recent full run of each part (a later run of fewer cases does not replace it), with that run's
+    date and commit in ``.attrs``."""
     tables = {}
     for part, sub in df.groupby("part", sort=False):
-        latest = sub[sub["date"] == sub["date"].max()]
-        keys = [c for c in ("block", "shape", "C", "H", "layer") if c in latest and latest[c].notna().any()]
+        keys = [c for c in ("block", "shape", "C", "H", "layer") if c in sub and sub[c].notna().any()]
         if part.endswith("-configs"):  # one row per tile, not a mean over them
             keys.append("config")
+        # the most recent run that measured as many cases as any run did (a later run of a few shapes only,
+        # such as a one-kernel experiment, does not replace the full table)
+        cases = sub.groupby("date")[keys].apply(lambda d: len(d.drop_duplicates()))
+        latest = sub[sub["date"] == cases[cases == cases.max()].index.max()]
         table = latest.pivot_table(index=keys, columns="impl", values="ms", sort=False)
         table.columns.name = "ms"
         table.attrs.update(date=latest["date"].iloc[0], commit=str(latest["commit"].iloc[0]),

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ._common import (ACTIVATION_DTYPES, LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, autotuning,
-                      check_device, check_same_device, interpreting, launch_kwargs, launch_options, tracing)
+                      check_device, check_same_device, interpreting, launch_options, tracing)
 from .activation import silu
 
 #: Epilogue activations.
@@ -169,44 +169,6 @@ def gemm_tma_kernel(a_desc, w_desc, res_desc, out_desc, bias_ptr, M, N, K, ACT_S
                   FP32_DOT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
 
 
-@triton.jit
-def gemm_resident_kernel(a_desc, w_ptr, res_desc, out_desc, bias_ptr, M, N, K, ACT_SILU: tl.constexpr,
-                         HAS_RES: tl.constexpr, FP32_DOT: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, K_PAD: tl.constexpr, PROGRAMS_PER_SM: tl.constexpr):
-    """Weight-resident form for short K (the expanding 1x1 layers): each program keeps one [K, BLOCK_N] slice
-    of W in shared memory for its whole life and streams row tiles of A past it.
-
-    Program ``pid`` owns column slice ``pid % n_slices`` and the row tiles ``pid // n_slices``,
-    ``+ programs / n_slices``, ... (the grid is a multiple of ``n_slices``). A whole [BLOCK_M, K] row tile is one
-    box copy (K <= 256, zero-filled past K); W is read from L2 once per program instead of once per tile, which
-    at 256@14's expanding layer is two thirds of the bytes the tiled kernel reads from L2. The slice is loaded
-    before the loop, so the compiler places it in shared memory once (as in the resident fused ConvFirst
-    kernel); the bias is loaded inside the loop, or the compiler folds it into a hoisted accumulator tile.
-    ``PROGRAMS_PER_SM`` only sizes the grid (two small programs per SM overlap one's epilogue with the other's
-    products)."""
-    pid = tl.program_id(0)
-    n_slices = tl.cdiv(N, BLOCK_N)
-    off_n = (pid % n_slices) * BLOCK_N
-    offs_k = tl.arange(0, K_PAD)
-    offs_n = off_n + tl.arange(0, BLOCK_N)
-    w = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :], mask=(offs_k[:, None] < K) & (offs_n[None, :] < N),
-                other=0.0)
-    if FP32_DOT:
-        w = w.to(tl.float32)
-    for tile in tl.range(pid // n_slices, tl.cdiv(M, BLOCK_M), tl.num_programs(0) // n_slices):
-        off_m = tile * BLOCK_M
-        a = a_desc.load([off_m, 0])
-        if FP32_DOT:
-            a = a.to(tl.float32)
-        acc = tl.dot(a, w)
-        acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-        if ACT_SILU:
-            acc = silu(acc, FP32_DOT)
-        if HAS_RES:
-            acc += res_desc.load([off_m, off_n]).to(tl.float32)
-        out_desc.store([off_m, off_n], acc.to(out_desc.dtype))
-
-
 def gemm_configs() -> list:
     """Autotuning candidates (Hopper): 64-256 row tiles, 64-256 column tiles, 32-64-deep K steps; one program per
     tile, and the persistent form of the tiles that fit one program per SM."""
@@ -298,106 +260,10 @@ def tma_usable(a: torch.Tensor, w_t: torch.Tensor, out: torch.Tensor) -> bool:
     return all(t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in (a, w_t, out))
 
 
-#: Largest K the weight-resident form takes: a row tile is one box copy, and a box is at most 256 wide.
-RESIDENT_MAX_K = 256
-#: Shared memory one Hopper SM gives its programs (bytes; 227 KB per program at most).
-_SMEM_PER_SM = 232448
-
-
-def resident_configs() -> list:
-    """Tiles of the weight-resident form (GPU): (BLOCK_M, BLOCK_N, programs per SM, warps, stages)."""
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "PROGRAMS_PER_SM": pps}, num_warps=warps,
-                          num_stages=stages, pre_hook=_set_resident_block_shapes)
-            for bm, bn, pps, warps, stages in [(64, 128, 2, 4, 1), (64, 256, 1, 8, 2), (128, 128, 1, 8, 2),
-                                               (64, 128, 1, 4, 3), (64, 128, 2, 8, 1), (128, 128, 2, 8, 1)]]
-
-
-def resident_smem_bytes(config: dict, k: int, has_residual: bool) -> int:
-    """Shared memory of one program of the weight-resident form: the W slice, the A row tiles in flight, the
-    output (and residual) staging tiles (checked against the sm_90 compile in ``NOTES_gemm.md``)."""
-    k_pad = max(16, triton.next_power_of_2(k))
-    bm, bn = config["BLOCK_M"], config["BLOCK_N"]
-    stages = config.get("num_stages") or 1
-    staging = bm * bn * (2 if has_residual else 1)
-    if stages <= 1:  # no copy in flight: the row tile's buffer is free again when the output is staged
-        return 2 * (k_pad * bn + max(bm * k_pad, staging)) + 1024
-    return 2 * (k_pad * bn + stages * bm * k_pad + staging) + 1024
-
-
-def resident_config_fits(config: dict, k: int, has_residual: bool) -> bool:
-    return config.get("PROGRAMS_PER_SM", 1) * resident_smem_bytes(config, k, has_residual) <= _SMEM_PER_SM
-
-
-def resident_usable(k: int) -> bool:
-    return k <= RESIDENT_MAX_K
-
-
-def _prune_resident(configs, named_args, **kwargs):
-    k, n = named_args["K"], named_args["N"]
-    has_res = bool(kwargs.get("HAS_RES", named_args.get("HAS_RES", False)))
-    kept = [cf for cf in configs if cf.kwargs["BLOCK_N"] <= max(64, triton.next_power_of_2(n))
-            and resident_config_fits(launch_kwargs(cf), k, has_res)]
-    return kept or configs[:1]
-
-
-def _set_resident_block_shapes(nargs: dict) -> None:
-    bm, bn = nargs["BLOCK_M"], nargs["BLOCK_N"]
-    nargs["a_desc"].block_shape = [bm, nargs["K_PAD"]]
-    nargs["res_desc"].block_shape = [bm, bn]
-    nargs["out_desc"].block_shape = [bm, bn]
-
-
-def _resident_programs(m: int, n: int, meta: dict, device: torch.device) -> int:
-    """A multiple of the column slices: each slice gets an equal share of the SMs' program slots."""
-    slices = triton.cdiv(n, meta["BLOCK_N"])
-    tiles = triton.cdiv(m, meta["BLOCK_M"])
-    if device.type != "cuda":
-        return slices * min(tiles, 2)
-    if device not in _SM_COUNT:
-        _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return slices * max(1, min(tiles, _SM_COUNT[device] * meta.get("PROGRAMS_PER_SM", 1) // slices))
-
-
-@functools.cache
-def _resident_launcher():
-    """The weight-resident kernel autotuned per (M, N, K, epilogue); built once, on first use."""
-    return triton.autotune(configs=resident_configs(), key=["M", "N", "K", "ACT_SILU", "HAS_RES"],
-                           prune_configs_by={"early_config_prune": _prune_resident})(gemm_resident_kernel)
-
-
-def resident_heuristic_config() -> dict:
-    if interpreting():
-        return {"BLOCK_M": 16, "BLOCK_N": 32, "PROGRAMS_PER_SM": 1}
-    return {"BLOCK_M": 64, "BLOCK_N": 128, "PROGRAMS_PER_SM": 2, "num_warps": 4, "num_stages": 1}
-
-
-def _launch_resident(a, w_t, bias, residual, out, m, n, k, act, config):
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    if config is None and not autotuning():
-        config = resident_heuristic_config()
-    k_pad = max(16, triton.next_power_of_2(k))
-    shapes = {"BLOCK_M": 64, "BLOCK_N": 64} if config is None else config
-    a_desc = TensorDescriptor.from_tensor(a, [shapes["BLOCK_M"], k_pad])
-    out_desc = TensorDescriptor.from_tensor(out, [shapes["BLOCK_M"], shapes["BLOCK_N"]])
-    res_desc = TensorDescriptor.from_tensor(residual, [shapes["BLOCK_M"], shapes["BLOCK_N"]]) \
-        if residual is not None else out_desc  # never read when HAS_RES is False
-    flags = dict(ACT_SILU=act == "silu", HAS_RES=residual is not None, FP32_DOT=interpreting(), K_PAD=k_pad)
-    if config is not None:
-        meta = {"PROGRAMS_PER_SM": 1, **{key: v for key, v in config.items() if key not in LAUNCH_OPTIONS}}
-        grid = (_resident_programs(m, n, meta, a.device),)
-        return gemm_resident_kernel[grid](a_desc, w_t, res_desc, out_desc, bias, m, n, k, **flags, **meta,
-                                          **launch_options(config))
-    grid = lambda meta: (_resident_programs(m, n, meta, a.device),)  # noqa: E731
-    return _resident_launcher()[grid](a_desc, w_t, res_desc, out_desc, bias, m, n, k, **flags)
-
-
 #: Which form runs the plain-matrix products by default: "tma" (measured against the others in NOTES_gemm.md).
-#: "gluon-ws" (:mod:`gemm_ws`, a warp-specialised Hopper kernel) is taken only when asked for; "resident"
-#: (:func:`gemm_resident_kernel`, W kept in shared memory) applies where K <= ``RESIDENT_MAX_K``, else the TMA
-#: form runs.
+#: "gluon-ws" (:mod:`gemm_ws`, a warp-specialised Hopper kernel) is taken only when asked for.
 DEFAULT_FORM = "tma"
-FORMS = ("tma", "pointer", "gluon-ws", "resident")
+FORMS = ("tma", "pointer", "gluon-ws")
 
 
 def _launch_tma(a, w_t, bias, residual, out, m, n, k, act, config):
@@ -522,12 +388,8 @@ def launch_matmul(a, w_t, bias, act="none", residual=None, config=None, out=None
             LAST_COMPILED["gemm"] = gemm_ws.launch_ws(a, w_t, bias, residual, out, act,
                                                       config or gemm_ws.ws_configs()[0])
             return out
-        if form == "resident" and resident_usable(k):
-            LAST_COMPILED["gemm"] = _launch_resident(a, w_t, bias, residual, out, m, n, k, act, config)
-            return out
-        if form in ("tma", "resident"):
-            LAST_COMPILED["gemm"] = _launch_tma(a, w_t, bias, residual, out, m, n, k, act,
-                                                config if form == "tma" else None)
+        if form == "tma":
+            LAST_COMPILED["gemm"] = _launch_tma(a, w_t, bias, residual, out, m, n, k, act, config)
             return out
     return _launch(a, w_t, bias, residual, out, m, n, k, 0, (1, 1, 1, 1, 1), act, config)
 

@@ -352,6 +352,32 @@ under the benchmark's conditions). The ping-pong kernel is 2-7% faster on the ex
 on the projecting ones: a warp group holds at most a 128 x 128 accumulator, which reads a third more bytes
 from L2 per FLOP than the TMA kernel's 128 x 256 tile, so the models keep the TMA kernel
 (`kernels/NOTES_gemm.md`, v5)."""),
+    new_markdown_cell("""A later, smaller run (commit 461bd98) tested why the 14 x 14 expanding layer runs well below the
+tensor cores' rate: the idea was that the 128 x 256 TMA tile reads its weight slice from L2 again for every row
+tile, about two thirds of the bytes it reads. A weight-resident form (`triton-resident`) kept one [K, 128] or
+[K, 256] slice of W in shared memory for a program's whole life and streamed the row tiles of A past it. The
+table below is that run: the autotuned forms side by side, then each resident tile on its own. It was slower
+at every layer it ran, and ConvFirstNet-H did not move when its 14 x 14 expanding layers used it
+(`data/gemm_resident_model_<gpu>.csv`), so L2 reads are not what holds that layer back; the form was removed
+again (`kernels/NOTES_gemm.md`, v6)."""),
+    new_code_cell('''import ast
+
+if data_path(f"gemm_{gpu}.csv").exists() and "gemm-configs" in gemm_tables:
+    tiles = gemm_tables["gemm-configs"]
+    run = load_measurements(data_path(f"gemm_{gpu}.csv"))
+    run = run[(run["part"] == "gemm") & (run["date"] == tiles.attrs["date"])]
+    print(f"run of {tiles.attrs['date']} at commit {tiles.attrs['commit']}, batch {tiles.attrs['batch']}, ms")
+    display(run.pivot_table(index=["block", "C", "H", "layer"], columns="impl", values="ms").round(4))
+    def tile_label(text):
+        c = ast.literal_eval(text)
+        return (f"{c['BLOCK_M']} x {c['BLOCK_N']}, {c['PROGRAMS_PER_SM']} per SM, {c['num_warps']} warps, "
+                f"{c['num_stages']} stage(s)")
+    display(tiles.rename(index=tile_label, level="config").round(4))
+    path = data_path(f"gemm_resident_model_{gpu}.csv")
+    if path.exists():
+        ab = load_measurements(path)
+        print("ConvFirstNet-H, batch 256, CUDA graphs, in order of measurement:")
+        display(ab[ab["cuda_graphs"]].sort_values("date")[["model", "gemm_form", "ms", "date", "commit"]])'''),
     new_markdown_cell("""### The same kernels on a second GPU
 
 The H200 has the H100's Hopper SMs (132 of them, measured peak bf16 rate within a few per cent) but 1.4x its

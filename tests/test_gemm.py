@@ -68,15 +68,12 @@ def _candidates():
         from convfirst.kernels._common import launch_kwargs
         return ([("pointer", launch_kwargs(cf)) for cf in gemm.gemm_configs()]
                 + [("tma", launch_kwargs(cf)) for cf in gemm.tma_configs()]
-                + [("resident", launch_kwargs(cf)) for cf in gemm.resident_configs()]
                 + [("gluon-ws", cf) for cf in gemm_ws.ws_configs()])
     return [("pointer", gemm.heuristic_config(1, 1, 1)), ("tma", gemm.tma_heuristic_config()),
             ("pointer", {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 16, "GROUP_M": 2}),
             ("pointer", {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 2, "PERSISTENT": True}),
             ("tma", {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 16, "GROUP_M": 2}),
-            ("tma", {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 2, "PERSISTENT": True}),
-            ("resident", gemm.resident_heuristic_config()),
-            ("resident", {"BLOCK_M": 16, "BLOCK_N": 64, "PROGRAMS_PER_SM": 2})]
+            ("tma", {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 2, "PERSISTENT": True})]
 
 
 @pytest.mark.parametrize("form, config", _candidates(), ids=str)
@@ -85,30 +82,14 @@ def test_every_gemm_config_matches_reference(form, config):
     and not (a partial last step). With a residual where the config fits shared memory with one, else without."""
     if form == "gluon-ws" and not WS_HERE:
         pytest.skip("the Gluon form runs only on a Hopper GPU")
+    residual_fits = form != "tma" or gemm.tma_config_fits(config, True)
     for m, k, n in ((300, 128, 96), (300, 80, 96)) if ON_GPU else ((45, 64, 72), (45, 40, 72)):
-        residual_fits = (form != "tma" or gemm.tma_config_fits(config, True)) and \
-            (form != "resident" or gemm.resident_config_fits(config, k, True))
         a, w_t, bias, res = _operands(m, k, n, torch.bfloat16, _gen())
         res = res if residual_fits else None
         out = torch.full((m, n), float("nan"), device=DEVICE, dtype=a.dtype)
         gemm.launch_matmul(a, w_t, bias, "silu", res, config=config, out=out, form=form)
         err = relative_error(out, gemm.matmul_reference(a, w_t, bias, "silu", res))
         assert err < TOLERANCE["bfloat16"], f"{m}x{k}x{n}: rel err {err:.3g}"
-
-
-@pytest.mark.parametrize("k, runs_resident", [(48, True), (256, True), (264, False)])
-def test_resident_form_runs_its_own_kernel_only_where_k_fits_one_box(monkeypatch, k, runs_resident):
-    """K <= 256: the weight-resident kernel; wider K: the TMA form, with the same result either way."""
-    calls = []
-    real = gemm._launch_resident
-    monkeypatch.setattr(gemm, "_launch_resident", lambda *args: calls.append(args[7]) or real(*args))
-    m, n = 40, 72
-    a, w_t, bias, _ = _operands(m, k, n, torch.bfloat16, _gen())
-    out = torch.full((m, n), float("nan"), device=DEVICE, dtype=a.dtype)
-    gemm.launch_matmul(a, w_t, bias, "silu", out=out, form="resident")
-    assert calls == ([k] if runs_resident else [])
-    err = relative_error(out, gemm.matmul_reference(a, w_t, bias, "silu"))
-    assert err < TOLERANCE["bfloat16"], f"K={k}: rel err {err:.3g}"
 
 
 @pytest.mark.parametrize("cin, cout, patch, h, w, batch", [(3, 16, 4, 8, 12, 2), (16, 24, 2, 6, 10, 1)] if not ON_GPU

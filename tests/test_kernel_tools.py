@@ -269,6 +269,21 @@ def test_gemm_comparison_tables_take_the_latest_run_of_each_part():
     assert tables["patchify"].attrs["commit"] == "ccc"   # each part from its own latest run
 
 
+def test_gemm_comparison_tables_keep_the_full_run_when_a_later_run_measured_fewer_cases():
+    from convfirst.kernels.compare_gemm import comparison_tables
+
+    def row(date, commit, c, impl, ms):
+        return {"part": "gemm", "block": "convfirst", "C": c, "H": 14, "layer": "expand", "impl": impl, "ms": ms,
+                "batch": 256, "date": date, "commit": commit, "gpu": "H100"}
+
+    full = [row("2026-01-01T00:00:00Z", "aaa", c, impl, 1.0) for c in (256, 384) for impl in ("cublas", "tma")]
+    partial = [row("2026-01-02T00:00:00Z", "bbb", 256, impl, 2.0) for impl in ("cublas", "tma", "new")]
+    table = comparison_tables(pd.DataFrame(full + partial))["gemm"]
+    assert table.attrs["commit"] == "aaa" and len(table) == 2 and list(table.columns) == ["cublas", "tma"]
+    rerun = [row("2026-01-03T00:00:00Z", "ccc", c, impl, 3.0) for c in (256, 384) for impl in ("cublas", "tma")]
+    assert comparison_tables(pd.DataFrame(full + partial + rerun))["gemm"].attrs["commit"] == "ccc"
+
+
 def test_gluon_gemm_is_warp_specialised_with_tma_and_wgmma_and_no_spills():
     """The warp-specialised Gluon GEMM compiled for sm_90 (no GPU), every candidate tile, with the SiLU and with
     the residual epilogue: wgmma products and TMA copies (one more for the residual tile), registers moved

@@ -9,7 +9,9 @@ What it measures (``NOTES_gemm.md`` holds the outcome):
    ``addmm`` + SiLU / add against the fused epilogue (autotuned);
 3. the whole unfused sequence per block shape with each backend (``gemm="cublas"`` / ``"triton"``);
 4. the patchify convs of the families (stem 4x4/4, downsampling 2x2/2) as cuDNN conv + bias (what a folded
-   BatchNorm gives), cuDNN conv + BatchNorm (unfolded), the gathered-rows ``addmm`` and our kernel.
+   BatchNorm gives), cuDNN conv + BatchNorm (unfolded), the gathered-rows ``addmm`` and our kernel;
+5. (``--parts epilogue``, not by default) the expanding layers with and without the SiLU epilogue, beside
+   cuBLAS's matmul alone.
 
     python -m convfirst.kernels.compare_gemm --out results/gemm
 """
@@ -146,6 +148,31 @@ def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True, shapes=SEQU
     return rows
 
 
+def epilogue_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True, shapes=SEQUENCE_SHAPES) -> list[dict]:
+    """What the SiLU epilogue costs: each block's expanding layer with our TMA kernel with and without its SiLU,
+    beside cuBLAS's matmul alone (``torch.mm``, no bias) and with its bias and SiLU (``addmm`` + ``F.silu``)."""
+    rows = []
+    for shape in tqdm(shapes, desc="epilogues"):
+        m, k, n = batch * shape.H * shape.W, shape.C, shape.E * shape.C
+        nbytes = 2 * (m * k + k * n + m * n)
+        inputs = [(torch.randn(m, k, device="cuda", dtype=dtype),) for _ in range(l2_rotation_count(nbytes))]
+        w_t = (torch.randn(k, n, device="cuda") / math.sqrt(k)).to(dtype)
+        bias = 0.1 * torch.randn(n, device="cuda")
+        bias_lp = bias.to(dtype)
+        impls = {"triton-tma": lambda a: gemm.launch_matmul(a, w_t, bias, "silu", form="tma"),
+                 "triton-tma-no-silu": lambda a: gemm.launch_matmul(a, w_t, bias, "none", form="tma"),
+                 "cublas-mm": lambda a: torch.mm(a, w_t),
+                 "cublas": lambda a: F.silu(torch.addmm(bias_lp, a, w_t))}
+        for impl, fn in impls.items():
+            ms = _time(fn, inputs, graphs)
+            tuned = getattr(gemm._tma_launcher(), "best_config", None) if impl.startswith("triton") else None
+            rows.append({"part": "epilogue", "block": shape.block, "C": shape.C, "H": shape.H, "layer": "expand",
+                         "M": m, "K": k, "N": n, "impl": impl, "ms": ms, "tflops": 2 * m * k * n / ms / 1e9,
+                         "gbps": nbytes / ms / 1e6, "config": str(tuned) if tuned else "", "batch": batch,
+                         "cuda_graph": graphs})
+    return rows
+
+
 def sequence_rows(batch: int, dtype: str = "bfloat16", graphs: bool = True, shapes=SEQUENCE_SHAPES) -> list[dict]:
     """The whole unfused sequence of each block shape with each GEMM backend."""
     from .unfused import convfirst_block_unfused, mbconv_block_unfused
@@ -228,7 +255,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True, help="folder for compare_gemm.csv and checks_gemm.csv")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--parts", nargs="+", default=["checks", "gemm", "sequence", "patchify"],
-                    choices=["checks", "gemm", "sequence", "patchify"])
+                    choices=["checks", "gemm", "sequence", "patchify", "epilogue"])
     ap.add_argument("--no-gluon", action="store_true", help="leave the Gluon tiles out of the 1x1 layers' timing")
     ap.add_argument("--shapes", nargs="+", default=None, metavar="BLOCK:C@H",
                     help="only these of the sequence shapes, e.g. convfirst:256@14 mbconv:64@56 (default: all)")
@@ -258,6 +285,8 @@ def main() -> int:
         rows += gemm_rows(args.batch, shapes=shapes, gluon=not args.no_gluon)
     if "sequence" in args.parts:
         rows += sequence_rows(args.batch, shapes=shapes)
+    if "epilogue" in args.parts:
+        rows += epilogue_rows(args.batch, shapes=shapes)
     if "patchify" in args.parts:
         rows += patch_rows(args.batch)
     if rows:

@@ -29,7 +29,9 @@ from pathlib import Path
 SECTIONS = ("SpeedOfLight", "MemoryWorkloadAnalysis", "Occupancy", "LaunchStats", "WarpStateStats",
             "ComputeWorkloadAnalysis", "SchedulerStats", "InstructionStats")
 KERNEL_NAMES = {"convfirst": "convfirst_(block|resident|tma)_kernel", "mbconv": "mbconv_block_kernel",
-                "gconv": "grouped3x3_kernel"}
+                "gconv": "grouped3x3_kernel", "gemm": "gemm_(tma|epilogue)_kernel", "cublas": "nvjet|gemm|xmma"}
+#: Keys of a case's config that choose the layer of a ``gemm``/``cublas`` case rather than a tile.
+GEMM_KEYS = ("PROJECT", "ACT")
 
 #: (block, shape, batch, config): the benchmark shapes' best autotuned configs (data/block_bench_h100.csv)
 #: and the alternatives the notes discuss.
@@ -46,8 +48,39 @@ def parse_config(text: str) -> dict:
     out = {}
     for item in filter(None, text.split(",")):
         key, value = item.split("=")
-        out[key] = bool(int(value)) if key in ("UNROLL_TAPS", "DENSE_GCONV", "JOINT_TAPS") else int(value)
+        out[key] = bool(int(value)) if key in ("UNROLL_TAPS", "DENSE_GCONV", "JOINT_TAPS", "PERSISTENT") + GEMM_KEYS \
+            else int(value)
     return out
+
+
+def launch_gemm(block: str, shape_text: str, batch: int, config: dict, launches: int = 2) -> None:
+    """A 1x1 layer of a ConvFirst block as a matrix product: ``gemm`` = our TMA kernel with its epilogue
+    (``ACT=1``: the expanding layer's SiLU; ``PROJECT=1``: the projecting layer, + residual), ``cublas`` =
+    ``torch.mm`` alone (no bias, no epilogue: the library's matmul as the reference point)."""
+    import math
+
+    import torch
+
+    from convfirst.bench_blocks import parse_shape
+    from convfirst.kernels import gemm
+
+    shape = parse_shape(f"convfirst:{shape_text}")
+    cfg = dict(config)
+    project, act = cfg.pop("PROJECT", False), cfg.pop("ACT", True)
+    m, c = batch * shape.H * shape.W, shape.C
+    k, n = (shape.E * c, c) if project else (c, shape.E * c)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    a = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+    w_t = (torch.randn(k, n, device="cuda", generator=gen) / math.sqrt(k)).to(torch.bfloat16)
+    bias = 0.1 * torch.randn(n, device="cuda", generator=gen)
+    res = torch.randn(m, n, device="cuda", generator=gen).to(torch.bfloat16) if project else None
+    for _ in range(launches):
+        if block == "cublas":
+            torch.mm(a, w_t)
+        else:
+            gemm.launch_matmul(a, w_t, bias, "silu" if act and not project else "none", res,
+                               config=cfg or None, form="tma")
+    torch.cuda.synchronize()
 
 
 def launch(block: str, shape_text: str, batch: int, config: dict, launches: int = 2) -> None:
@@ -112,7 +145,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         block, shape_text, batch, config = args.child
-        launch(block, shape_text, int(batch), json.loads(config))
+        (launch_gemm if block in ("gemm", "cublas") else launch)(block, shape_text, int(batch), json.loads(config))
         return 0
     if not args.out:
         ap.error("--out is required")

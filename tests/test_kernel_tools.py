@@ -161,6 +161,10 @@ def test_ncu_raw_page_parsing_and_counter_table():
     np.testing.assert_allclose(t["regs"], [104])
     assert ncu_report.parse_config("BLOCK_M=64,UNROLL_TAPS=1,maxnreg=128") == {"BLOCK_M": 64, "UNROLL_TAPS": True,
                                                                                "maxnreg": 128}
+    # a matrix-product case: the layer switches and the TMA kernel's persistent flag read as booleans
+    assert ncu_report.parse_config("ACT=0,PROJECT=1,PERSISTENT=1,BLOCK_N=128") == {
+        "ACT": False, "PROJECT": True, "PERSISTENT": True, "BLOCK_N": 128}
+    assert set(ncu_report.KERNEL_NAMES) >= {"gemm", "cublas"}
 
 
 def test_recorded_ncu_counters_show_v2_and_v4():

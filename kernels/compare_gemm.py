@@ -31,7 +31,7 @@ from convfirst.bench_blocks import TOLERANCE, BlockCase, BlockShape, relative_er
 from convfirst.provenance import environment_info, with_provenance
 from convfirst.timing import bench_ms, l2_rotation_count
 
-from . import gemm, gemm_ws
+from . import activation, gemm, gemm_ws
 from ._common import LAST_COMPILED, launch_kwargs
 
 #: Block shapes whose 1x1 layers run through the unfused sequence in the planned families (late stages of
@@ -163,13 +163,17 @@ def epilogue_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True, shapes=
                  "triton-tma-no-silu": lambda a: gemm.launch_matmul(a, w_t, bias, "none", form="tma"),
                  "cublas-mm": lambda a: torch.mm(a, w_t),
                  "cublas": lambda a: F.silu(torch.addmm(bias_lp, a, w_t))}
+        a0 = inputs[0][0]
+        refs = {"silu": gemm.matmul_reference(a0, w_t, bias, "silu"), "none": gemm.matmul_reference(a0, w_t, bias)}
         for impl, fn in impls.items():
+            err = relative_error(fn(a0), refs["none" if impl == "triton-tma-no-silu" else "silu"]) \
+                if impl.startswith("triton") else float("nan")
             ms = _time(fn, inputs, graphs)
             tuned = getattr(gemm._tma_launcher(), "best_config", None) if impl.startswith("triton") else None
             rows.append({"part": "epilogue", "block": shape.block, "C": shape.C, "H": shape.H, "layer": "expand",
                          "M": m, "K": k, "N": n, "impl": impl, "ms": ms, "tflops": 2 * m * k * n / ms / 1e9,
-                         "gbps": nbytes / ms / 1e6, "config": str(tuned) if tuned else "", "batch": batch,
-                         "cuda_graph": graphs})
+                         "gbps": nbytes / ms / 1e6, "rel_err": err, "config": str(tuned) if tuned else "",
+                         "silu_tanh": activation.TANH, "batch": batch, "cuda_graph": graphs})
     return rows
 
 

@@ -31,7 +31,7 @@ from convfirst.bench_blocks import TOLERANCE, BlockCase, BlockShape, relative_er
 from convfirst.provenance import environment_info, with_provenance
 from convfirst.timing import bench_ms, l2_rotation_count
 
-from . import activation, gemm, gemm_ws
+from . import gemm, gemm_ws
 from ._common import LAST_COMPILED, launch_kwargs
 
 #: Block shapes whose 1x1 layers run through the unfused sequence in the planned families (late stages of
@@ -173,7 +173,7 @@ def epilogue_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True, shapes=
             rows.append({"part": "epilogue", "block": shape.block, "C": shape.C, "H": shape.H, "layer": "expand",
                          "M": m, "K": k, "N": n, "impl": impl, "ms": ms, "tflops": 2 * m * k * n / ms / 1e9,
                          "gbps": nbytes / ms / 1e6, "rel_err": err, "config": str(tuned) if tuned else "",
-                         "silu_tanh": activation.TANH, "batch": batch, "cuda_graph": graphs})
+                         "batch": batch, "cuda_graph": graphs})
     return rows
 
 

@@ -378,6 +378,26 @@ if data_path(f"gemm_{gpu}.csv").exists() and "gemm-configs" in gemm_tables:
         ab = load_measurements(path)
         print("ConvFirstNet-H, batch 256, CUDA graphs, in order of measurement:")
         display(ab[ab["cuda_graphs"]].sort_values("date")[["model", "gemm_form", "ms", "date", "commit"]])'''),
+    new_markdown_cell("""What does hold that layer back was measured next: the expanding layers with and without their SiLU,
+beside cuBLAS's matmul alone (part `epilogue`), and one launch of each under Nsight Compute (rows `gemm-tma`
+and `cublas` of the counter table above). The SiLU epilogue costs a sixth of the 14 x 14 layer's time, and
+without it our product still trails cuBLAS's; cuBLAS's warp-specialised kernel issues about a third of the
+instructions and keeps the tensor pipe and DRAM busier. Running the SiLU's tanh on fp16 pairs (half the
+special-function operations) changed nothing (rows with `silu_tanh` = f16x2; removed again): the epilogue
+costs its latency, with the tensor cores idle, not the special-function unit's throughput."""),
+    new_code_cell('''if data_path(f"gemm_{gpu}.csv").exists():
+    epi = load_measurements(data_path(f"gemm_{gpu}.csv"))
+    epi = epi[epi["part"] == "epilogue"].copy()
+    if len(epi):
+        epi["silu_tanh"] = epi.get("silu_tanh", pd.Series(index=epi.index, dtype=object)).fillna("f32")
+        for (date, commit, tanh), run in epi.groupby(["date", "commit", "silu_tanh"], sort=True):
+            print(f"run of {date} at commit {commit}, SiLU tanh {tanh}, ms:")
+            display(run.pivot_table(index=["block", "C", "H"], columns="impl", values="ms").round(4))
+mm = counters[counters["kernel_version"].isin(["gemm-tma", "cublas"])]
+if len(mm):
+    for r in mm.itertuples():
+        print(f"{r.kernel_version:8s} {r.config[:40]:40s} {r.time_us:6.1f} us, {r.warp_instr_M:5.1f} M warp instructions, "
+              f"tensor pipe {r.tensor_pipe_pct:.0f}%, DRAM {r.dram_pct:.0f}% of peak, issue active {r.issue_active_pct:.0f}%")'''),
     new_markdown_cell("""### The same kernels on a second GPU
 
 The H200 has the H100's Hopper SMs (132 of them, measured peak bf16 rate within a few per cent) but 1.4x its

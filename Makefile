@@ -24,6 +24,7 @@ MATHJAX_VERSION := 3.2.2
 MATHJAX_JS      := book/_vendor/mathjax/tex-mml-chtml.js
 NPM_DIR         := build/npm
 SETUP_STAMP     := $(VENV)/.convfirst-setup-done
+VENV_NEEDS_KB   := 8000000
 SUDO            := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
 BOOK_ARGS = $(if $(MODE),--mode $(MODE)) $(if $(GPU),--gpu $(GPU)) $(PARAMS)
@@ -52,6 +53,9 @@ setup: $(PYTHON_READY)
 
 # One set-up, redone only when the pinned requirements or the package definition change.
 $(SETUP_STAMP): requirements.txt pyproject.toml
+	@avail=$$(df -Pk . | awk 'NR == 2 {print $$4}'); if [ -n "$$avail" ] && [ "$$avail" -lt $(VENV_NEEDS_KB) ]; then \
+	  echo "warning: $$((avail / 1048576)) GB free on this disk; $(VENV) (torch with its CUDA libraries, triton, jupyter-book)"; \
+	  echo "         needs about 7 GB: the install below may fail with 'No space left on device'"; fi
 	@test -x $(VENV_PYTHON) || { echo "Creating $(VENV) with $(BOOTSTRAP_PYTHON)"; $(BOOTSTRAP_PYTHON) -m venv $(VENV); }
 	$(VENV_PYTHON) -m pip install --quiet -r requirements.txt -e .
 	$(VENV_PYTHON) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (convfirst)"

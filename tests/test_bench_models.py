@@ -249,6 +249,28 @@ def test_speed_targets_against_known_ratios(synthetic_run):
     assert list(rows["model"]) == ["convfirstnet_t", "convfirstnet_t", "convfirstnet_h"]
 
 
+def test_matmul_headroom_adds_up_per_stage(synthetic_run):
+    def row(c, h, impl, ms, date="2026-01-01T00:00:00Z", tanh=""):
+        return {"part": "epilogue", "block": "convfirst", "C": c, "H": h, "impl": impl, "ms": ms, "date": date,
+                "silu_tanh": tanh}
+    epi = pd.DataFrame([row(384, 14, "triton-tma", 0.13), row(384, 14, "cublas-mm", 0.11),
+                        row(384, 14, "triton-tma", 0.12, date="2026-01-02T00:00:00Z", tanh="f32"),  # latest wins
+                        row(384, 14, "triton-tma", 0.01, date="2026-01-03T00:00:00Z", tanh="f16x2"),  # not shipped
+                        row(768, 7, "triton-tma", 0.10), row(768, 7, "cublas-mm", 0.09),
+                        row(256, 14, "triton-tma", 0.08), row(256, 14, "cublas-mm", 0.05),
+                        {**row(256, 14, "triton-tma", 0.01), "part": "gemm"}])            # another part: ignored
+    head = bm.matmul_headroom(synthetic_run, epi)
+    t = head[head["model"] == "convfirstnet_t"].set_index("C")
+    assert list(t.index) == [384, 768] and list(t["blocks"]) == [9, 3]
+    assert t.loc[384, "saving_ms"] == pytest.approx(9 * 0.01) and t.loc[768, "saving_ms"] == pytest.approx(3 * 0.01)
+    assert t["model_ms"].iloc[0] == pytest.approx(6.4)
+    assert t["model_ms_with_saving"].iloc[0] == pytest.approx(6.4 - 0.12)
+    assert t["target_ms"].iloc[0] == pytest.approx(16.0 / 2.5)
+    h = head[head["model"] == "convfirstnet_h"]
+    assert list(h["C"]) == [256] and h["saving_ms"].iloc[0] == pytest.approx(11 * 0.03)
+    assert h["target_ms"].iloc[0] == pytest.approx(16.0 / 4.0)
+
+
 def test_coverage_throughput_and_latency_views(synthetic_run):
     cases = [bm.BenchCase("convnext_tiny", "compile-default", (1, 32, 256)),
              bm.BenchCase("convfirstnet_t", "fused", (1, 256))]

@@ -10,8 +10,8 @@ What it measures (``NOTES_gemm.md`` holds the outcome):
 3. the whole unfused sequence per block shape with each backend (``gemm="cublas"`` / ``"triton"``);
 4. the patchify convs of the families (stem 4x4/4, downsampling 2x2/2) as cuDNN conv + bias (what a folded
    BatchNorm gives), cuDNN conv + BatchNorm (unfolded), the gathered-rows ``addmm`` and our kernel;
-5. (``--parts epilogue``, not by default) the expanding layers with and without the SiLU epilogue, beside
-   cuBLAS's matmul alone.
+5. (``--parts epilogue``, not by default) the 1x1 layers with and without their epilogue (the expanding
+   layer's SiLU, the projecting layer's residual add), beside cuBLAS's matmul alone.
 
     python -m convfirst.kernels.compare_gemm --out results/gemm
 """
@@ -148,32 +148,42 @@ def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True, shapes=SEQU
     return rows
 
 
-def epilogue_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True, shapes=SEQUENCE_SHAPES) -> list[dict]:
-    """What the SiLU epilogue costs: each block's expanding layer with our TMA kernel with and without its SiLU,
-    beside cuBLAS's matmul alone (``torch.mm``, no bias) and with its bias and SiLU (``addmm`` + ``F.silu``)."""
+def epilogue_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True, shapes=SEQUENCE_SHAPES,
+                  layers=("expand", "project")) -> list[dict]:
+    """What the epilogues cost: each block's expanding layer with our TMA kernel with and without its SiLU, and
+    its projecting layer with and without its residual add, each beside cuBLAS's matmul alone (``torch.mm``, no
+    bias) and cuBLAS with the epilogue as separate PyTorch kernels (``addmm`` then ``F.silu`` or ``add_``)."""
     rows = []
     for shape in tqdm(shapes, desc="epilogues"):
-        m, k, n = batch * shape.H * shape.W, shape.C, shape.E * shape.C
-        nbytes = 2 * (m * k + k * n + m * n)
-        inputs = [(torch.randn(m, k, device="cuda", dtype=dtype),) for _ in range(l2_rotation_count(nbytes))]
-        w_t = (torch.randn(k, n, device="cuda") / math.sqrt(k)).to(dtype)
-        bias = 0.1 * torch.randn(n, device="cuda")
-        bias_lp = bias.to(dtype)
-        impls = {"triton-tma": lambda a: gemm.launch_matmul(a, w_t, bias, "silu", form="tma"),
-                 "triton-tma-no-silu": lambda a: gemm.launch_matmul(a, w_t, bias, "none", form="tma"),
-                 "cublas-mm": lambda a: torch.mm(a, w_t),
-                 "cublas": lambda a: F.silu(torch.addmm(bias_lp, a, w_t))}
-        a0 = inputs[0][0]
-        refs = {"silu": gemm.matmul_reference(a0, w_t, bias, "silu"), "none": gemm.matmul_reference(a0, w_t, bias)}
-        for impl, fn in impls.items():
-            err = relative_error(fn(a0), refs["none" if impl == "triton-tma-no-silu" else "silu"]) \
-                if impl.startswith("triton") else float("nan")
-            ms = _time(fn, inputs, graphs)
-            tuned = getattr(gemm._tma_launcher(), "best_config", None) if impl.startswith("triton") else None
-            rows.append({"part": "epilogue", "block": shape.block, "C": shape.C, "H": shape.H, "layer": "expand",
-                         "M": m, "K": k, "N": n, "impl": impl, "ms": ms, "tflops": 2 * m * k * n / ms / 1e9,
-                         "gbps": nbytes / ms / 1e6, "rel_err": err, "config": str(tuned) if tuned else "",
-                         "batch": batch, "cuda_graph": graphs})
+        m, c, hid = batch * shape.H * shape.W, shape.C, shape.E * shape.C
+        for layer in layers:
+            project = layer == "project"
+            k, n = (hid, c) if project else (c, hid)
+            act = "none" if project else "silu"
+            nbytes = 2 * (m * k + k * n + m * n * (2 if project else 1))
+            inputs = [(torch.randn(m, k, device="cuda", dtype=dtype),
+                       torch.randn(m, n, device="cuda", dtype=dtype) if project else None)
+                      for _ in range(l2_rotation_count(nbytes))]
+            w_t = (torch.randn(k, n, device="cuda") / math.sqrt(k)).to(dtype)
+            bias = 0.1 * torch.randn(n, device="cuda")
+            bias_lp = bias.to(dtype)
+            bare = "triton-tma-no-residual" if project else "triton-tma-no-silu"
+            impls = {"triton-tma": lambda a, r: gemm.launch_matmul(a, w_t, bias, act, r, form="tma"),
+                     bare: lambda a, r: gemm.launch_matmul(a, w_t, bias, "none", form="tma"),
+                     "cublas-mm": lambda a, r: torch.mm(a, w_t),
+                     "cublas": (lambda a, r: torch.addmm(bias_lp, a, w_t).add_(r)) if project
+                     else (lambda a, r: F.silu(torch.addmm(bias_lp, a, w_t)))}
+            a0, r0 = inputs[0]
+            refs = {"triton-tma": gemm.matmul_reference(a0, w_t, bias, act, r0),
+                    bare: gemm.matmul_reference(a0, w_t, bias)}
+            for impl, fn in impls.items():
+                err = relative_error(fn(a0, r0), refs[impl]) if impl in refs else float("nan")
+                ms = _time(fn, inputs, graphs)
+                tuned = getattr(gemm._tma_launcher(), "best_config", None) if impl in refs else None
+                rows.append({"part": "epilogue", "block": shape.block, "C": c, "H": shape.H, "layer": layer,
+                             "M": m, "K": k, "N": n, "impl": impl, "ms": ms, "tflops": 2 * m * k * n / ms / 1e9,
+                             "gbps": nbytes / ms / 1e6, "rel_err": err, "config": str(tuned) if tuned else "",
+                             "batch": batch, "cuda_graph": graphs})
     return rows
 
 

@@ -392,7 +392,7 @@ costs its latency, with the tensor cores idle, not the special-function unit's t
         epi["silu_tanh"] = epi.get("silu_tanh", pd.Series(index=epi.index, dtype=object)).fillna("f32")
         for (date, commit, tanh), run in epi.groupby(["date", "commit", "silu_tanh"], sort=True):
             print(f"run of {date} at commit {commit}, SiLU tanh {tanh}, ms:")
-            display(run.pivot_table(index=["block", "C", "H"], columns="impl", values="ms").round(4))
+            display(run.pivot_table(index=["block", "C", "H", "layer"], columns="impl", values="ms").round(4))
 mm = counters[counters["kernel_version"].isin(["gemm-tma", "cublas"])]
 if len(mm):
     for r in mm.itertuples():

@@ -252,12 +252,13 @@ Shapes the block benchmark did not measure are empty."""),
     new_markdown_cell("""## What the 14 x 14 and 7 x 7 matrix products leave on the table
 
 The late stages run unfused, so the models' time there is that of our matrix products (chapter 3). Those
-products trail cuBLAS's: chapter 3 times each expanding layer with its SiLU epilogue beside cuBLAS's matmul
-alone (no bias, no SiLU; part `epilogue` of `data/gemm_<gpu>.csv`), and its counters show why (a third of the
+products trail cuBLAS's: chapter 3 times the 1x1 layers with their epilogue beside cuBLAS's matmul alone (no
+bias, no epilogue; part `epilogue` of `data/gemm_<gpu>.csv`), and its counters show why (a third of the
 instructions, warp specialisation). The table below is an **estimate built from those measurements**, not a
-measurement: the time each model would save if the expanding layers of its unfused stages that were timed
-this way (the 14 x 14 stages so far) ran in cuBLAS's matmul time with a free epilogue (blocks x the difference), set against the model's measured fused time and
-the time its throughput target needs. It says how far this one lever goes."""),
+measurement: the time each model would save if the 1x1 layers of its unfused stages that were timed this way
+(so far the 14 x 14 expanding layers) ran in cuBLAS's matmul time with a free epilogue (blocks x the
+difference), set against the model's measured fused time and the time its throughput target needs. It says how
+far this one lever goes."""),
     new_code_cell("""from convfirst.records import data_path as _dp, load_measurements as _lm
 from convfirst.params import ParameterError
 
@@ -272,11 +273,12 @@ if _dp(f"gemm_{gpu}.csv").exists():
         for name, g in head.groupby("model", sort=False):
             r = g.iloc[0]
             verdict = "within" if r.model_ms_with_saving <= r.target_ms else "still short of"
-            print(f"{name}: measured {r.model_ms:.2f} ms; estimate with cuBLAS-speed expanding layers "
+            print(f"{name}: measured {r.model_ms:.2f} ms; estimate with cuBLAS-speed 1x1 layers "
+                  f"({', '.join(dict.fromkeys(g['layer']))}) "
                   f"{r.model_ms_with_saving:.2f} ms ({g['saving_ms'].sum():.2f} ms saved), {verdict} the "
                   f"{r.target_ms:.2f} ms its throughput target needs")
     elif head is not None:
-        print("no expanding layer of the models' unfused stages has epilogue rows recorded")
+        print("no 1x1 layer of the models' unfused stages has epilogue rows recorded")
 else:
     print(f"no matrix-product comparison recorded for {gpu}")"""),
     new_markdown_cell("""## The same comparison on a second GPU

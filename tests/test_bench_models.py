@@ -250,14 +250,15 @@ def test_speed_targets_against_known_ratios(synthetic_run):
 
 
 def test_matmul_headroom_adds_up_per_stage(synthetic_run):
-    def row(c, h, impl, ms, date="2026-01-01T00:00:00Z", tanh=""):
-        return {"part": "epilogue", "block": "convfirst", "C": c, "H": h, "impl": impl, "ms": ms, "date": date,
-                "silu_tanh": tanh}
+    def row(c, h, impl, ms, date="2026-01-01T00:00:00Z", tanh="", layer="expand"):
+        return {"part": "epilogue", "block": "convfirst", "C": c, "H": h, "layer": layer, "impl": impl, "ms": ms,
+                "date": date, "silu_tanh": tanh}
     epi = pd.DataFrame([row(384, 14, "triton-tma", 0.13), row(384, 14, "cublas-mm", 0.11),
                         row(384, 14, "triton-tma", 0.12, date="2026-01-02T00:00:00Z", tanh="f32"),  # latest wins
                         row(384, 14, "triton-tma", 0.01, date="2026-01-03T00:00:00Z", tanh="f16x2"),  # not shipped
                         row(768, 7, "triton-tma", 0.10), row(768, 7, "cublas-mm", 0.09),
                         row(256, 14, "triton-tma", 0.08), row(256, 14, "cublas-mm", 0.05),
+                        row(256, 14, "triton-tma", 0.07, layer="project"), row(256, 14, "cublas-mm", 0.06, layer="project"),
                         {**row(256, 14, "triton-tma", 0.01), "part": "gemm"}])            # another part: ignored
     head = bm.matmul_headroom(synthetic_run, epi)
     t = head[head["model"] == "convfirstnet_t"].set_index("C")
@@ -266,8 +267,10 @@ def test_matmul_headroom_adds_up_per_stage(synthetic_run):
     assert t["model_ms"].iloc[0] == pytest.approx(6.4)
     assert t["model_ms_with_saving"].iloc[0] == pytest.approx(6.4 - 0.12)
     assert t["target_ms"].iloc[0] == pytest.approx(16.0 / 2.5)
-    h = head[head["model"] == "convfirstnet_h"]
-    assert list(h["C"]) == [256] and h["saving_ms"].iloc[0] == pytest.approx(11 * 0.03)
+    h = head[head["model"] == "convfirstnet_h"].set_index("layer")
+    assert list(h["C"]) == [256, 256] and h.loc["expand", "saving_ms"] == pytest.approx(11 * 0.03)
+    assert h.loc["project", "saving_ms"] == pytest.approx(11 * 0.01)
+    assert h["model_ms_with_saving"].iloc[0] == pytest.approx(4.0 - 11 * 0.04)
     assert h["target_ms"].iloc[0] == pytest.approx(16.0 / 4.0)
 
 

@@ -754,22 +754,24 @@ def speed_targets(df: pd.DataFrame, batch: int = 256, reference: str = REFERENCE
 
 def matmul_headroom(df: pd.DataFrame, epilogue: pd.DataFrame, models: Sequence[str] = (CONTROL_MODEL, HALF_GMAC_MODEL),
                     batch: int = 256, reference: str = REFERENCE_MODEL) -> pd.DataFrame:
-    """An estimate, from measured rows, of what the expanding 1x1 layers of the unfused stages cost against
-    cuBLAS: for each stage of ``models`` whose expanding layer was timed in ``epilogue`` (``compare_gemm``'s
-    part ``epilogue``: ``triton-tma`` = ours with its SiLU, ``cublas-mm`` = the library's matmul alone, no bias,
-    no SiLU; the most recent row of each), blocks x (ours - cuBLAS's matmul). This is the time the model would
-    save if those layers ran at cuBLAS's matmul time with a free epilogue, beside the model's best fused time in
-    ``df`` and the time each speed target needs (``speed_targets``'s reference at ``batch``).
+    """An estimate, from measured rows, of what the 1x1 layers of the unfused stages cost against cuBLAS: for
+    each stage of ``models`` and each layer (expand, project) timed in ``epilogue`` (``compare_gemm``'s part
+    ``epilogue``: ``triton-tma`` = ours with its epilogue, ``cublas-mm`` = the library's matmul alone, no bias,
+    no epilogue; the most recent row of each), blocks x (ours - cuBLAS's matmul). This is the time the model
+    would save if those layers ran at cuBLAS's matmul time with a free epilogue, beside the model's best fused
+    time in ``df`` and the time each speed target needs (``speed_targets``'s reference at ``batch``).
 
-    Columns: model, stage, C, H, blocks, ours_ms, cublas_mm_ms, saving_ms, then per model (repeated on its rows)
-    model_ms (measured), model_ms_with_saving (estimate) and target_ms (needed for its throughput target)."""
+    Columns: model, stage, C, H, layer, blocks, ours_ms, cublas_mm_ms, saving_ms, then per model (repeated on
+    its rows) model_ms (measured), model_ms_with_saving (estimate) and target_ms (needed for its target)."""
     from .models import MODEL_SPECS
 
     epi = epilogue[epilogue["part"] == "epilogue"] if "part" in epilogue else epilogue
     if "silu_tanh" in epi:  # only the SiLU as shipped (hardware tanh in fp32)
         epi = epi[epi["silu_tanh"].isna() | (epi["silu_tanh"].astype(str).isin(["", "f32"]))]
     epi = epi[epi["block"] == "convfirst"].sort_values("date")
-    latest = epi.groupby(["C", "H", "impl"])["ms"].last()
+    if "layer" not in epi:
+        epi = epi.assign(layer="expand")
+    latest = epi.groupby(["C", "H", "layer", "impl"])["ms"].last()
     ref = reference_throughput(df, batch, reference)
     best = best_latency(df[(df["batch"] == batch) & (df["resolution"] == 224)], FUSED_VARIANTS).set_index("model")
     rows = []
@@ -780,17 +782,19 @@ def matmul_headroom(df: pd.DataFrame, epilogue: pd.DataFrame, models: Sequence[s
         per_model = []
         for stage, (width, depth) in enumerate(zip(spec.widths, spec.depths)):
             h = 56 >> stage  # 224 x 224 input: stride-4 stem, then a stride-2 downsampling before each later stage
-            if (width, h, "triton-tma") not in latest.index or (width, h, "cublas-mm") not in latest.index:
-                continue
-            ours, lib = float(latest[(width, h, "triton-tma")]), float(latest[(width, h, "cublas-mm")])
-            per_model.append({"model": name, "stage": stage, "C": width, "H": h, "blocks": depth, "ours_ms": ours,
-                              "cublas_mm_ms": lib, "saving_ms": depth * (ours - lib)})
+            for layer in ("expand", "project"):
+                ours, lib = (width, h, layer, "triton-tma"), (width, h, layer, "cublas-mm")
+                if ours not in latest.index or lib not in latest.index:
+                    continue
+                per_model.append({"model": name, "stage": stage, "C": width, "H": h, "layer": layer, "blocks": depth,
+                                  "ours_ms": float(latest[ours]), "cublas_mm_ms": float(latest[lib]),
+                                  "saving_ms": depth * (float(latest[ours]) - float(latest[lib]))})
         saving = sum(r["saving_ms"] for r in per_model)
         for r in per_model:
             r.update(model_ms=model_ms, model_ms_with_saving=model_ms - saving, target_ms=target_ms)
         rows += per_model
-    return pd.DataFrame(rows, columns=["model", "stage", "C", "H", "blocks", "ours_ms", "cublas_mm_ms", "saving_ms",
-                                       "model_ms", "model_ms_with_saving", "target_ms"])
+    return pd.DataFrame(rows, columns=["model", "stage", "C", "H", "layer", "blocks", "ours_ms", "cublas_mm_ms",
+                                       "saving_ms", "model_ms", "model_ms_with_saving", "target_ms"])
 
 
 def throughput_points(df: pd.DataFrame, batch: int = 256, resolution: int = 224) -> pd.DataFrame:

@@ -349,12 +349,12 @@ products; kept as the opt-in form `gluon-ws`), `gluon-epilogue` (one 8-warp part
 handing each tile to a separate epilogue warp group; removed after this run) and `auto` (per shape, the faster
 of the TMA kernel and the Gluon tiles by a quick timing; also removed, since its choice did not always hold
 under the benchmark's conditions). The ping-pong kernel is 2-7% faster on the expanding layers and 3-20% slower
-on the projecting ones: a warp group holds at most a 128 x 128 accumulator, which reads a third more bytes
-from L2 per FLOP than the TMA kernel's 128 x 256 tile, so the models keep the TMA kernel
-(`kernels/NOTES_gemm.md`, v5)."""),
+on the projecting ones, so the models keep the TMA kernel (`kernels/NOTES_gemm.md`, v5). The reason given at
+the time, that a warp group holds at most a 128 x 128 accumulator, which reads a third more bytes from L2 per
+FLOP than a 128 x 256 tile, is put in doubt by the run below, where cutting the L2 reads changed nothing."""),
     new_markdown_cell("""A later, smaller run (commit 461bd98) tested why the 14 x 14 expanding layer runs well below the
-tensor cores' rate: the idea was that the 128 x 256 TMA tile reads its weight slice from L2 again for every row
-tile, about two thirds of the bytes it reads. A weight-resident form (`triton-resident`) kept one [K, 128] or
+tensor cores' rate: the idea was that the autotuned TMA tile (128 x 128, persistent) reads its weight slice from
+L2 again for every row tile, half of the bytes it reads. A weight-resident form (`triton-resident`) kept one [K, 128] or
 [K, 256] slice of W in shared memory for a program's whole life and streamed the row tiles of A past it. The
 table below is that run: the autotuned forms side by side, then each resident tile on its own. It was slower
 at every layer it ran, and ConvFirstNet-H did not move when its 14 x 14 expanding layers used it

@@ -29,7 +29,8 @@ from pathlib import Path
 SECTIONS = ("SpeedOfLight", "MemoryWorkloadAnalysis", "Occupancy", "LaunchStats", "WarpStateStats",
             "ComputeWorkloadAnalysis", "SchedulerStats", "InstructionStats")
 KERNEL_NAMES = {"convfirst": "convfirst_(block|resident|tma)_kernel", "mbconv": "mbconv_block_kernel",
-                "gconv": "grouped3x3_kernel", "gemm": "gemm_(tma|epilogue)_kernel", "cublas": "nvjet|gemm|xmma"}
+                "gconv": "grouped3x3_kernel", "gemm": "gemm_(tma|epilogue)_kernel", "gemm-ws": "gemm_ws_kernel",
+                "cublas": "nvjet|gemm|xmma"}
 #: Keys of a case's config that choose the layer of a ``gemm``/``cublas`` case rather than a tile.
 GEMM_KEYS = ("PROJECT", "ACT")
 
@@ -55,8 +56,10 @@ def parse_config(text: str) -> dict:
 
 def launch_gemm(block: str, shape_text: str, batch: int, config: dict, launches: int = 2) -> None:
     """A 1x1 layer of a ConvFirst block as a matrix product: ``gemm`` = our TMA kernel with its epilogue
-    (``ACT=1``: the expanding layer's SiLU; ``PROJECT=1``: the projecting layer, + residual), ``cublas`` =
-    ``torch.mm`` alone (no bias, no epilogue: the library's matmul as the reference point)."""
+    (``ACT=1``: the expanding layer's SiLU; ``PROJECT=1``: the projecting layer, + residual), ``gemm-ws`` = the
+    warp-specialised Gluon kernel with the same epilogue (its tile from the config: BLOCK_M, BLOCK_N, BLOCK_K,
+    STAGES, GROUP_M), ``cublas`` = ``torch.mm`` alone (no bias, no epilogue: the library's matmul as the
+    reference point)."""
     import math
 
     import torch
@@ -78,8 +81,8 @@ def launch_gemm(block: str, shape_text: str, batch: int, config: dict, launches:
         if block == "cublas":
             torch.mm(a, w_t)
         else:
-            gemm.launch_matmul(a, w_t, bias, "silu" if act and not project else "none", res,
-                               config=cfg or None, form="tma")
+            gemm.launch_matmul(a, w_t, bias, "silu" if act and not project else "none", res, config=cfg or None,
+                               form="gluon-ws" if block == "gemm-ws" else "tma")
     torch.cuda.synchronize()
 
 
@@ -145,7 +148,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         block, shape_text, batch, config = args.child
-        (launch_gemm if block in ("gemm", "cublas") else launch)(block, shape_text, int(batch), json.loads(config))
+        (launch_gemm if block in ("gemm", "gemm-ws", "cublas") else launch)(block, shape_text, int(batch),
+                                                                           json.loads(config))
         return 0
     if not args.out:
         ap.error("--out is required")

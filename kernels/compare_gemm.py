@@ -97,20 +97,29 @@ def _time(fn, inputs, graphs):
     return bench_ms(fn, inputs, cuda_graph=graphs)
 
 
+def _layers(shape: BlockShape, batch: int, dtype, layers=("expand", "project")):
+    """The 1x1 layers of one block shape as timing cases: (layer, M, K, N, act, inputs, w_t, bias, nbytes), with
+    ``inputs`` enough (a, residual or None) sets to rotate past the L2 and an fp32 ``bias``."""
+    m, c, hid = batch * shape.H * shape.W, shape.C, shape.E * shape.C
+    for layer in layers:
+        project = layer == "project"
+        k, n, act = (hid, c, "none") if project else (c, hid, "silu")
+        nbytes = 2 * (m * k + k * n + m * n * (2 if project else 1))
+        inputs = [(torch.randn(m, k, device="cuda", dtype=dtype),
+                   torch.randn(m, n, device="cuda", dtype=dtype) if project else None)
+                  for _ in range(l2_rotation_count(nbytes))]
+        w_t = (torch.randn(k, n, device="cuda") / math.sqrt(k)).to(dtype)
+        yield layer, m, k, n, act, inputs, w_t, 0.1 * torch.randn(n, device="cuda"), nbytes
+
+
 def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True, shapes=SEQUENCE_SHAPES,
               gluon: bool = True) -> list[dict]:
     """The expand and project layers of each block in ``shapes``: cuBLAS + PyTorch epilogue vs ours (the Gluon
     tiles too unless ``gluon`` is False)."""
     rows = []
     for shape in tqdm(shapes, desc="1x1 layers"):
-        m, c, hid = batch * shape.H * shape.W, shape.C, shape.E * shape.C
-        for layer, k, n, act, has_res in (("expand", c, hid, "silu", False), ("project", hid, c, "none", True)):
-            nbytes = 2 * (m * k + k * n + m * n * (2 if has_res else 1))
-            sets = l2_rotation_count(nbytes)
-            inputs = [(torch.randn(m, k, device="cuda", dtype=dtype),
-                       torch.randn(m, n, device="cuda", dtype=dtype) if has_res else None) for _ in range(sets)]
-            w_t = (torch.randn(k, n, device="cuda") / math.sqrt(k)).to(dtype)
-            bias = 0.1 * torch.randn(n, device="cuda")
+        c = shape.C
+        for layer, m, k, n, act, inputs, w_t, bias, nbytes in _layers(shape, batch, dtype):
             bias_lp = bias.to(dtype)
 
             def cublas(a, r):
@@ -155,17 +164,9 @@ def epilogue_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True, shapes=
     bias) and cuBLAS with the epilogue as separate PyTorch kernels (``addmm`` then ``F.silu`` or ``add_``)."""
     rows = []
     for shape in tqdm(shapes, desc="epilogues"):
-        m, c, hid = batch * shape.H * shape.W, shape.C, shape.E * shape.C
-        for layer in layers:
+        c = shape.C
+        for layer, m, k, n, act, inputs, w_t, bias, nbytes in _layers(shape, batch, dtype, layers):
             project = layer == "project"
-            k, n = (hid, c) if project else (c, hid)
-            act = "none" if project else "silu"
-            nbytes = 2 * (m * k + k * n + m * n * (2 if project else 1))
-            inputs = [(torch.randn(m, k, device="cuda", dtype=dtype),
-                       torch.randn(m, n, device="cuda", dtype=dtype) if project else None)
-                      for _ in range(l2_rotation_count(nbytes))]
-            w_t = (torch.randn(k, n, device="cuda") / math.sqrt(k)).to(dtype)
-            bias = 0.1 * torch.randn(n, device="cuda")
             bias_lp = bias.to(dtype)
             bare = "triton-tma-no-residual" if project else "triton-tma-no-silu"
             impls = {"triton-tma": lambda a, r: gemm.launch_matmul(a, w_t, bias, act, r, form="tma"),

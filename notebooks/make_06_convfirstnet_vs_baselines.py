@@ -259,12 +259,11 @@ measurement: the time each model would save if the 1x1 layers of its unfused sta
 (so far the 14 x 14 expanding layers) ran in cuBLAS's matmul time with a free epilogue (blocks x the
 difference), set against the model's measured fused time and the time its throughput target needs. It says how
 far this one lever goes."""),
-    new_code_cell("""from convfirst.records import data_path as _dp, load_measurements as _lm
-from convfirst.params import ParameterError
+    new_code_cell("""from convfirst.params import ParameterError
 
-if _dp(f"gemm_{gpu}.csv").exists():
+if data_path(f"gemm_{gpu}.csv").exists():
     try:
-        head = bm.matmul_headroom(runs, _lm(_dp(f"gemm_{gpu}.csv")), batch=256)
+        head = bm.matmul_headroom(runs, _load(data_path(f"gemm_{gpu}.csv")), batch=256)
     except ParameterError as exc:
         head = None
         print(f"no estimate: {exc}")

@@ -763,15 +763,14 @@ def matmul_headroom(df: pd.DataFrame, epilogue: pd.DataFrame, models: Sequence[s
 
     Columns: model, stage, C, H, layer, blocks, ours_ms, cublas_mm_ms, saving_ms, then per model (repeated on
     its rows) model_ms (measured), model_ms_with_saving (estimate) and target_ms (needed for its target)."""
-    from .models import MODEL_SPECS
+    from .models import MODEL_SPECS, stage_resolutions
 
     epi = epilogue[epilogue["part"] == "epilogue"] if "part" in epilogue else epilogue
     if "silu_tanh" in epi:  # only the SiLU as shipped (hardware tanh in fp32)
         epi = epi[epi["silu_tanh"].isna() | (epi["silu_tanh"].astype(str).isin(["", "f32"]))]
-    epi = epi[epi["block"] == "convfirst"].sort_values("date")
     if "layer" not in epi:
         epi = epi.assign(layer="expand")
-    latest = epi.groupby(["C", "H", "layer", "impl"])["ms"].last()
+    latest = epi.sort_values("date").groupby(["block", "C", "H", "layer", "impl"])["ms"].last()
     ref = reference_throughput(df, batch, reference)
     best = best_latency(df[(df["batch"] == batch) & (df["resolution"] == 224)], FUSED_VARIANTS).set_index("model")
     rows = []
@@ -780,10 +779,9 @@ def matmul_headroom(df: pd.DataFrame, epilogue: pd.DataFrame, models: Sequence[s
         model_ms = float(best.loc[name, "ms"]) if name in best.index else float("nan")
         target_ms = float(ref["ms"]) / TARGET_SPEEDUPS[name] if name in TARGET_SPEEDUPS else float("nan")
         per_model = []
-        for stage, (width, depth) in enumerate(zip(spec.widths, spec.depths)):
-            h = 56 >> stage  # 224 x 224 input: stride-4 stem, then a stride-2 downsampling before each later stage
+        for stage, (width, depth, h) in enumerate(zip(spec.widths, spec.depths, stage_resolutions(224))):
             for layer in ("expand", "project"):
-                ours, lib = (width, h, layer, "triton-tma"), (width, h, layer, "cublas-mm")
+                ours, lib = (spec.block, width, h, layer, "triton-tma"), (spec.block, width, h, layer, "cublas-mm")
                 if ours not in latest.index or lib not in latest.index:
                     continue
                 per_model.append({"model": name, "stage": stage, "C": width, "H": h, "layer": layer, "blocks": depth,

@@ -67,6 +67,23 @@ def autotuning() -> bool:
     return not interpreting() and os.environ.get("CONVFIRST_AUTOTUNE", "1") != "0"
 
 
+def median_ms(fn) -> float:
+    """Median time of ``fn()`` in ms (Triton's ``do_bench``; used to choose between kernels at launch)."""
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=10, rep=50, return_mode="median")
+
+
+def pick_fastest(runs: dict, timer=None) -> str:
+    """Run each candidate once (its first call with a shape autotunes it), time it, and return the fastest name."""
+    timer = timer or median_ms
+    times = {}
+    for name, run in runs.items():
+        run()
+        times[name] = timer(run)
+    return min(times, key=times.get)
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 

@@ -37,7 +37,8 @@ import triton.language as tl
 
 from ._common import (LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, accumulator_fits, autotuning,
                       check_activation, check_same_device, check_shape, check_weight_dtype, interpreting,
-                      next_pow2, launch_options, num_sms, packed_taps_rows, split_channels, tracing)
+                      median_ms, next_pow2, launch_options, num_sms, packed_taps_rows, pick_fastest, split_channels,
+                      tracing)
 from .activation import silu
 from .gconv import grouped3x3_tap_sum, load_shifted_tap, slice_product, tap_weight_offsets
 
@@ -604,21 +605,13 @@ def last_tuner():
 _KERNEL_CHOICE: dict = {}
 
 
-def _median_ms(fn) -> float:
-    from triton.testing import do_bench
-
-    return do_bench(fn, warmup=10, rep=50, return_mode="median")
-
-
-def _pick_tuner(key: tuple, run_with, tuners=None, timer=_median_ms):
+def _pick_tuner(key: tuple, run_with, tuners=None, timer=median_ms):
     """Autotune each candidate kernel on this launch's arguments (each over its own tiles), time each one's best
     config, and keep the fastest for ``key``; ``run_with(tuner)`` launches through one autotuner."""
     if key not in _KERNEL_CHOICE:
-        times = {}
-        for tuner in tuners or (_launcher(), _resident_launcher()):
-            run_with(tuner)  # the first call with this shape autotunes
-            times[tuner] = timer(lambda tuner=tuner: run_with(tuner))
-        _KERNEL_CHOICE[key] = min(times, key=times.get)
+        tuners = tuple(tuners or (_launcher(), _resident_launcher()))
+        runs = {i: (lambda tuner=tuner: run_with(tuner)) for i, tuner in enumerate(tuners)}
+        _KERNEL_CHOICE[key] = tuners[pick_fastest(runs, timer)]
     return _KERNEL_CHOICE[key]
 
 

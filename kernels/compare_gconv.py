@@ -1,16 +1,18 @@
-"""The two forms of the grouped 3x3 gw8 conv, config by config, beside cuDNN, on one GPU.
+"""The grouped 3x3 gw8 conv, config by config, beside cuDNN, at every stage shape of the families, on one GPU.
 
-Forms: ``pixels`` (v2/v4: a program owns a run of consecutive pixels and makes nine shifted loads per tile)
-and ``rows`` (a program walks down the rows of an image strip; each input row is loaded from L2 once and
-its nine uses hit L1). In one run:
+In one run:
 
-1. correctness of each form at odd sizes and family shapes (fixed configs, NaN-poisoned outputs, fp32
-   reference), and every candidate of the rows form at two odd shapes;
-2. every candidate config of both forms timed at batch 256 (each one checked before it is timed);
-3. the block-benchmark rows (:func:`convfirst.bench_blocks.time_case`: cuDNN through PyTorch eager and ours
-   autotuned over both forms) with and without CUDA graphs.
+1. correctness of every candidate config at odd sizes, batch 1 and stage shapes (NaN-poisoned outputs, fp32
+   reference);
+2. every candidate config that the autotuner's pruning keeps, timed at batch 256 with CUDA graphs (each one
+   checked before it is timed), beside cuDNN (PyTorch eager ``F.conv2d``);
+3. the block-benchmark rows (:func:`convfirst.bench_blocks.time_case`: cuDNN and ours, autotuned) with and
+   without CUDA graphs.
 
-``compare_gconv.csv`` (step 2) and ``block_bench_gconv.csv`` (step 3) carry the provenance columns.
+``compare_gconv.csv`` (step 2) and ``block_bench_gconv.csv`` (step 3) carry the provenance columns. The rows
+of ``data/gconv_forms_h100.csv`` with form ``rows`` were measured with this tool at commit c4d144a, when a
+second form of the kernel (a program walking down the rows of an image strip) was a candidate; it lost at every
+shape and was removed (``NOTES_gconv.md``).
 
     python -m convfirst.kernels.compare_gconv --out results/ --shapes 96@56 256@14
 """
@@ -30,32 +32,16 @@ from convfirst.timing import bench_ms, l2_rotation_count
 from . import gconv
 from ._common import LAST_COMPILED, launch_kwargs, packed_taps_rows
 
-FORMS = ("pixels", "rows")
 #: (C, H, W, batch): odd sizes, batch 1, and each stage's width at its own resolution.
 CHECK_SHAPES = ((96, 13, 11, 2), (40, 7, 9, 1), (256, 14, 14, 3), (768, 7, 7, 2), (64, 56, 56, 1),
                 (192, 28, 28, 2), (24, 29, 31, 1))
-#: Odd shapes on which every rows candidate is checked (strips and bands that end inside the image).
-CONFIG_CHECK_SHAPES = ((96, 13, 11, 3), (256, 14, 14, 5))
 TIME_SHAPES = ("64@56", "96@56", "128@28", "192@28", "256@14", "384@14", "512@7", "768@7")
 
 
-def form_of(config: dict) -> str:
-    return "rows" if "TW" in config else "pixels"
-
-
-def fixed_config(form: str, channels: int, width: int, npix: int) -> dict:
-    return gconv.rows_config(channels, width) if form == "rows" else gconv.heuristic_config(channels, npix)
-
-
-def candidate_configs(channels: int, height: int, width: int, batch: int, forms=FORMS) -> list[dict]:
-    """The candidates of ``forms`` that the autotuners' pruning keeps at this shape, as launch keyword dicts."""
-    c16 = packed_taps_rows(channels)
-    kept = []
-    if "pixels" in forms:
-        kept += gconv._prune_gconv(gconv._gconv_configs(), {"C16": c16, "NPIX": batch * height * width})
-    if "rows" in forms:
-        kept += gconv._prune_rows(gconv._rows_configs(), {"C16": c16, "N": batch, "H": height, "W": width})
-    return [launch_kwargs(cf) for cf in kept]
+def candidate_configs(channels: int, height: int, width: int, batch: int) -> list[dict]:
+    """The candidates that the autotuner's pruning keeps at this shape, as launch keyword dicts."""
+    named = {"C16": packed_taps_rows(channels), "NPIX": batch * height * width}
+    return [launch_kwargs(cf) for cf in gconv._prune_gconv(gconv._gconv_configs(), named)]
 
 
 def parse_shape(text: str) -> BlockShape:
@@ -69,7 +55,6 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--shapes", nargs="+", default=list(TIME_SHAPES), help="C@H or C@HxW, timed at --batch")
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--forms", nargs="+", choices=FORMS, default=list(FORMS))
     ap.add_argument("--harness-batches", nargs="*", type=int, default=[256, 1])
     ap.add_argument("--limit-s", type=float, default=420.0, help="stop timing configs after this many seconds")
     args = ap.parse_args()
@@ -84,21 +69,18 @@ def main() -> int:
         log_file.write(text + "\n")
         log_file.flush()
 
-    # 1. correctness: each form's fixed config at the check shapes, every rows candidate at two odd shapes
+    # 1. correctness: every candidate config at the check shapes
     checks = []
-    plan = [((c, h, w, n), [fixed_config(f, c, w, n * h * w) for f in args.forms]) for c, h, w, n in CHECK_SHAPES]
-    if "rows" in args.forms:
-        plan += [((c, h, w, n), candidate_configs(c, h, w, n, ("rows",))) for c, h, w, n in CONFIG_CHECK_SHAPES]
-    for (c, h, w, n), configs in plan:
+    for c, h, w, n in CHECK_SHAPES:
         case = BlockCase(BlockShape("gconv", c, h, w), n, "bfloat16")
         x = case.inputs[0]
         ref = case.reference(x)
-        for config in configs:
+        for config in candidate_configs(c, h, w, n):
             err = relative_error(case.launch_poisoned(x, config), ref)
             ok = err < TOLERANCE["bfloat16"]
-            checks.append({"shape": f"{c}@{h}x{w}", "batch": n, "form": form_of(config), "config": str(config),
+            checks.append({"shape": f"{c}@{h}x{w}", "batch": n, "form": "pixels", "config": str(config),
                            "rel_err": err, "passed": ok})
-            log(f"check {c}@{h}x{w} N={n} {form_of(config):6s} rel_err={err:.2e} {'ok' if ok else 'FAILED'} {config}")
+            log(f"check {c}@{h}x{w} N={n} rel_err={err:.2e} {'ok' if ok else 'FAILED'} {config}")
         del case
     with_provenance(pd.DataFrame(checks)).to_csv(out / "compare_gconv_checks.csv", index=False)
 
@@ -119,12 +101,12 @@ def main() -> int:
                      "dtype": "bfloat16", "layout": "channels_last", "form": "cudnn", "config": "F.conv2d (eager)",
                      "cuda_graph": True, "ms": eager_ms})
         log(f"time  {shape.label:22s} cudnn  {eager_ms:.4f} ms")
-        for config in candidate_configs(shape.C, shape.H, shape.W, batch, args.forms):
+        for config in candidate_configs(shape.C, shape.H, shape.W, batch):
             if time.time() - start > args.limit_s:
                 log("out of time for config timing")
                 break
             row = {"block": "gconv", "C": shape.C, "H": shape.H, "W": shape.W, "batch": batch, "dtype": "bfloat16",
-                   "layout": "channels_last", "form": form_of(config), "config": str(config), "cuda_graph": True}
+                   "layout": "channels_last", "form": "pixels", "config": str(config), "cuda_graph": True}
             try:
                 err = relative_error(case.launch_poisoned(x0, config), ref)
                 k = LAST_COMPILED["gconv"]
@@ -142,7 +124,7 @@ def main() -> int:
         del case, buf
         torch.cuda.empty_cache()
 
-    # 3. block-benchmark rows: cuDNN and ours autotuned over both forms
+    # 3. block-benchmark rows: cuDNN and ours, autotuned
     from convfirst.ceilings import load_ceilings
 
     ceilings = load_ceilings("h100")
@@ -158,7 +140,7 @@ def main() -> int:
     d = pd.DataFrame(rows)
     if "ms" in d:
         best = d.dropna(subset=["ms"]).sort_values("ms").groupby(["C", "H", "form"]).head(1)
-        log("\nbest per form (batch 256, CUDA graphs, ms):")
+        log("\nbest config and cuDNN (batch 256, CUDA graphs, ms):")
         log(best[["C", "H", "form", "ms", "config"]].sort_values(["H", "C", "form"]).to_string(index=False))
     log(f"checks: {sum(c['passed'] for c in checks)}/{len(checks)} passed")
     return 0

@@ -168,14 +168,6 @@ def report(block: str, shape: str) -> list[dict]:
             consts = dict(cf.kwargs, C=c, C16=packed_taps_rows(c), APPLY_SILU=False, FP32_DOT=False)
             rows.append({"config": cf.kwargs, **compile_config(gconv.grouped3x3_kernel, sig, consts, cf.num_warps,
                                                                cf.num_stages)})
-        rows_sig = _sig({"x_ptr": "*bf16", "w_taps_ptr": "*bf16", "bias_ptr": "*fp32", "out_ptr": "*bf16"},
-                        ["N", "H", "W"], ["C", "C16", "IMGS", "TW", "ROWS", "CK", "APPLY_SILU", "FP32_DOT"])
-        for cf in gconv._rows_configs():  # the rows form
-            if cf.kwargs["CK"] > max(16, next_pow2(packed_taps_rows(c))):
-                continue
-            consts = dict(cf.kwargs, C=c, C16=packed_taps_rows(c), APPLY_SILU=False, FP32_DOT=False)
-            rows.append({"config": cf.kwargs, "warps": cf.num_warps, **compile_config(
-                gconv.grouped3x3_rows_kernel, rows_sig, consts, cf.num_warps, cf.num_stages)})
     elif block == "convfirst":
         c = int(shape)
         for cf in convfirst_fused._configs():

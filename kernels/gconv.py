@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ._common import (LAST_COMPILED, LAUNCH_OPTIONS, autotuning, check_activation, check_same_device, check_shape,
-                      check_weight_dtype, interpreting, launch_options, next_pow2, packed_taps_rows, pick_fastest)
+                      check_weight_dtype, interpreting, launch_options, next_pow2, packed_taps_rows)
 from .activation import silu
 
 
@@ -121,60 +121,6 @@ def grouped3x3_kernel(x_ptr, w_taps_ptr, bias_ptr, out_ptr, NPIX, H, W, C: tl.co
     tl.store(dst, acc.to(out_ptr.dtype.element_ty), mask=pix_ok[:, None] & ch_ok[None, :])
 
 
-@triton.jit
-def grouped3x3_rows_kernel(x_ptr, w_taps_ptr, bias_ptr, out_ptr, N, H, W, C: tl.constexpr, C16: tl.constexpr,
-                           IMGS: tl.constexpr, TW: tl.constexpr, ROWS: tl.constexpr, CK: tl.constexpr,
-                           APPLY_SILU: tl.constexpr, FP32_DOT: tl.constexpr):
-    """The rows form: a program walks down ROWS image rows of a strip (IMGS images x TW columns, CK channels),
-    one output row per step, so each input row is read from L2 once and its nine uses hit L1.
-
-    Step r computes output row r of the strip from input rows r-1, r, r+1, each at column shifts -1, 0, +1: nine
-    plain (L1-allocating) loads of [IMGS*TW, CK], of which only the three of row r+1 are new to the program (the
-    others were loaded by the two steps before). The product is :func:`slice_product`, as in the pixel-run form.
-    """
-    BLOCK_M: tl.constexpr = IMGS * TW
-    pid = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    n_strips = tl.cdiv(W, TW)
-    n_bands = tl.cdiv(H, ROWS)
-    strip = pid % n_strips
-    band = (pid // n_strips) % n_bands
-    group = pid // (n_strips * n_bands)
-    m = tl.arange(0, BLOCK_M)
-    img = m // TW                                   # image of pixel m within the group
-    col = strip * TW + m % TW                       # its image column
-    pix_ok = (group * IMGS + img < N) & (col < W)
-    base = (group * IMGS).to(tl.int64) * H * W * C  # offsets below are int32, relative to the group's image 0
-    c0 = pid_c * CK
-    cols = c0 + tl.arange(0, CK)
-    col_ok = cols < C
-    w_off, w_ok = tap_weight_offsets(c0, CK, C16)
-    taps = ()                                       # the nine taps' weight slices, loaded once per program
-    for t in tl.static_range(9):
-        taps = taps + (tl.load(w_taps_ptr + t * C16 * 16 + w_off, mask=w_ok, other=0.0),)
-    bias = tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    h0 = band * ROWS
-    for r in range(h0, tl.minimum(h0 + ROWS, H)):
-        acc = tl.zeros([CK // 16, BLOCK_M, 16], dtype=tl.float32)
-        for t in tl.static_range(9):
-            rr = r + (t // 3 - 1)
-            cc = col + (t % 3 - 1)
-            ok = pix_ok & (rr >= 0) & (rr < H) & (cc >= 0) & (cc < W)
-            src = x_ptr + base + (((img * H + rr) * W + cc) * C)[:, None] + cols[None, :]
-            a = tl.load(src, mask=ok[:, None] & col_ok[None, :], other=0.0)
-            a = tl.permute(tl.reshape(a, (BLOCK_M, CK // 16, 16)), (1, 0, 2))
-            w = taps[t]
-            if FP32_DOT:
-                a = a.to(tl.float32)
-                w = w.to(tl.float32)
-            acc = tl.dot(a, w, acc)
-        y = tl.reshape(tl.permute(acc, (1, 0, 2)), (BLOCK_M, CK)) + bias[None, :]
-        if APPLY_SILU:
-            y = silu(y, FP32_DOT)
-        dst = out_ptr + base + (((img * H + r) * W + col) * C)[:, None] + cols[None, :]
-        tl.store(dst, y.to(out_ptr.dtype.element_ty), mask=pix_ok[:, None] & col_ok[None, :])
-
-
 def _gconv_configs():
     configs = []
     for block_m, ck, warps, stages, unroll in [(64, 32, 4, 1, True), (64, 64, 4, 1, True), (128, 32, 4, 1, True),
@@ -193,53 +139,7 @@ def _prune_gconv(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
-def _rows_configs():
-    """Candidates of the rows form: strips of TW columns x IMGS images (32, 64 or 128 pixels per step), bands of
-    16 or 64 rows, 32 or 64 channels; plain loads (one stage), so that the nine uses of a row hit L1. The pruning
-    keeps the two widest strips that waste at most 15% of an image row, and 32-pixel steps only for batches too
-    small to fill 64."""
-    configs = []
-    for tw in (8, 16, 32, 64):
-        for pixels in (32, 64, 128):
-            for rows in (16, 64):
-                for ck in (32, 64):
-                    if pixels >= tw:
-                        configs.append(triton.Config({"IMGS": pixels // tw, "TW": tw, "ROWS": rows, "CK": ck},
-                                                     num_warps=8 if pixels == 128 else 4, num_stages=1))
-    return configs
-
-
-def strip_waste(width: int, tw: int) -> float:
-    """Fraction of a row's TW-wide strips that falls past the image's last column."""
-    return -(-width // tw) * tw / width - 1
-
-
-def strip_widths(width: int) -> list[int]:
-    """The rows form's strip widths for an image ``width`` wide: the two widest (of 8-64, at most the image's
-    power of two) that waste at most 15% of a row, else the one that wastes least."""
-    widths = [t for t in (8, 16, 32, 64) if t <= max(8, next_pow2(width))]
-    good = [t for t in widths if strip_waste(width, t) <= 0.15]
-    return good[-2:] if good else [min(reversed(widths), key=lambda t: strip_waste(width, t))]
-
-
-def _prune_rows(configs, named_args, **kwargs):
-    c16, n, h, w = named_args["C16"], named_args["N"], named_args["H"], named_args["W"]
-    widths = strip_widths(w)
-    small = n * widths[-1] < 64  # the batch cannot fill a 64-pixel step: 32-pixel steps, images past it allowed
-
-    def keep(kw):
-        pixels = kw["IMGS"] * kw["TW"]
-        return (kw["CK"] <= max(16, next_pow2(c16)) and kw["TW"] in widths
-                and (kw["ROWS"] == 16 or next_pow2(h) > 16)
-                and (pixels == 32 if small else pixels > 32 and kw["IMGS"] <= max(1, next_pow2(n))))
-    kept = [cf for cf in configs if keep(cf.kwargs)]
-    return kept or configs[:1]
-
-
 _tuned_gconv = None
-_tuned_rows = None
-#: Per (C, H, W, N, SiLU): the autotuner (pixel runs or rows) whose best config was fastest.
-_FORM_CHOICE: dict = {}
 
 
 def _gconv_launcher():
@@ -250,36 +150,11 @@ def _gconv_launcher():
     return _tuned_gconv
 
 
-def _rows_launcher():
-    global _tuned_rows
-    if _tuned_rows is None:
-        _tuned_rows = triton.autotune(configs=_rows_configs(), key=["C", "H", "W", "N"],
-                                      prune_configs_by={"early_config_prune": _prune_rows})(grouped3x3_rows_kernel)
-    return _tuned_rows
-
-
-def last_tuner():
-    """The autotuner of the grouped conv's last autotuned launch (None before any)."""
-    return _LAST_TUNER[0]
-
-
-_LAST_TUNER = [None]
-
-
 def heuristic_config(channels: int, npix: int) -> dict:
     """A fixed config (no autotuning): the interpreter's small tile, else 64 pixels x 32 channels, unrolled."""
     if interpreting():
         return {"BLOCK_M": 32, "CK": min(32, next_pow2(packed_taps_rows(channels))), "UNROLL_TAPS": False}
     return {"BLOCK_M": 64, "CK": 32, "UNROLL_TAPS": True, "num_warps": 4, "num_stages": 1}
-
-
-def rows_config(channels: int, width: int) -> dict:
-    """A fixed config of the rows form: the narrower of :func:`strip_widths`, 64 pixels a step (16 in the
-    interpreter), bands of 16 rows."""
-    tw = strip_widths(width)[0]
-    pixels = 16 if interpreting() else 64
-    ck = min(32, max(16, next_pow2(packed_taps_rows(channels))))
-    return {"IMGS": max(1, pixels // tw), "TW": tw, "ROWS": 16, "CK": ck, "num_warps": 4, "num_stages": 1}
 
 
 def check_gconv_inputs(x: torch.Tensor, w_taps: torch.Tensor, bias: torch.Tensor) -> None:
@@ -293,9 +168,7 @@ def check_gconv_inputs(x: torch.Tensor, w_taps: torch.Tensor, bias: torch.Tensor
 
 def launch_grouped_conv3x3(x: torch.Tensor, w_taps: torch.Tensor, bias: torch.Tensor, out: torch.Tensor,
                            apply_silu: bool = False, config: dict | None = None) -> torch.Tensor:
-    """Launch the grouped conv into ``out`` (same shape/layout as ``x``). ``config`` fixes the form and tile (a
-    config with ``TW`` is the rows form, else the pixel-run form); without one both forms are autotuned on the
-    GPU and the faster kept per shape."""
+    """Launch the grouped conv kernel into ``out`` (same shape/layout as ``x``). ``config`` fixes the tile."""
     n, c, h, w = x.shape
     npix = n * h * w
     c16 = packed_taps_rows(c)
@@ -304,37 +177,16 @@ def launch_grouped_conv3x3(x: torch.Tensor, w_taps: torch.Tensor, bias: torch.Te
         return out
     if config is None and not autotuning():
         config = heuristic_config(c, npix)
-    if config is not None and "TW" in config:
-        extra = launch_options(config)
-        meta = {k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}
-        grid = (triton.cdiv(n, meta["IMGS"]) * triton.cdiv(h, meta["ROWS"]) * triton.cdiv(w, meta["TW"]),
-                triton.cdiv(c, meta["CK"]))
-        compiled = grouped3x3_rows_kernel[grid](x, w_taps, bias, out, n, h, w, c, c16, APPLY_SILU=apply_silu,
-                                                FP32_DOT=fp32_dot, **meta, **extra)
-    elif config is not None:
+    if config is not None:
         extra = launch_options(config)
         config = {"UNROLL_TAPS": False, **{k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}}
         grid = (triton.cdiv(npix, config["BLOCK_M"]), triton.cdiv(c, config["CK"]))
         compiled = grouped3x3_kernel[grid](x, w_taps, bias, out, npix, h, w, c, c16, APPLY_SILU=apply_silu,
                                            FP32_DOT=fp32_dot, **config, **extra)
     else:
-        def run_pixels():
-            grid = lambda meta: (triton.cdiv(npix, meta["BLOCK_M"]), triton.cdiv(c, meta["CK"]))  # noqa: E731
-            return _gconv_launcher()[grid](x, w_taps, bias, out, npix, h, w, c, c16, APPLY_SILU=apply_silu,
+        grid = lambda meta: (triton.cdiv(npix, meta["BLOCK_M"]), triton.cdiv(c, meta["CK"]))  # noqa: E731
+        compiled = _gconv_launcher()[grid](x, w_taps, bias, out, npix, h, w, c, c16, APPLY_SILU=apply_silu,
                                            FP32_DOT=fp32_dot)
-
-        def run_rows():
-            grid = lambda meta: (triton.cdiv(n, meta["IMGS"]) * triton.cdiv(h, meta["ROWS"])  # noqa: E731
-                                 * triton.cdiv(w, meta["TW"]), triton.cdiv(c, meta["CK"]))
-            return _rows_launcher()[grid](x, w_taps, bias, out, n, h, w, c, c16, APPLY_SILU=apply_silu,
-                                          FP32_DOT=fp32_dot)
-
-        runs = {"pixels": run_pixels, "rows": run_rows}
-        key = (c, h, w, n, apply_silu)
-        if key not in _FORM_CHOICE:
-            _FORM_CHOICE[key] = pick_fastest({name: run for name, run in runs.items()})
-        compiled = runs[_FORM_CHOICE[key]]()
-        _LAST_TUNER[0] = _gconv_launcher() if _FORM_CHOICE[key] == "pixels" else _rows_launcher()
     LAST_COMPILED["gconv"] = compiled
     return out
 

@@ -29,7 +29,7 @@ from pathlib import Path
 SECTIONS = ("SpeedOfLight", "MemoryWorkloadAnalysis", "Occupancy", "LaunchStats", "WarpStateStats",
             "ComputeWorkloadAnalysis", "SchedulerStats", "InstructionStats")
 KERNEL_NAMES = {"convfirst": "convfirst_(block|resident|tma)_kernel", "mbconv": "mbconv_block_kernel",
-                "gconv": "grouped3x3_(rows_)?kernel", "gemm": "gemm_(tma|epilogue)_kernel", "gemm-ws": "gemm_ws_kernel",
+                "gconv": "grouped3x3_kernel", "gemm": "gemm_(tma|epilogue)_kernel", "gemm-ws": "gemm_ws_kernel",
                 "cublas": "nvjet|gemm|xmma"}
 #: Keys of a case's config that choose the layer of a ``gemm``/``cublas`` case rather than a tile.
 GEMM_KEYS = ("PROJECT", "ACT")

@@ -228,23 +228,6 @@ def test_pick_fastest_runs_each_candidate_then_keeps_the_fastest():
     assert pick_fastest(runs, timer=lambda fn: (fn(), speed[calls[-1]])[1]) == "pixels"
 
 
-@pytest.mark.parametrize("height, width, strips", [(56, 56, {32, 64}), (28, 28, {16, 32}), (14, 14, {8, 16}),
-                                                   (7, 7, {8}), (13, 11, {16})])
-def test_grouped_conv_rows_candidates_follow_the_image(height, width, strips):
-    """The rows form's pruning keeps the two widest strips wasting at most 15% of a row (else the one wasting
-    least), one band of 16 rows for images of at most 16 rows, and no more images per step than the batch holds."""
-    from convfirst.kernels import gconv
-
-    kept = gconv._prune_rows(gconv._rows_configs(), {"C16": 32, "N": 256, "H": height, "W": width})
-    assert {cf.kwargs["TW"] for cf in kept} == strips
-    assert {cf.kwargs["CK"] for cf in kept} == {32}  # no channel block wider than the channels
-    if height <= 16:
-        assert {cf.kwargs["ROWS"] for cf in kept} == {16}
-    assert all(cf.kwargs["IMGS"] * cf.kwargs["TW"] in (64, 128) for cf in kept)
-    one = gconv._prune_rows(gconv._rows_configs(), {"C16": 64, "N": 1, "H": height, "W": width})
-    assert one and all(cf.kwargs["IMGS"] == 1 or cf.kwargs["IMGS"] * cf.kwargs["TW"] == 32 for cf in one)
-
-
 def test_gemm_loads_are_vectorised_and_pipelined_for_plain_rows_and_for_patches():
     """The epilogue GEMM compiled for sm_90: with K divisible by 16 (as Triton specialises it on the GPU) and for
     patches whose rows stay aligned (C_in = 96, a constexpr), the loads become ``cp.async`` copies in a

@@ -131,40 +131,6 @@ def test_unfused_sequence_and_op_match_reference(block):
         assert relative_error(out, ref) < TOLERANCE["bfloat16"], impl
 
 
-GCONV_FORM_CASES = ([(8, 5, 7, 1), (40, 6, 5, 2), (24, 9, 17, 2)] if not ON_GPU else
-                    [(96, 56, 56, 4), (256, 14, 14, 3), (768, 7, 7, 2), (40, 13, 11, 1), (192, 29, 27, 2)])
-
-
-@pytest.mark.parametrize("form", ["pixels", "rows"])
-@pytest.mark.parametrize("channels, height, width, batch", GCONV_FORM_CASES)
-def test_grouped_conv_forms_match_reference(channels, height, width, batch, form):
-    """Both forms of the grouped conv (runs of pixels; rows walked down image strips), forced by a fixed config."""
-    from convfirst.kernels.compare_gconv import fixed_config
-
-    case = BlockCase(BlockShape("gconv", channels, height, width), batch, "bfloat16", device=DEVICE, seed=_seed())
-    x = case.inputs[0]
-    out = case.launch_poisoned(x, fixed_config(form, channels, width, batch * height * width))
-    err = relative_error(out, case.reference(x))
-    assert err < TOLERANCE["bfloat16"], f"{form} C={channels} {height}x{width} N={batch}: rel err {err:.3g}"
-
-
-@pytest.mark.parametrize("tile", [{"IMGS": 4, "TW": 4, "ROWS": 2}, {"IMGS": 1, "TW": 16, "ROWS": 3},
-                                  {"IMGS": 2, "TW": 8, "ROWS": 16}])
-def test_grouped_conv_rows_form_strips_and_bands_end_inside_the_image(tile):
-    """Strips narrower than the image, bands shorter than it, and an image group past the batch: every output
-    pixel is written once and right (NaN-poisoned output), with the SiLU epilogue."""
-    from convfirst.kernels.gconv import launch_grouped_conv3x3
-
-    c, h, w, n = 24, 7, 9, 3
-    case = BlockCase(BlockShape("gconv", c, h, w), n, "float16", device=DEVICE, seed=_seed())
-    x = case.inputs[0]
-    out = torch.full_like(x, float("nan"))
-    launch_grouped_conv3x3(x, case.packed["w_taps"], case.packed["b_g"], out, apply_silu=True,
-                           config=dict(tile, CK=32, num_warps=4, num_stages=1))
-    ref = torch.nn.functional.silu(case.reference(x))
-    assert relative_error(out, ref) < TOLERANCE["float16"]
-
-
 def test_grouped_conv_with_silu_matches_reference():
     torch.manual_seed(_seed())
     c = 24

@@ -235,7 +235,7 @@ def tuned_config(block: str) -> str:
     from convfirst.kernels import convfirst_fused, gconv, mbconv_fused
 
     tuner = {"convfirst": convfirst_fused.last_tuner(), "mbconv": mbconv_fused._tuned,
-             "gconv": gconv.last_tuner()}[block]
+             "gconv": gconv._tuned_gconv}[block]
     cfg = getattr(tuner, "best_config", None) if tuner is not None else None
     if cfg is None:
         return ""
@@ -278,7 +278,7 @@ def candidate_configs(block: str) -> list[dict]:
     from convfirst.kernels._common import launch_kwargs
 
     configs = {"convfirst": convfirst_fused.candidate_configs, "mbconv": mbconv_fused._configs,
-               "gconv": lambda: gconv._gconv_configs() + gconv._rows_configs()}[block]()
+               "gconv": gconv._gconv_configs}[block]()
     return [launch_kwargs(cf) for cf in configs]
 
 

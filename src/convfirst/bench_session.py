@@ -85,8 +85,7 @@ def _restrict_to_safe_configs(out: Path, log) -> None:
 
     for block, module, attr in (("convfirst", convfirst_fused, "_configs"),
                                 ("convfirst", convfirst_fused, "_resident_configs"),
-                                ("mbconv", mbconv_fused, "_configs"), ("gconv", gconv, "_gconv_configs"),
-                                ("gconv", gconv, "_rows_configs")):
+                                ("mbconv", mbconv_fused, "_configs"), ("gconv", gconv, "_gconv_configs")):
         path = out / f"cfg_{block}.csv"
         if not path.exists():
             continue

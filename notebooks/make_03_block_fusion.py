@@ -49,7 +49,7 @@ from IPython.display import display
 
 from convfirst import bench_blocks, counting, models, planner
 from convfirst.params import check_choice, check_positive_int, check_positive_ints, resolve_mode, show_mode
-from convfirst.records import load_measurements, recorded_file
+from convfirst.records import data_path, load_measurements, recorded_file
 
 mode = resolve_mode(mode)
 check_choice("dtype", dtype, list(bench_blocks.DTYPES))
@@ -310,6 +310,37 @@ control with shared-memory reads at per-row addresses (CUTLASS/CuTe or PTX). A G
 1x1 matmuls (below); it shows the register limit that shapes such designs on Hopper: an accumulator lives in
 the registers of the warp group that issues the products, so overlapping one tile's epilogue with the next
 tile's products costs a second accumulator."""),
+    new_markdown_cell("""### The grouped conv at every stage shape
+
+Where a model runs a block unfused (the 14 x 14 and 7 x 7 stages) its grouped conv is this kernel, so it was
+timed at each stage's width and resolution (`python -m convfirst.kernels.compare_gconv`: every candidate tile,
+checked first, beside cuDNN through `F.conv2d`; batch 256, CUDA graphs). The table gives the best tile per
+shape and form, and cuDNN.
+
+A second form was tried and removed, because the nine shifted reads looked like the limit: the pixel-run kernel
+reads each input pixel from L2 nine times. In the **rows** form a program walks down the rows of an image
+strip (a few images x 8-64 columns), so each input row comes from L2 about once and its other eight uses hit
+L1. It was slower at every shape, and the counters (one launch each at 256@14, kernel versions `v4` and
+`v5-rows` of block `gconv`) show why the premise was wrong: the pixel-run kernel uses half the L2's throughput
+and a quarter of DRAM's, so neither binds it. It issues on about 40% of cycles, and its warps wait mostly
+on loads, with a third of the warp slots filled. The rows form halves the L2 traffic but has fewer programs
+in flight (a program's rows are serial), so the same per-tap latency is hidden less."""),
+    new_code_cell('''if data_path(f"gconv_forms_{gpu}.csv").exists():
+    gforms = load_measurements(data_path(f"gconv_forms_{gpu}.csv")).dropna(subset=["ms"])
+    best = (gforms.sort_values("ms").groupby(["C", "H", "form"], as_index=False).first()
+            .pivot_table(index=["C", "H"], columns="form", values="ms"))
+    best["cudnn / pixels"] = best["cudnn"] / best["pixels"]
+    if "rows" in best:
+        best["rows / pixels"] = best["rows"] / best["pixels"]
+    display(best.sort_index(level=["H", "C"], ascending=[False, True]).round(4))
+    prov = gforms[["gpu", "commit", "date"]].drop_duplicates()
+    print("ms, batch 256, bf16, CUDA graphs; best tile per form;", ", ".join(
+        f"{r.gpu} at {r.commit} ({r.date})" for r in prov.itertuples()))
+gc = counters[(counters["block"] == "gconv") & (counters["shape"] == "256@14x14")]
+for r in gc.itertuples():
+    print(f"gconv 256@14 {r.kernel_version:8s} {r.time_us:5.1f} us: L2 {r.l2_pct:.0f}%, DRAM {r.dram_pct:.0f}% of peak; "
+          f"issue active {r.issue_active_pct:.0f}%; global-load stall {r.stall_global_load:.1f} cycles per issue; "
+          f"occupancy {r.occupancy_pct:.0f}%; {r.warp_instr_M:.1f} M warp instructions")'''),
     new_markdown_cell("""### The unfused sequence's 1x1 layers: epilogues fused into the matmul
 
 Where the fused kernel loses (the 14x14 and 7x7 stages) a model runs the unfused sequence, so its speed
@@ -323,7 +354,6 @@ comparison). One recorded run of `python -m convfirst.kernels.compare_gemm` (`da
 in both modes): each 1x1 layer on its own (`cublas` = `addmm` then SiLU or add), then the whole sequence with
 each backend, at batch 256 with CUDA graphs."""),
     new_code_cell('''from convfirst.kernels import compare_gemm
-from convfirst.records import data_path
 
 if data_path(f"gemm_{gpu}.csv").exists():
     gemm_tables = compare_gemm.comparison_tables(load_measurements(data_path(f"gemm_{gpu}.csv")))
@@ -384,7 +414,16 @@ and `cublas` of the counter table above). The SiLU epilogue costs a sixth of the
 without it our product still trails cuBLAS's; cuBLAS's warp-specialised kernel issues about a third of the
 instructions and keeps the tensor pipe and DRAM busier. Running the SiLU's tanh on fp16 pairs (half the
 special-function operations) changed nothing (rows with `silu_tanh` = f16x2; removed again): the epilogue
-costs its latency, with the tensor cores idle, not the special-function unit's throughput."""),
+costs its latency, with the tensor cores idle, not the special-function unit's throughput.
+
+The latest run (commit 0a6dc75) times the projecting layers the same way: ours with the residual add, ours
+without it, cuBLAS's `mm` alone, and `addmm` followed by `add_` (`cublas`). The residual costs ours 10-15% of
+the 14 x 14 projecting layer, and without it ours still trails cuBLAS's `mm` by 7-9%. At 7 x 7, where ours
+loses to `addmm` + `add_` at 768 channels, the gap is the main loop itself. The counters of that run add the
+Gluon ping-pong kernel (`gemm-ws`, opt-in): its warp-specialised loop issues about half the instructions of
+the TMA kernel, yet it is only a few per cent faster and keeps the tensor pipe hardly busier. cuBLAS's kernel
+(named `nvjet_sm90_tst_256x128_64x4_1x2_..._coopA` in the profile) differs in shape: 256 x 128 tiles, split
+between two consumer warp groups that work on the same tile, in clusters of two CTAs."""),
     new_code_cell('''if data_path(f"gemm_{gpu}.csv").exists():
     epi = load_measurements(data_path(f"gemm_{gpu}.csv"))
     epi = epi[epi["part"] == "epilogue"].copy()
@@ -393,7 +432,7 @@ costs its latency, with the tensor cores idle, not the special-function unit's t
         for (date, commit, tanh), run in epi.groupby(["date", "commit", "silu_tanh"], sort=True):
             print(f"run of {date} at commit {commit}, SiLU tanh {tanh}, ms:")
             display(run.pivot_table(index=["block", "C", "H", "layer"], columns="impl", values="ms").round(4))
-mm = counters[counters["kernel_version"].isin(["gemm-tma", "cublas"])]
+mm = counters[counters["kernel_version"].isin(["gemm-tma", "gemm-ws", "cublas"])]
 if len(mm):
     for r in mm.itertuples():
         print(f"{r.kernel_version:8s} {r.config[:40]:40s} {r.time_us:6.1f} us, {r.warp_instr_M:5.1f} M warp instructions, "
@@ -406,9 +445,7 @@ DRAM bandwidth should speed up by up to that factor on it; a kernel bound by lat
 table puts the recorded batch-256 rows of both GPUs side by side (replayed from `data/block_bench_<gpu>.csv`,
 whatever this page's mode; the H200 run has no max-autotune rows, so its best `torch.compile` is the default
 mode)."""),
-    new_code_cell('''from convfirst.records import data_path
-
-per_gpu = []
+    new_code_cell('''per_gpu = []
 for g in ("h100", "h200"):
     if not data_path(f"block_bench_{g}.csv").exists():
         continue

@@ -256,9 +256,11 @@ products trail cuBLAS's: chapter 3 times the 1x1 layers with their epilogue besi
 bias, no epilogue; part `epilogue` of `data/gemm_<gpu>.csv`), and its counters show why (a third of the
 instructions, warp specialisation). The table below is an **estimate built from those measurements**, not a
 measurement: the time each model would save if the 1x1 layers of its unfused stages that were timed this way
-(so far the 14 x 14 expanding layers) ran in cuBLAS's matmul time with a free epilogue (blocks x the
-difference), set against the model's measured fused time and the time its throughput target needs. It says how
-far this one lever goes."""),
+(the expanding and projecting layers of the 14 x 14 and 7 x 7 stages) ran in cuBLAS's matmul time with a free
+epilogue (blocks x the difference), set against the model's measured fused time and the time its throughput
+target needs. It says how far this one lever goes, and what it would take: cuBLAS's product alone, with the
+SiLU, bias and residual added at no cost, which neither cuBLAS (it has no SiLU epilogue; a separate pass costs
+more than it saves, the `cublas` rows of chapter 3) nor our Triton kernels deliver today."""),
     new_code_cell("""from convfirst.params import ParameterError
 
 if data_path(f"gemm_{gpu}.csv").exists():

@@ -140,14 +140,15 @@ def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True, shapes=SEQU
 
             a0, r0 = inputs[0]
             ref = gemm.matmul_reference(a0, w_t, bias, act, r0)
-            if gluon and gemm_ws.ws_available(a0.device):  # every Gluon tile checked and timed; the row keeps the fastest
-                timed = []
-                for cf in gemm_ws.ws_configs():
-                    fn = ws(cf)
-                    err = relative_error(fn(a0, r0), ref)
-                    timed.append((_time(fn, inputs, graphs), err, cf))
-                best = min(timed, key=lambda t: t[0])
-                record("gluon-ws", best[0], max(t[1] for t in timed), str(best[2]))
+            if gluon and gemm_ws.ws_available(a0.device):  # every Gluon tile checked and timed; a row per schedule
+                for impl, ordered in (("gluon-ws", False), ("gluon-ws-ordered", True)):
+                    timed = []
+                    for cf in gemm_ws.ws_configs(ordered=ordered):
+                        fn = ws(cf)
+                        err = relative_error(fn(a0, r0), ref)
+                        timed.append((_time(fn, inputs, graphs), err, cf))
+                    best = min(timed, key=lambda t: t[0])
+                    record(impl, best[0], max(t[1] for t in timed), str(best[2]))
             for impl, fn in (("cublas", cublas), ("triton-pointer", ours("pointer")), ("triton-tma", ours("tma"))):
                 err = relative_error(fn(a0, r0), ref)
                 ms = _time(fn, inputs, graphs)

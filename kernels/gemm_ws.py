@@ -50,6 +50,9 @@ except ImportError:  # pragma: no cover - depends on the installed Triton
 #: staging tile: 2 x (2 x 32 + 32) = 192 KB of the 227 KB of shared memory at 128 x 128 x 64. Shared-memory
 #: allocations must have power-of-two shapes in Gluon, so 3 stages are not offered.
 WS_CONFIGS = ((128, 128, 64, 2), (128, 128, 32, 4), (128, 64, 64, 2), (64, 128, 64, 2))
+#: Tiles of the ordered form (:func:`gemm_ws_ordered_kernel`): one ring of STAGES steps shared by both consumers
+#: (4 x 32 + 2 x 32 = 192 KB at 128 x 128 x 64).
+ORDERED_CONFIGS = ((128, 128, 64, 4), (128, 128, 32, 8), (128, 64, 64, 4), (64, 128, 64, 4))
 
 
 if HAVE_GLUON:
@@ -178,6 +181,115 @@ if HAVE_GLUON:
                             (_loader, (a_desc, w_desc, ring1[0], ring1[1], ring1[3], ring1[4], M, N, K, GROUP_M, 1))],
                            [4, 1, 1], [CONSUMER_REGS, 24, 24])
 
+    @gluon.jit
+    def _ordered_loader(a_desc, w_desc, a_bufs, w_bufs, ready, empty, M, N, K, GROUP_M: gl.constexpr):
+        """One warp: the TMA copies of every tile of this program, in the order the consumers take them, into
+        the one ring both consumers read (STAGES steps ahead of the products)."""
+        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+        BLOCK_N: gl.constexpr = w_desc.block_type.shape[1]
+        STAGES: gl.constexpr = a_bufs.type.shape[0]
+        nbytes: gl.constexpr = a_desc.block_type.nbytes + w_desc.block_type.nbytes
+        step = 0
+        for tile in range(gl.program_id(0), gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N), gl.num_programs(0)):
+            off_m, off_n = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+            for k in range(0, K, a_desc.block_type.shape[1]):
+                s = step % STAGES
+                mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)
+                bar = ready.index(s)
+                mbarrier.expect(bar, nbytes)
+                tma.async_copy_global_to_shared(a_desc, [off_m, k], bar, a_bufs.index(s))
+                tma.async_copy_global_to_shared(w_desc, [k, off_n], bar, w_bufs.index(s))
+                step += 1
+
+    @gluon.jit
+    def _ordered_consumer(descs, ring, order, sizes, flags, WHICH: gl.constexpr):
+        """One warp group: every other tile of the program. Its main loop starts only when the other consumer's
+        main loop has finished (``order``), so the two take the ring's steps in turn and one consumer's epilogue
+        runs while the other's products keep the tensor cores busy."""
+        a_desc, w_desc, res_desc, out_desc, bias_ptr = descs
+        a_bufs, w_bufs, c_buf, ready, empty, res_bar = ring
+        M, N, K = sizes
+        ACT_SILU, HAS_RES, GROUP_M = flags
+        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+        BLOCK_N: gl.constexpr = w_desc.block_type.shape[1]
+        STAGES: gl.constexpr = a_bufs.type.shape[0]
+        acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                             instr_shape=[16, BLOCK_N, 16])
+        col_layout: gl.constexpr = gl.SliceLayout(0, acc_layout)
+        num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
+        k_steps = gl.cdiv(K, BLOCK_K)
+        count = 0
+        for tile in range(gl.program_id(0) + WHICH * gl.num_programs(0), num_tiles, 2 * gl.num_programs(0)):
+            off_m, off_n = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+            step = (2 * count + WHICH) * k_steps  # this tile's first step in the ring's order
+            tma.store_wait(0)  # the staging tile's previous store has left before it is refilled
+            if HAS_RES:
+                mbarrier.expect(res_bar, res_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(res_desc, [off_m, off_n], res_bar, c_buf)
+            # consumer 0's first wait passes on the fresh barrier; after that each waits for the other's arrival
+            mbarrier.wait(order.index(WHICH), (count & 1) ^ (1 - WHICH))
+            acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
+            prev = 0
+            for k in range(0, K, BLOCK_K):
+                s = step % STAGES
+                mbarrier.wait(ready.index(s), (step // STAGES) & 1)
+                a_s = a_bufs.index(s)
+                w_s = w_bufs.index(s)
+                acc = warpgroup_mma(a_s, w_s, acc, is_async=True)
+                acc = warpgroup_mma_wait(1, deps=[acc, a_s, w_s])[0]
+                mbarrier.arrive(empty.index(prev), count=1, pred=k > 0)
+                prev = s
+                step += 1
+            acc = warpgroup_mma_wait(0, deps=[acc])
+            mbarrier.arrive(empty.index(prev), count=1)
+            mbarrier.arrive(order.index(1 - WHICH), count=1)  # the other consumer's main loop may start
+
+            cols = off_n + gl.arange(0, BLOCK_N, layout=col_layout)
+            bias = gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
+            acc = acc + gl.expand_dims(bias, 0)
+            if ACT_SILU:
+                acc = _silu(acc)
+            if HAS_RES:
+                mbarrier.wait(res_bar, count & 1)
+                acc = acc + c_buf.load(acc_layout).to(gl.float32)
+            c_buf.store(acc.to(out_desc.dtype))
+            fence_async_shared()
+            tma.async_copy_shared_to_global(out_desc, [off_m, off_n], c_buf)
+            count += 1
+        tma.store_wait(0)
+
+    @gluon.jit
+    def gemm_ws_ordered_kernel(a_desc, w_desc, res_desc, out_desc, bias_ptr, M, N, K, ACT_SILU: gl.constexpr,
+                               HAS_RES: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
+                               CONSUMER_REGS: gl.constexpr):
+        """The ordered ping-pong: one loader warp fills one ring of STAGES steps for both consumers, whose main
+        loops take turns; launch with num_warps=4."""
+        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
+        w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+            mbarrier.init(empty.index(i), count=1)
+        c0 = gl.allocate_shared_memory(out_desc.dtype, out_desc.block_type.shape, out_desc.layout)
+        c1 = gl.allocate_shared_memory(out_desc.dtype, out_desc.block_type.shape, out_desc.layout)
+        res_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        order = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(2):
+            mbarrier.init(res_bars.index(i), count=1)
+            mbarrier.init(order.index(i), count=1)
+        fence_async_shared()
+        descs = (a_desc, w_desc, res_desc, out_desc, bias_ptr)
+        sizes = (M, N, K)
+        flags = (ACT_SILU, HAS_RES, GROUP_M)
+        ring0 = (a_bufs, w_bufs, c0, ready, empty, res_bars.index(0))
+        ring1 = (a_bufs, w_bufs, c1, ready, empty, res_bars.index(1))
+        gl.warp_specialize([(_ordered_consumer, (descs, ring0, order, sizes, flags, 0)),
+                            (_ordered_consumer, (descs, ring1, order, sizes, flags, 1)),
+                            (_ordered_loader, (a_desc, w_desc, a_bufs, w_bufs, ready, empty, M, N, K, GROUP_M))],
+                           [4, 1], [CONSUMER_REGS, 24])
+
 
 def ws_available(device: torch.device) -> bool:
     """Whether this form can run here: Gluon present and a Hopper (sm_90) GPU."""
@@ -185,14 +297,23 @@ def ws_available(device: torch.device) -> bool:
 
 
 def ws_smem_bytes(config: dict, itemsize: int = 2) -> int:
-    """Shared memory of one program: two consumers' operand rings and staging tiles (barriers not counted)."""
+    """Shared memory of one program (barriers not counted): two consumers' operand rings and staging tiles, or
+    with ``ORDERED`` one shared ring and two staging tiles."""
     bm, bn, bk, st = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"], config["STAGES"]
-    return 2 * (st * (bm * bk + bk * bn) + bm * bn) * itemsize
+    rings = 1 if config.get("ORDERED") else 2
+    return (rings * st * (bm * bk + bk * bn) + 2 * bm * bn) * itemsize
 
 
-def ws_configs() -> list[dict]:
-    """Every candidate tile as a launch dict (consumers get 232 registers, the loader warps 24)."""
-    out = [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "STAGES": st, "GROUP_M": 8} for bm, bn, bk, st in WS_CONFIGS]
+def ws_configs(ordered: bool | None = None) -> list[dict]:
+    """Every candidate tile as a launch dict (consumers get 232 registers, the loader warps 24): the ping-pong
+    with a ring per consumer, the ordered one (``ORDERED``), or both (``ordered=None``)."""
+    out = []
+    if ordered in (None, False):
+        out += [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "STAGES": st, "GROUP_M": 8}
+                for bm, bn, bk, st in WS_CONFIGS]
+    if ordered in (None, True):
+        out += [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "STAGES": st, "GROUP_M": 8, "ORDERED": True}
+                for bm, bn, bk, st in ORDERED_CONFIGS]
     return [cf for cf in out if ws_smem_bytes(cf) <= 220 * 1024]
 
 
@@ -216,11 +337,15 @@ def launch_ws(a, w_t, bias, residual, out, act: str, config: dict):
     if a.device not in _SMS:
         _SMS[a.device] = torch.cuda.get_device_properties(a.device).multi_processor_count
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    grid = (max(1, min(_SMS[a.device], triton.cdiv(tiles, 2))),)
-    return gemm_ws_kernel[grid](a_desc, w_desc, res_desc, out_desc, bias, m, n, k, ACT_SILU=act == "silu",
-                                HAS_RES=residual is not None, GROUP_M=config.get("GROUP_M", 8),
-                                STAGES=config["STAGES"], CONSUMER_REGS=config.get("CONSUMER_REGS", 232),
-                                num_warps=4, maxnreg=config.get("maxnreg", 168))
+    ordered = bool(config.get("ORDERED"))
+    # the ordered kernel's program walks tiles pid, pid + P, ... (consumers alternate); the other's consumers
+    # each walk every second one, so it needs half as many programs for the same tiles per program
+    grid = (max(1, min(_SMS[a.device], tiles if ordered else triton.cdiv(tiles, 2))),)
+    kernel = gemm_ws_ordered_kernel if ordered else gemm_ws_kernel
+    return kernel[grid](a_desc, w_desc, res_desc, out_desc, bias, m, n, k, ACT_SILU=act == "silu",
+                        HAS_RES=residual is not None, GROUP_M=config.get("GROUP_M", 8),
+                        STAGES=config["STAGES"], CONSUMER_REGS=config.get("CONSUMER_REGS", 232),
+                        num_warps=4, maxnreg=config.get("maxnreg", 168))
 
 
 @functools.cache

@@ -92,6 +92,23 @@ def test_every_gemm_config_matches_reference(form, config):
         assert err < TOLERANCE["bfloat16"], f"{m}x{k}x{n}: rel err {err:.3g}"
 
 
+@pytest.mark.skipif(not WS_HERE, reason="the Gluon form runs only on a Hopper GPU")
+@pytest.mark.parametrize("config", gemm_ws.ws_configs(), ids=str)
+def test_gluon_gemm_walks_several_tiles_per_program(config):
+    """Enough rows that each persistent program takes about ten tiles, some programs an odd number (so their two
+    consumers get unequal counts), with a partial last row tile: the ring's phases, the consumers'
+    turns (ordered form) and the staging tile's reuse across tiles, with the SiLU and with the residual."""
+    sms = torch.cuda.get_device_properties(DEVICE).multi_processor_count
+    m = config["BLOCK_M"] * (5 * sms + 1) + 37
+    for act, with_res in (("silu", False), ("none", True)):
+        a, w_t, bias, res = _operands(m, 256, 2 * config["BLOCK_N"], torch.bfloat16, _gen())
+        res = res if with_res else None
+        out = torch.full((m, w_t.shape[1]), float("nan"), device=DEVICE, dtype=a.dtype)
+        gemm.launch_matmul(a, w_t, bias, act, res, config=config, out=out, form="gluon-ws")
+        err = relative_error(out, gemm.matmul_reference(a, w_t, bias, act, res))
+        assert err < TOLERANCE["bfloat16"], f"{config} {act} residual={with_res}: rel err {err:.3g}"
+
+
 @pytest.mark.parametrize("cin, cout, patch, h, w, batch", [(3, 16, 4, 8, 12, 2), (16, 24, 2, 6, 10, 1)] if not ON_GPU
                          else [(3, 96, 4, 224, 224, 4), (96, 192, 2, 56, 56, 3), (384, 768, 2, 14, 14, 2),
                                (40, 24, 2, 6, 10, 1)])

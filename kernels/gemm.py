@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ._common import (ACTIVATION_DTYPES, LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, autotuning,
-                      check_device, check_same_device, interpreting, launch_options, tracing)
+                      check_device, check_same_device, interpreting, launch_options, pick_fastest, tracing)
 from .activation import silu
 
 #: Epilogue activations.
@@ -260,10 +260,32 @@ def tma_usable(a: torch.Tensor, w_t: torch.Tensor, out: torch.Tensor) -> bool:
     return all(t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in (a, w_t, out))
 
 
-#: Which form runs the plain-matrix products by default: "tma" (measured against the others in NOTES_gemm.md).
-#: "gluon-ws" (:mod:`gemm_ws`, a warp-specialised Hopper kernel) is taken only when asked for.
-DEFAULT_FORM = "tma"
-FORMS = ("tma", "pointer", "gluon-ws")
+#: Which form runs the plain-matrix products by default. "auto": on a Hopper GPU with Gluon, the TMA kernel
+#: (autotuned) and each tile of the ordered warp-specialised kernel (:mod:`gemm_ws`, v7 in NOTES_gemm.md) are
+#: timed on the first call with a shape and the fastest is kept for it; elsewhere the TMA kernel.
+DEFAULT_FORM = "auto"
+FORMS = ("auto", "tma", "pointer", "gluon-ws")
+#: Per (M, N, K, act, residual, dtype, device): the (form, config) "auto" chose.
+AUTO_CHOICE: dict = {}
+
+
+def _auto_form(a, w_t, bias, residual, out, m, n, k, act) -> tuple[str, dict | None]:
+    """The form (and Gluon tile) "auto" runs for this product: picked once per shape by timing each."""
+    from . import gemm_ws
+
+    if not autotuning() or not gemm_ws.ws_available(a.device):
+        return "tma", None
+    key = (m, n, k, act, residual is not None, a.dtype, a.device)
+    if key not in AUTO_CHOICE:
+        candidates = {"tma": ("tma", None)}
+        candidates.update({str(cf): ("gluon-ws", cf) for cf in gemm_ws.ws_configs(ordered=True)})
+
+        def run(form, cf):
+            if form == "tma":
+                return lambda: _launch_tma(a, w_t, bias, residual, out, m, n, k, act, None)
+            return lambda: gemm_ws.launch_ws(a, w_t, bias, residual, out, act, cf)
+        AUTO_CHOICE[key] = candidates[pick_fastest({name: run(*fc) for name, fc in candidates.items()})]
+    return AUTO_CHOICE[key]
 
 
 def _launch_tma(a, w_t, bias, residual, out, m, n, k, act, config):
@@ -384,6 +406,11 @@ def launch_matmul(a, w_t, bias, act="none", residual=None, config=None, out=None
     if m == 0 or n == 0:
         return out
     if tma_usable(a, w_t, out) and (residual is None or tma_usable(residual, w_t, out)):
+        if form == "auto":  # a fixed config names its form by its keys (the Gluon tiles have STAGES)
+            if config is not None:
+                form = "gluon-ws" if "STAGES" in config else "tma"
+            else:
+                form, config = _auto_form(a, w_t, bias, residual, out, m, n, k, act)
         if form == "gluon-ws":
             LAST_COMPILED["gemm"] = gemm_ws.launch_ws(a, w_t, bias, residual, out, act,
                                                       config or gemm_ws.ws_configs()[0])

@@ -92,6 +92,35 @@ def test_every_gemm_config_matches_reference(form, config):
         assert err < TOLERANCE["bfloat16"], f"{m}x{k}x{n}: rel err {err:.3g}"
 
 
+def test_auto_form_times_the_candidates_once_per_shape(monkeypatch):
+    """The default form: where the Gluon kernel can run, the TMA kernel and each ordered Gluon tile are timed on
+    the first call with a shape, the fastest is kept for that shape (not re-timed), and a shape of its own is
+    timed afresh; without autotuning, or without Gluon on a Hopper GPU, the TMA kernel runs untimed."""
+    tiles = gemm_ws.ws_configs(ordered=True)
+    timed = []
+
+    def fake_pick(runs, timer=None):
+        timed.append(sorted(runs))
+        return str(tiles[1])
+    monkeypatch.setattr(gemm, "pick_fastest", fake_pick)
+    monkeypatch.setattr(gemm_ws, "ws_available", lambda device: True)
+    monkeypatch.setattr(gemm, "autotuning", lambda: True)
+    a, w_t, bias, _ = _operands(64, 32, 48, torch.bfloat16, _gen())
+    args = (a, w_t, bias, None, torch.empty(64, 48, dtype=a.dtype, device=DEVICE), 64, 48, 32, "silu")
+    gemm.AUTO_CHOICE.clear()
+    try:
+        assert gemm._auto_form(*args) == ("gluon-ws", tiles[1])
+        assert gemm._auto_form(*args) == ("gluon-ws", tiles[1])
+        assert timed == [sorted(["tma"] + [str(cf) for cf in tiles])]  # one timing of every candidate
+        gemm._auto_form(*args[:-1], "none")                               # another epilogue: another choice
+        assert len(timed) == 2
+        monkeypatch.setattr(gemm, "autotuning", lambda: False)
+        assert gemm._auto_form(*args[:5], 128, 48, 32, "silu") == ("tma", None)
+        assert len(timed) == 2
+    finally:
+        gemm.AUTO_CHOICE.clear()
+
+
 @pytest.mark.skipif(not WS_HERE, reason="the Gluon form runs only on a Hopper GPU")
 @pytest.mark.parametrize("config", gemm_ws.ws_configs(), ids=str)
 def test_gluon_gemm_walks_several_tiles_per_program(config):

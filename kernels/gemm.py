@@ -15,7 +15,9 @@ adds the folded BatchNorm's bias, which cuDNN ran as a separate, non-vectorised 
 """
 from __future__ import annotations
 
+
 import functools
+import os
 
 import torch
 import triton
@@ -262,8 +264,9 @@ def tma_usable(a: torch.Tensor, w_t: torch.Tensor, out: torch.Tensor) -> bool:
 
 #: Which form runs the plain-matrix products by default. "auto": on a Hopper GPU with Gluon, the TMA kernel
 #: (autotuned) and each tile of the ordered warp-specialised kernel (:mod:`gemm_ws`, v7 in NOTES_gemm.md) are
-#: timed on the first call with a shape and the fastest is kept for it; elsewhere the TMA kernel.
-DEFAULT_FORM = "auto"
+#: timed on the first call with a shape and the fastest is kept for it; elsewhere the TMA kernel. The environment
+#: variable CONVFIRST_GEMM_FORM sets another default (e.g. "tma", which needs no timing at the first call).
+DEFAULT_FORM = os.environ.get("CONVFIRST_GEMM_FORM", "auto")
 FORMS = ("auto", "tma", "pointer", "gluon-ws")
 #: Per (M, N, K, act, residual, dtype, device): the (form, config) "auto" chose.
 AUTO_CHOICE: dict = {}
@@ -399,7 +402,7 @@ def launch_matmul(a, w_t, bias, act="none", residual=None, config=None, out=None
         out = torch.empty((m, n), device=a.device, dtype=a.dtype)
     form = DEFAULT_FORM if form is None else form
     if form not in FORMS:
-        raise KernelInputError(f"form={form!r}; expected one of {FORMS}")
+        raise KernelInputError(f"form={form!r} (argument or CONVFIRST_GEMM_FORM); expected one of {FORMS}")
     if form == "gluon-ws" and not gemm_ws.ws_available(a.device):
         raise KernelInputError("form='gluon-ws' needs Triton's Gluon and a Hopper (sm_90) GPU; "
                                f"got {a.device} with Gluon {'present' if gemm_ws.HAVE_GLUON else 'missing'}")

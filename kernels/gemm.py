@@ -15,7 +15,6 @@ adds the folded BatchNorm's bias, which cuDNN ran as a separate, non-vectorised 
 """
 from __future__ import annotations
 
-
 import functools
 import os
 

@@ -261,24 +261,28 @@ def tma_usable(a: torch.Tensor, w_t: torch.Tensor, out: torch.Tensor) -> bool:
     return all(t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in (a, w_t, out))
 
 
-#: Which form runs the plain-matrix products by default. "auto": on a Hopper GPU with Gluon, the TMA kernel
-#: (autotuned) and each tile of the ordered warp-specialised kernel (:mod:`gemm_ws`, v7 in NOTES_gemm.md) are
-#: timed on the first call with a shape and the fastest is kept for it; elsewhere the TMA kernel. The environment
-#: variable CONVFIRST_GEMM_FORM sets another default (e.g. "tma", which needs no timing at the first call).
+#: Which form runs the plain-matrix products by default. "auto": the TMA kernel (autotuned) when launched
+#: eagerly; inside a CUDA graph capture, on a Hopper GPU with Gluon, the faster on the GPU of the TMA kernel and the
+#: tiles of the ordered warp-specialised kernel (:mod:`gemm_ws`, v7 in NOTES_gemm.md), as timed at the shape's
+#: first eager call. The Gluon kernel's launch costs more host time than the TMA kernel's, which a model run
+#: eagerly pays on every call and a CUDA graph pays once. The environment variable CONVFIRST_GEMM_FORM sets
+#: another default ("tma", "gluon-ws" or "pointer").
 DEFAULT_FORM = os.environ.get("CONVFIRST_GEMM_FORM", "auto")
 FORMS = ("auto", "tma", "pointer", "gluon-ws")
-#: Per (M, N, K, act, residual, dtype, device): the (form, config) "auto" chose.
+#: Per (M, N, K, act, residual, dtype, device): the (form, config) that "auto" runs inside a CUDA graph.
 AUTO_CHOICE: dict = {}
 
 
 def _auto_form(a, w_t, bias, residual, out, m, n, k, act) -> tuple[str, dict | None]:
-    """The form (and Gluon tile) "auto" runs for this product: picked once per shape by timing each."""
+    """The form (and Gluon tile) "auto" runs for this product. The GPU-time choice is made once per shape, at
+    its first eager call (timing cannot run inside a capture), and used when the launch is being captured."""
     from . import gemm_ws
 
     if not autotuning() or not gemm_ws.ws_available(a.device):
         return "tma", None
     key = (m, n, k, act, residual is not None, a.dtype, a.device)
-    if key not in AUTO_CHOICE:
+    capturing = torch.cuda.is_current_stream_capturing()
+    if key not in AUTO_CHOICE and not capturing:
         candidates = {"tma": ("tma", None)}
         candidates.update({str(cf): ("gluon-ws", cf) for cf in gemm_ws.ws_configs(ordered=True)})
 
@@ -287,7 +291,7 @@ def _auto_form(a, w_t, bias, residual, out, m, n, k, act) -> tuple[str, dict | N
                 return lambda: _launch_tma(a, w_t, bias, residual, out, m, n, k, act, None)
             return lambda: gemm_ws.launch_ws(a, w_t, bias, residual, out, act, cf)
         AUTO_CHOICE[key] = candidates[pick_fastest({name: run(*fc) for name, fc in candidates.items()})]
-    return AUTO_CHOICE[key]
+    return AUTO_CHOICE.get(key, ("tma", None)) if capturing else ("tma", None)
 
 
 def _launch_tma(a, w_t, bias, residual, out, m, n, k, act, config):

@@ -93,11 +93,13 @@ def test_every_gemm_config_matches_reference(form, config):
 
 
 def test_auto_form_times_the_candidates_once_per_shape(monkeypatch):
-    """The default form: where the Gluon kernel can run, the TMA kernel and each ordered Gluon tile are timed on
-    the first call with a shape, the fastest is kept for that shape (not re-timed), and a shape of its own is
-    timed afresh; without autotuning, or without Gluon on a Hopper GPU, the TMA kernel runs untimed."""
+    """The default form: where the Gluon kernel can run, the TMA kernel and each ordered Gluon tile are timed at
+    a shape's first eager call, and the fastest is kept for that shape (not re-timed) and run inside CUDA graph
+    captures; eager calls run the TMA kernel (its launch costs less host time). A capture that meets a shape
+    never timed runs the TMA kernel; without autotuning, or without Gluon on a Hopper GPU, nothing is timed."""
     tiles = gemm_ws.ws_configs(ordered=True)
     timed = []
+    capturing = [False]
 
     def fake_pick(runs, timer=None):
         timed.append(sorted(runs))
@@ -105,14 +107,20 @@ def test_auto_form_times_the_candidates_once_per_shape(monkeypatch):
     monkeypatch.setattr(gemm, "pick_fastest", fake_pick)
     monkeypatch.setattr(gemm_ws, "ws_available", lambda device: True)
     monkeypatch.setattr(gemm, "autotuning", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
     a, w_t, bias, _ = _operands(64, 32, 48, torch.bfloat16, _gen())
     args = (a, w_t, bias, None, torch.empty(64, 48, dtype=a.dtype, device=DEVICE), 64, 48, 32, "silu")
     gemm.AUTO_CHOICE.clear()
     try:
-        assert gemm._auto_form(*args) == ("gluon-ws", tiles[1])
-        assert gemm._auto_form(*args) == ("gluon-ws", tiles[1])
-        assert timed == [sorted(["tma"] + [str(cf) for cf in tiles])]  # one timing of every candidate
-        gemm._auto_form(*args[:-1], "none")                               # another epilogue: another choice
+        assert gemm._auto_form(*args) == ("tma", None)                    # eager: timed, TMA runs
+        assert timed == [sorted(["tma"] + [str(cf) for cf in tiles])]    # one timing of every candidate
+        capturing[0] = True
+        assert gemm._auto_form(*args) == ("gluon-ws", tiles[1])          # captured: the fastest
+        assert len(timed) == 1
+        assert gemm._auto_form(*args[:-1], "none") == ("tma", None)      # a shape never timed, in a capture
+        assert len(timed) == 1
+        capturing[0] = False
+        gemm._auto_form(*args[:-1], "none")                               # another epilogue: another timing
         assert len(timed) == 2
         monkeypatch.setattr(gemm, "autotuning", lambda: False)
         assert gemm._auto_form(*args[:5], 128, 48, 32, "silu") == ("tma", None)

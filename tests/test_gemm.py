@@ -130,6 +130,31 @@ def test_auto_form_times_the_candidates_once_per_shape(monkeypatch):
 
 
 @pytest.mark.skipif(not WS_HERE, reason="the Gluon form runs only on a Hopper GPU")
+@pytest.mark.parametrize("act, with_res", [("silu", False), ("none", True)])
+def test_auto_form_in_a_cuda_graph_matches_reference(act, with_res):
+    """The default form as a model under CUDA graphs runs it: an eager call (which times the candidates), then a
+    captured call replayed on new inputs, against fp64; the captured launch runs the form chosen for the shape."""
+    m, k, n = 6000, 256, 1024
+    a, w_t, bias, res = _operands(m, k, n, torch.bfloat16, _gen())
+    res = res if with_res else None
+    out = torch.empty(m, n, device=DEVICE, dtype=a.dtype)
+    gemm.launch_matmul(a, w_t, bias, act, res, out=out, form="auto")  # eager: timing, then the TMA kernel
+    assert (m, n, k, act, with_res, a.dtype, a.device) in gemm.AUTO_CHOICE
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        gemm.launch_matmul(a, w_t, bias, act, res, out=out, form="auto")
+    fresh = _operands(m, k, n, torch.bfloat16, _gen())
+    a.copy_(fresh[0])
+    if res is not None:
+        res.copy_(fresh[3])
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    err = relative_error(out, gemm.matmul_reference(a, w_t, bias, act, res))
+    assert err < TOLERANCE["bfloat16"], f"{act} residual={with_res} ({gemm.AUTO_CHOICE}): rel err {err:.3g}"
+
+
+@pytest.mark.skipif(not WS_HERE, reason="the Gluon form runs only on a Hopper GPU")
 @pytest.mark.parametrize("config", gemm_ws.ws_configs(), ids=str)
 def test_gluon_gemm_walks_several_tiles_per_program(config):
     """Enough rows that each persistent program takes about ten tiles, some programs an odd number (so their two

@@ -19,9 +19,11 @@ The epilogue adds the bias, applies SiLU, adds the residual (copied by TMA into 
 while the products run) and stores through the same staging tile with a TMA store.
 
 Measured (H100, batch 256, ``NOTES_gemm.md`` v5): 2-7% faster than the TMA kernel on the expanding layers, 3-20%
-slower on the projecting ones, because a consumer warp group holds at most a 128 x 128 accumulator, whose L2
-traffic per FLOP is a third above the TMA kernel's 128 x 256 tile. So it is an opt-in form
-(``launch_matmul(..., form="gluon-ws")``); the models run the TMA kernel.
+slower on the projecting ones. The second kernel here, :func:`gemm_ws_ordered_kernel` (v7, configs with
+``ORDERED``), gives both consumers one four-stage ring filled by one loader warp and lets their main loops take
+turns: 5-24% faster than the TMA kernel on the expanding layers, 0-4% on the projecting ones. The models run it
+through the GEMM form ``auto`` inside CUDA graphs (:mod:`gemm`); ``launch_matmul(..., form="gluon-ws")`` runs
+either kernel with a given tile.
 
 Gluon (Triton's explicit-layout dialect) runs only on a GPU: the interpreter does not execute it. On the CPU
 the tests compile it for sm_90 (:mod:`compile_report`) and check its instructions; on the GPU they check its

@@ -379,7 +379,7 @@ products; kept as the opt-in form `gluon-ws`), `gluon-epilogue` (one 8-warp part
 handing each tile to a separate epilogue warp group; removed after this run) and `auto` (per shape, the faster
 of the TMA kernel and the Gluon tiles by a quick timing; also removed, since its choice did not always hold
 under the benchmark's conditions). The ping-pong kernel is 2-7% faster on the expanding layers and 3-20% slower
-on the projecting ones, so the models keep the TMA kernel (`kernels/NOTES_gemm.md`, v5). The reason given at
+on the projecting ones, so the models kept the TMA kernel (`kernels/NOTES_gemm.md`, v5) until v7 below. The reason given at
 the time, that a warp group holds at most a 128 x 128 accumulator, which reads a third more bytes from L2 per
 FLOP than a 128 x 256 tile, is put in doubt by the run below, where cutting the L2 reads changed nothing."""),
     new_markdown_cell("""A later, smaller run (commit 461bd98) tested why the 14 x 14 expanding layer runs well below the
@@ -420,7 +420,7 @@ The latest run (commit 0a6dc75) times the projecting layers the same way: ours w
 without it, cuBLAS's `mm` alone, and `addmm` followed by `add_` (`cublas`). The residual costs ours 10-15% of
 the 14 x 14 projecting layer, and without it ours still trails cuBLAS's `mm` by 7-9%. At 7 x 7, where ours
 loses to `addmm` + `add_` at 768 channels, the gap is the main loop itself. The counters of that run add the
-Gluon ping-pong kernel (`gemm-ws`, opt-in): its warp-specialised loop issues about half the instructions of
+Gluon ping-pong kernel (`gemm-ws`, v5): its warp-specialised loop issues about half the instructions of
 the TMA kernel, yet it is only a few per cent faster and keeps the tensor pipe hardly busier. cuBLAS's kernel
 (named `nvjet_sm90_tst_256x128_64x4_1x2_..._coopA` in the profile) differs in shape: 256 x 128 tiles, split
 between two consumer warp groups that work on the same tile, in clusters of two CTAs."""),
@@ -437,6 +437,28 @@ if len(mm):
     for r in mm.itertuples():
         print(f"{r.kernel_version:8s} {r.config[:40]:40s} {r.time_us:6.1f} us, {r.warp_instr_M:5.1f} M warp instructions, "
               f"tensor pipe {r.tensor_pipe_pct:.0f}%, DRAM {r.dram_pct:.0f}% of peak, issue active {r.issue_active_pct:.0f}%")'''),
+    new_markdown_cell("""**v7, the ordered ping-pong.** Those counters suggested that the Gluon kernel's warps wait: each of its
+two consumers has a ring of only two stages (two rings of four do not fit beside the staging tiles), so a copy
+is issued one product ahead, and both consumers run their main loops at once. v7 (`gemm_ws_ordered_kernel`)
+gives both consumers one four-stage ring, filled by one loader warp in the order the tiles are consumed, and
+lets their main loops take turns (a pair of mbarriers), so one consumer's products run alone while the other
+finishes its epilogue, as in the ping-pong matrix products of the Hopper libraries. The run below (commit
+9e29e27; all 614 checks passed, every tile checked at odd sizes with each epilogue) times it as
+`gluon-ws-ordered` beside the other forms at the 14 x 14 and 7 x 7 layers: 5-24% faster than the TMA kernel on
+the expanding layers and 0-4% on the projecting ones. At 384@14's expanding layer it comes within about 1% of
+cuBLAS's matmul alone (`cublas-mm` in the epilogue table above), with its bias and SiLU included. The models
+run it through the default form `auto`, which returns with a narrower rule than the `auto` above: the choice
+per shape is timed at its first eager call but used only inside CUDA graph captures, where a launch's host time
+is paid once; eager calls run the TMA kernel, whose launch costs less host time. Chapter 6 shows the models
+with and without it."""),
+    new_code_cell('''if data_path(f"gemm_{gpu}.csv").exists():
+    g = load_measurements(data_path(f"gemm_{gpu}.csv"))
+    v7 = g[(g["part"] == "gemm") & g["date"].isin(g.loc[g["impl"] == "gluon-ws-ordered", "date"])]
+    for (date, commit), run in v7.groupby(["date", "commit"]):
+        print(f"run of {date} at commit {commit}, batch 256, CUDA graphs, ms:")
+        t = run.pivot_table(index=["block", "C", "H", "layer"], columns="impl", values="ms")
+        t["ordered / tma"] = t["gluon-ws-ordered"] / t["triton-tma"]
+        display(t.round(4))'''),
     new_markdown_cell("""### The same kernels on a second GPU
 
 The H200 has the H100's Hopper SMs (132 of them, measured peak bf16 rate within a few per cent) but 1.4x its

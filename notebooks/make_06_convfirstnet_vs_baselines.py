@@ -256,7 +256,8 @@ products trail cuBLAS's: chapter 3 times the 1x1 layers with their epilogue besi
 bias, no epilogue; part `epilogue` of `data/gemm_<gpu>.csv`), and its counters show why (a third of the
 instructions, warp specialisation). The table below is an **estimate built from those measurements**, not a
 measurement: the time each model would save if the 1x1 layers of its unfused stages that were timed this way
-(the expanding and projecting layers of the 14 x 14 and 7 x 7 stages) ran in cuBLAS's matmul time with a free
+(the expanding and projecting layers of the 14 x 14 and 7 x 7 stages; ours = the faster of the TMA kernel and
+the ordered Gluon kernel below, as the models run them under CUDA graphs) ran in cuBLAS's matmul time with a free
 epilogue (blocks x the difference), set against the model's measured fused time and the time its throughput
 target needs. It says how far this one lever goes, and what it would take: cuBLAS's product alone, with the
 SiLU, bias and residual added at no cost, which neither cuBLAS (it has no SiLU epilogue; a separate pass costs
@@ -282,6 +283,27 @@ if data_path(f"gemm_{gpu}.csv").exists():
         print("no 1x1 layer of the models' unfused stages has epilogue rows recorded")
 else:
     print(f"no matrix-product comparison recorded for {gpu}")"""),
+    new_markdown_cell("""### The 1x1 layers on the ordered warp-specialised kernel
+
+The estimate above pointed at the matrix products of the unfused stages. Chapter 3 (and `kernels/NOTES_gemm.md`,
+v7) describes the kernel built for them: a Gluon kernel whose two consumer warp groups take turns on the tensor
+cores while one loader warp keeps a four-stage ring full. The models' default GEMM form (`auto`) runs it inside
+CUDA graphs where it was faster at the shape's first call, and the TMA kernel in eager calls, whose launches it
+undercuts in host time. The table compares ConvFirstNet-H and -T with the default form and with the TMA
+kernel alone, in one process per commit (`data/gemm_form_model_<gpu>.csv`; at commit 84d07c1 `auto` also ran
+the Gluon kernel eagerly, which on that host made the runs without CUDA graphs slower: what led to the eager
+rule). At 7187ddc the eager calls of both forms launch the same kernels, so their rows without graphs differ
+only by the host (at batch 1 the model is bound by host time, and the `auto` pass ran first in its process;
+the cause of its slower batch-1 rows was not isolated)."""),
+    new_code_cell("""path = data_path(f"gemm_form_model_{gpu}.csv")
+if path.exists():
+    ab = _load(path)
+    ab["cuda_graphs"] = ab["cuda_graphs"].astype(str).str.lower().isin(["true", "1"])
+    table = ab.pivot_table(index=["commit", "model", "batch", "cuda_graphs"], columns="gemm_form", values="ms")
+    table["auto / tma"] = table["auto"] / table["tma"]
+    display(table.round(3))
+else:
+    print(f"no A/B of the GEMM forms recorded for {gpu}")"""),
     new_markdown_cell("""## The same comparison on a second GPU
 
 The family plan was also run on an H200 (same Hopper SMs as the H100, 1.4x its memory bandwidth; chapter 3
@@ -303,10 +325,9 @@ else:
     new_markdown_cell("""## What this run measured, and what it did not
 
 The recorded run had about five minutes of GPU time, which cannot hold every model under every variant at
-every batch (the fused rows shown are from commit 48b410c, in four calls: every ConvFirstNet and MBConvNet member
-at batches 1 and 256, with ConvNeXt-T compiled at both batches from the first call, and ConvFirstNet-T and -H at
-batches 8-128; the last two calls, for MBConvNet-T, -P, -N and -S and for those batches, were made from a
-checkout of that commit after later ones; see the start of the chapter): `torch.compile` compiles each new batch size afresh (10-20 s each on the H100 machine), the
+every batch (the fused rows shown come from the anchor run and, for the cases it did not reach, from the latest
+run that measured them; the table after this paragraph counts the fused rows per commit, and the start of the
+chapter gives every row's run): `torch.compile` compiles each new batch size afresh (10-20 s each on the H100 machine), the
 fused kernels autotune their tile sizes for every new block shape and batch, and max-autotune benchmarks
 Triton templates for every conv and matmul shape, minutes per model. The run therefore goes in priority
 order: all batches for the comparison the chapter rests on, then every other model at batch 1 and 256, then
@@ -317,9 +338,12 @@ at batch 256 was measured by a separate call on the same machine right after the
 and enters the tables as a filled-in PyTorch row (a second attempt on a fresh machine, with no autotuning cache
 from earlier runs, had not finished after 200 s and was stopped). The other baselines were not timed under max-autotune: for
 EfficientNet-B0 its autotuning of the depthwise convolutions (Triton convolution templates at 40-240 ms per
-candidate) was still running after seven minutes and was stopped, with no row recorded. The table lists every planned case that is missing batches
+candidate) was still running after seven minutes and was stopped, with no row recorded. The second table lists every planned case that is missing batches
 in the shown rows: it was skipped when the time budget ran out, or failed (a failure is printed when the run
 happens)."""),
+    new_code_cell("""fused_rows = runs[runs["variant"].isin(bm.FUSED_VARIANTS)]
+display(fused_rows.groupby(["commit", "date"]).agg(models=("model", lambda m: ", ".join(sorted(set(m)))),
+                                                   rows=("ms", "size")).reset_index())"""),
     new_code_cell("""cases = bm.budget_plan(batches, max_autotune=max_autotune) if plan == "budget" else bm.full_plan(batches=batches)
 coverage = bm.plan_coverage(runs, cases)
 display(coverage[coverage["missing_batches"].map(len) > 0] if (coverage["missing_batches"].map(len) > 0).any()

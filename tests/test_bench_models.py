@@ -259,7 +259,9 @@ def test_matmul_headroom_adds_up_per_stage(synthetic_run):
                         row(768, 7, "triton-tma", 0.10), row(768, 7, "cublas-mm", 0.09),
                         row(256, 14, "triton-tma", 0.08), row(256, 14, "cublas-mm", 0.05),
                         row(256, 14, "triton-tma", 0.07, layer="project"), row(256, 14, "cublas-mm", 0.06, layer="project"),
-                        {**row(256, 14, "triton-tma", 0.01), "part": "gemm"}])            # another part: ignored
+                        {**row(256, 14, "triton-tma", 0.01), "part": "gemm"},            # another part: ignored
+                        {**row(256, 14, "gluon-ws-ordered", 0.065, layer="project"), "part": "gemm"},  # faster: used
+                        {**row(768, 7, "gluon-ws-ordered", 0.2), "part": "gemm"}])       # slower: not used
     head = bm.matmul_headroom(synthetic_run, epi)
     t = head[head["model"] == "convfirstnet_t"].set_index("C")
     assert list(t.index) == [384, 768] and list(t["blocks"]) == [9, 3]
@@ -269,8 +271,8 @@ def test_matmul_headroom_adds_up_per_stage(synthetic_run):
     assert t["target_ms"].iloc[0] == pytest.approx(16.0 / 2.5)
     h = head[head["model"] == "convfirstnet_h"].set_index("layer")
     assert list(h["C"]) == [256, 256] and h.loc["expand", "saving_ms"] == pytest.approx(11 * 0.03)
-    assert h.loc["project", "saving_ms"] == pytest.approx(11 * 0.01)
-    assert h["model_ms_with_saving"].iloc[0] == pytest.approx(4.0 - 11 * 0.04)
+    assert h.loc["project", "saving_ms"] == pytest.approx(11 * 0.005)  # ours = the ordered Gluon kernel's 0.065
+    assert h["model_ms_with_saving"].iloc[0] == pytest.approx(4.0 - 11 * 0.035)
     assert h["target_ms"].iloc[0] == pytest.approx(16.0 / 4.0)
 
 
@@ -301,7 +303,7 @@ def test_stage_breakdown_adds_up_for_the_control():
     assert bm.stage_breakdown("b300", bm.CONTROL_MODEL) is None
 
 
-def test_recorded_rows_takes_the_latest_complete_run_and_fills_pytorch_cases_from_other_runs():
+def test_recorded_rows_takes_the_latest_complete_run_and_fills_missing_cases_from_other_runs():
     def row(model, variant, batch, date, ms, commit="abc1234"):
         return {"model": model, "variant": variant, "batch": batch, "resolution": 224, "dtype": "bfloat16",
                 "cuda_graphs": False, "ms": ms, "date": date, "commit": commit}
@@ -309,20 +311,20 @@ def test_recorded_rows_takes_the_latest_complete_run_and_fills_pytorch_cases_fro
     old, new, later, latest = ("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", "2026-01-03T00:00:00Z",
                                "2026-01-04T00:00:00Z")
     df = pd.DataFrame([
-        row("convnext_tiny", "compile-default", 256, old, 16.0, "0ld0001"),   # superseded by the new run
+        row("convnext_tiny", "compile-default", 256, old, 16.0, "0ld0001"),   # superseded by the anchor
         row("convnext_tiny", "compile-default", 256, new, 15.0),
-        row("efficientnet_b0", "eager", 256, old, 13.0, "0ld0001"),          # not reached by the new run: kept
+        row("efficientnet_b0", "eager", 256, old, 13.0, "0ld0001"),          # not reached by the anchor: kept
         row("resnet50", "eager", 256, old, 20.0, "0ld0001+dirty"),  # from an uncommitted tree: not shown
-        row("convfirstnet_t", "fused", 256, old, 25.0, "0ld0001"),  # fused rows of other commits: dropped
-        row("convfirstnet_h", "fused", 256, old, 7.0, "0ld0001"),   # even where the new run lacks the case
+        row("convfirstnet_t", "fused", 256, old, 25.0, "0ld0001"),  # the anchor has this case: not shown
+        row("convfirstnet_t", "fused", 8, old, 2.0, "0ld0001"),     # a batch the anchor lacks: filled in
+        row("convfirstnet_h", "fused", 256, "2025-12-01T00:00:00Z", 8.0, "0ld0000"),  # a model the anchor
+        row("convfirstnet_h", "fused", 256, old, 7.0, "0ld0001"),   # did not reach: its latest run fills in
         row("convfirstnet_t", "fused", 256, new, 11.0),
-        row("convfirstnet_n", "fused", 1, old, 0.4),                # same commit as the anchor: fills in
-        row("convfirstnet_t", "fused", 256, old, 12.0),             # same commit, but the anchor has it
         row("convnext_tiny", "compile-max-autotune", 256, later, 14.5),  # a later PyTorch-only run fills in
         row("convnext_tiny", "compile-default", 256, later, 99.0, "abc1234+dirty"),  # dirty: never shown
         row("convfirstnet_t", "fused", 256, latest, 10.0, "def5678"),  # later, but without the reference: not
-    ])                                                                   # the anchor, other commit: not shown
-    got = bm.recorded_rows(df).set_index(["model", "variant"])["ms"].to_dict()
-    assert got == {("convnext_tiny", "compile-default"): 15.0, ("convfirstnet_t", "fused"): 11.0,
-                   ("efficientnet_b0", "eager"): 13.0, ("convnext_tiny", "compile-max-autotune"): 14.5,
-                   ("convfirstnet_n", "fused"): 0.4}
+    ])                                                                   # the anchor, and the anchor has it
+    got = bm.recorded_rows(df).set_index(["model", "variant", "batch"])["ms"].to_dict()
+    assert got == {("convnext_tiny", "compile-default", 256): 15.0, ("convfirstnet_t", "fused", 256): 11.0,
+                   ("efficientnet_b0", "eager", 256): 13.0, ("convnext_tiny", "compile-max-autotune", 256): 14.5,
+                   ("convfirstnet_t", "fused", 8): 2.0, ("convfirstnet_h", "fused", 256): 7.0}

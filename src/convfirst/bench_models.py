@@ -566,19 +566,19 @@ def latest_run(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def recorded_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows a chapter shows: the anchor run in full, plus other runs' PyTorch rows (eager and
-    torch.compile variants) for the cases the anchor run did not reach.
+    """The rows a chapter shows: the anchor run in full, plus, for every case the anchor run did not reach, the
+    most recent measurement of it from another run.
 
     The anchor is the most recent run that measured the comparison the targets rest on: fused rows and a
     torch.compile row of the reference model (else the most recent run with fused rows, else the most recent
     run), so that a later run that only re-times one model, say after a kernel change, does not become the
-    chapter's anchor on its own. Fused variants
-    are taken from the anchor, or from another run of the anchor's commit: what ``fused`` installs changes as
-    the kernels and the planner improve, so it is fixed by the commit. The PyTorch variants of another run on
-    the same GPU measure the same thing, so a later run that adds, say, one max-autotune case fills it in, and
-    where several runs have a case the most recent wins. Only runs made from a committed tree are used to fill
-    in (a ``commit`` without ``+dirty``), so every row shown can be traced to code in the repository. Every row
-    keeps its own ``date``, ``commit`` and ``peak_tflops`` (E uses the P of its own run).
+    chapter's anchor on its own, and the speed targets are read from one run. A case is a (model, variant,
+    batch, resolution, CUDA graphs) combination; a run that ran out of time, or a later run that adds, say, one
+    max-autotune case, leaves cases that other runs fill in, the most recent winning. For the fused variants
+    this means rows of other commits (what ``fused`` installs changes as the kernels and the planner improve),
+    so the chapters show each row's commit. Only runs made from a committed tree are used to fill in (a
+    ``commit`` without ``+dirty``), so every row shown can be traced to code in the repository. Every row keeps
+    its own ``date``, ``commit`` and ``peak_tflops`` (E uses the P of its own run).
     """
     is_fused = df["variant"].isin(FUSED_VARIANTS)
     is_ref = (df["model"] == REFERENCE_MODEL) & df["variant"].isin(["compile-default", "compile-max-autotune"])
@@ -586,8 +586,7 @@ def recorded_rows(df: pd.DataFrame) -> pd.DataFrame:
     anchor = latest_run(df[complete] if complete.any() else df[is_fused] if is_fused.any() else df)
     anchor = df[df["date"] == anchor["date"].iloc[0]].reset_index(drop=True)
     clean = ~df["commit"].astype(str).str.contains("dirty")
-    same_kernels = clean & (df["commit"].astype(str) == str(anchor["commit"].iloc[0]))
-    other = df[(df["date"] != anchor["date"].iloc[0]) & (~is_fused | same_kernels) & clean]
+    other = df[(df["date"] != anchor["date"].iloc[0]) & clean]
     other = other[other["date"] == other.groupby(list(KEY_COLUMNS))["date"].transform("max")]
     have = set(map(tuple, anchor[list(KEY_COLUMNS)].astype(str).values))
     missing = [tuple(r) not in have for r in other[list(KEY_COLUMNS)].astype(str).values]
@@ -755,9 +754,10 @@ def speed_targets(df: pd.DataFrame, batch: int = 256, reference: str = REFERENCE
 def matmul_headroom(df: pd.DataFrame, epilogue: pd.DataFrame, models: Sequence[str] = (CONTROL_MODEL, HALF_GMAC_MODEL),
                     batch: int = 256, reference: str = REFERENCE_MODEL) -> pd.DataFrame:
     """An estimate, from measured rows, of what the 1x1 layers of the unfused stages cost against cuBLAS: for
-    each stage of ``models`` and each layer (expand, project) timed in ``epilogue`` (``compare_gemm``'s part
-    ``epilogue``: ``triton-tma`` = ours with its epilogue, ``cublas-mm`` = the library's matmul alone, no bias,
-    no epilogue; the most recent row of each), blocks x (ours - cuBLAS's matmul). This is the time the model
+    each stage of ``models`` and each layer (expand, project) timed in ``epilogue`` (``compare_gemm``'s rows:
+    ours with its epilogue = the faster of ``triton-tma`` (part ``epilogue``) and ``gluon-ws-ordered`` (part
+    ``gemm``), the kernels the models run under CUDA graphs; ``cublas-mm`` = the library's matmul alone, no
+    bias, no epilogue (part ``epilogue``); the most recent row of each), blocks x (ours - cuBLAS's matmul). This is the time the model
     would save if those layers ran at cuBLAS's matmul time with a free epilogue, beside the model's best fused
     time in ``df`` and the time each speed target needs (``speed_targets``'s reference at ``batch``).
 
@@ -765,7 +765,11 @@ def matmul_headroom(df: pd.DataFrame, epilogue: pd.DataFrame, models: Sequence[s
     its rows) model_ms (measured), model_ms_with_saving (estimate) and target_ms (needed for its target)."""
     from .models import MODEL_SPECS, stage_resolutions
 
-    epi = epilogue[epilogue["part"] == "epilogue"] if "part" in epilogue else epilogue
+    if "part" in epilogue:
+        ordered = epilogue[(epilogue["part"] == "gemm") & (epilogue["impl"] == "gluon-ws-ordered")]
+        epi = pd.concat([epilogue[epilogue["part"] == "epilogue"], ordered])
+    else:
+        epi = epilogue
     if "silu_tanh" in epi:  # only the SiLU as shipped (hardware tanh in fp32)
         epi = epi[epi["silu_tanh"].isna() | (epi["silu_tanh"].astype(str).isin(["", "f32"]))]
     if "layer" not in epi:
@@ -781,12 +785,16 @@ def matmul_headroom(df: pd.DataFrame, epilogue: pd.DataFrame, models: Sequence[s
         per_model = []
         for stage, (width, depth, h) in enumerate(zip(spec.widths, spec.depths, stage_resolutions(224))):
             for layer in ("expand", "project"):
-                ours, lib = (spec.block, width, h, layer, "triton-tma"), (spec.block, width, h, layer, "cublas-mm")
-                if ours not in latest.index or lib not in latest.index:
+                lib = (spec.block, width, h, layer, "cublas-mm")
+                mine = [float(latest[key]) for key in ((spec.block, width, h, layer, impl)
+                                                       for impl in ("triton-tma", "gluon-ws-ordered"))
+                        if key in latest.index]
+                if not mine or lib not in latest.index:
                     continue
+                ours = min(mine)
                 per_model.append({"model": name, "stage": stage, "C": width, "H": h, "layer": layer, "blocks": depth,
-                                  "ours_ms": float(latest[ours]), "cublas_mm_ms": float(latest[lib]),
-                                  "saving_ms": depth * (float(latest[ours]) - float(latest[lib]))})
+                                  "ours_ms": ours, "cublas_mm_ms": float(latest[lib]),
+                                  "saving_ms": depth * (ours - float(latest[lib]))})
         saving = sum(r["saving_ms"] for r in per_model)
         for r in per_model:
             r.update(model_ms=model_ms, model_ms_with_saving=model_ms - saving, target_ms=target_ms)

@@ -290,9 +290,9 @@ v7) describes the kernel built for them: a Gluon kernel whose two consumer warp 
 cores while one loader warp keeps a four-stage ring full. The models' default GEMM form (`auto`) runs it inside
 CUDA graphs where it was faster at the shape's first call, and the TMA kernel in eager calls, whose launches it
 undercuts in host time. The table compares ConvFirstNet-H and -T with the default form and with the TMA
-kernel alone, in one process per commit (`data/gemm_form_model_<gpu>.csv`; at commit 84d07c1 `auto` also ran
-the Gluon kernel eagerly, which on that host made the runs without CUDA graphs slower: what led to the eager
-rule). At 7187ddc the eager calls of both forms launch the same kernels, so their rows without graphs differ
+kernel alone, in one process per commit (`data/gemm_form_model_<gpu>.csv`; at commit 84d07c1, as at the anchor
+run's commit 329e9ea, `auto` also ran the Gluon kernel eagerly, which on that host made the runs without CUDA
+graphs slower: what led to the eager rule). At 7187ddc the eager calls of both forms launch the same kernels, so their rows without graphs differ
 only by the host (at batch 1 the model is bound by host time, and the `auto` pass ran first in its process;
 the cause of its slower batch-1 rows was not isolated)."""),
     new_code_cell("""path = data_path(f"gemm_form_model_{gpu}.csv")

@@ -45,6 +45,20 @@ TIME_SHAPES = [BlockShape("convfirst", 64, 56, 56), BlockShape("convfirst", 96, 
 FORMS = ("sliced", "dense", "resident", "tma")
 
 
+def run_log(out: Path, name: str):
+    """Create ``out`` and return ``log(*parts)``: each line printed and appended to ``out / name`` at once (a
+    run cut by its time limit keeps what it logged)."""
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = open(out / name, "a")
+
+    def log(*parts):
+        text = " ".join(str(x) for x in parts)
+        print(text, flush=True)
+        log_file.write(text + "\n")
+        log_file.flush()
+    return log
+
+
 def form_of(config: dict) -> str:
     if "TILE_H" in config:
         return "tma"
@@ -134,15 +148,8 @@ def main() -> int:
             h, w = hw.split("x")
             time_shapes.append(BlockShape("convfirst", int(c), int(h), int(w)))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    log_file = open(out / "compare_log.txt", "a")
-
-    def log(*a):
-        text = " ".join(str(x) for x in a)
-        print(text, flush=True)
-        log_file.write(text + "\n")
-        log_file.flush()
+    log = run_log(out, "compare_log.txt")
 
     # 1. correctness, fixed configs
     checks = []

@@ -31,6 +31,7 @@ from convfirst.timing import bench_ms, l2_rotation_count
 
 from . import gconv
 from ._common import LAST_COMPILED, launch_kwargs, packed_taps_rows
+from .compare_forms import run_log
 
 #: (C, H, W, batch): odd sizes, batch 1, and each stage's width at its own resolution.
 CHECK_SHAPES = ((96, 13, 11, 2), (40, 7, 9, 1), (256, 14, 14, 3), (768, 7, 7, 2), (64, 56, 56, 1),
@@ -59,15 +60,8 @@ def main() -> int:
     ap.add_argument("--limit-s", type=float, default=420.0, help="stop timing configs after this many seconds")
     args = ap.parse_args()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    log_file = open(out / "compare_gconv_log.txt", "a")
-
-    def log(*a):
-        text = " ".join(str(x) for x in a)
-        print(text, flush=True)
-        log_file.write(text + "\n")
-        log_file.flush()
+    log = run_log(out, "compare_gconv_log.txt")
 
     # 1. correctness: every candidate config at the check shapes
     checks = []

@@ -78,16 +78,15 @@ if HAVE_GLUON:
         return pid_m * BLOCK_M, pid_n * BLOCK_N
 
     @gluon.jit
-    def _loader(a_desc, w_desc, a_bufs, w_bufs, ready, empty, M, N, K, GROUP_M: gl.constexpr,
-                WHICH: gl.constexpr):
-        """One warp: the TMA copies of consumer WHICH's A and W steps, STAGES ahead of its products."""
+    def _fill_ring(a_desc, w_desc, a_bufs, w_bufs, ready, empty, M, N, K, GROUP_M: gl.constexpr, first, stride):
+        """One warp: the TMA copies of the A and W steps of tiles first, first + stride, ... into a ring of
+        STAGES buffers, STAGES steps ahead of the products that consume them."""
         BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = w_desc.block_type.shape[1]
         STAGES: gl.constexpr = a_bufs.type.shape[0]
         nbytes: gl.constexpr = a_desc.block_type.nbytes + w_desc.block_type.nbytes
         step = 0
-        for tile in range(2 * gl.program_id(0) + WHICH, gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N),
-                          2 * gl.num_programs(0)):
+        for tile in range(first, gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N), stride):
             off_m, off_n = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
             for k in range(0, K, a_desc.block_type.shape[1]):
                 s = step % STAGES
@@ -100,6 +99,56 @@ if HAVE_GLUON:
                 step += 1
 
     @gluon.jit
+    def _loader(a_desc, w_desc, a_bufs, w_bufs, ready, empty, M, N, K, GROUP_M: gl.constexpr,
+                WHICH: gl.constexpr):
+        """One warp: the copies of consumer WHICH's tiles into its own ring."""
+        _fill_ring(a_desc, w_desc, a_bufs, w_bufs, ready, empty, M, N, K, GROUP_M,
+                   2 * gl.program_id(0) + WHICH, 2 * gl.num_programs(0))
+
+    @gluon.jit
+    def _tile_products(a_bufs, w_bufs, ready, empty, step, K, acc_layout: gl.constexpr):
+        """The wgmma products of one tile's K steps, read from ring steps ``step``, ``step + 1``, ...; each stage
+        goes back to the loader (``empty``) as soon as its product is done. Returns the fp32 accumulator and the
+        next step."""
+        BLOCK_M: gl.constexpr = a_bufs.type.shape[1]
+        BLOCK_K: gl.constexpr = a_bufs.type.shape[2]
+        BLOCK_N: gl.constexpr = w_bufs.type.shape[2]
+        STAGES: gl.constexpr = a_bufs.type.shape[0]
+        acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
+        prev = 0
+        for k in range(0, K, BLOCK_K):
+            s = step % STAGES
+            mbarrier.wait(ready.index(s), (step // STAGES) & 1)
+            a_s = a_bufs.index(s)
+            w_s = w_bufs.index(s)
+            acc = warpgroup_mma(a_s, w_s, acc, is_async=True)
+            # keep one product in flight; the one before it is done, so its stage goes back to the loader
+            acc = warpgroup_mma_wait(1, deps=[acc, a_s, w_s])[0]
+            mbarrier.arrive(empty.index(prev), count=1, pred=k > 0)
+            prev = s
+            step += 1
+        acc = warpgroup_mma_wait(0, deps=[acc])
+        mbarrier.arrive(empty.index(prev), count=1)
+        return acc, step
+
+    @gluon.jit
+    def _tile_epilogue(acc, off_m, off_n, N, bias_ptr, c_buf, res_bar, out_desc, count, ACT_SILU: gl.constexpr,
+                       HAS_RES: gl.constexpr, acc_layout: gl.constexpr):
+        """+ bias, [SiLU], [+ the residual tile copied into ``c_buf``], then the tile through ``c_buf`` by TMA."""
+        BLOCK_N: gl.constexpr = out_desc.block_type.shape[1]
+        cols = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, acc_layout))
+        bias = gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
+        acc = acc + gl.expand_dims(bias, 0)
+        if ACT_SILU:
+            acc = _silu(acc)
+        if HAS_RES:
+            mbarrier.wait(res_bar, count & 1)
+            acc = acc + c_buf.load(acc_layout).to(gl.float32)
+        c_buf.store(acc.to(out_desc.dtype))
+        fence_async_shared()
+        tma.async_copy_shared_to_global(out_desc, [off_m, off_n], c_buf)
+
+    @gluon.jit
     def _consumer(descs, ring, sizes, flags, WHICH: gl.constexpr):
         """One warp group: the products of its tiles on the tensor cores, then the fused epilogue and the store."""
         a_desc, w_desc, res_desc, out_desc, bias_ptr = descs
@@ -107,12 +156,9 @@ if HAVE_GLUON:
         M, N, K = sizes
         ACT_SILU, HAS_RES, GROUP_M = flags
         BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
-        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
         BLOCK_N: gl.constexpr = w_desc.block_type.shape[1]
-        STAGES: gl.constexpr = a_bufs.type.shape[0]
         acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                              instr_shape=[16, BLOCK_N, 16])
-        col_layout: gl.constexpr = gl.SliceLayout(0, acc_layout)
         num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
         step = 0
         count = 0
@@ -122,33 +168,9 @@ if HAVE_GLUON:
             if HAS_RES:
                 mbarrier.expect(res_bar, res_desc.block_type.nbytes)
                 tma.async_copy_global_to_shared(res_desc, [off_m, off_n], res_bar, c_buf)
-            acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
-            prev = 0
-            for k in range(0, K, BLOCK_K):
-                s = step % STAGES
-                mbarrier.wait(ready.index(s), (step // STAGES) & 1)
-                a_s = a_bufs.index(s)
-                w_s = w_bufs.index(s)
-                acc = warpgroup_mma(a_s, w_s, acc, is_async=True)
-                # keep one product in flight; the one before it is done, so its stage goes back to the loader
-                acc = warpgroup_mma_wait(1, deps=[acc, a_s, w_s])[0]
-                mbarrier.arrive(empty.index(prev), count=1, pred=k > 0)
-                prev = s
-                step += 1
-            acc = warpgroup_mma_wait(0, deps=[acc])
-            mbarrier.arrive(empty.index(prev), count=1)
-
-            cols = off_n + gl.arange(0, BLOCK_N, layout=col_layout)
-            bias = gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
-            acc = acc + gl.expand_dims(bias, 0)
-            if ACT_SILU:
-                acc = _silu(acc)
-            if HAS_RES:
-                mbarrier.wait(res_bar, count & 1)
-                acc = acc + c_buf.load(acc_layout).to(gl.float32)
-            c_buf.store(acc.to(out_desc.dtype))
-            fence_async_shared()
-            tma.async_copy_shared_to_global(out_desc, [off_m, off_n], c_buf)
+            acc, step = _tile_products(a_bufs, w_bufs, ready, empty, step, K, acc_layout)
+            _tile_epilogue(acc, off_m, off_n, N, bias_ptr, c_buf, res_bar, out_desc, count, ACT_SILU, HAS_RES,
+                           acc_layout)
             count += 1
         tma.store_wait(0)
 
@@ -185,23 +207,10 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _ordered_loader(a_desc, w_desc, a_bufs, w_bufs, ready, empty, M, N, K, GROUP_M: gl.constexpr):
-        """One warp: the TMA copies of every tile of this program, in the order the consumers take them, into
-        the one ring both consumers read (STAGES steps ahead of the products)."""
-        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
-        BLOCK_N: gl.constexpr = w_desc.block_type.shape[1]
-        STAGES: gl.constexpr = a_bufs.type.shape[0]
-        nbytes: gl.constexpr = a_desc.block_type.nbytes + w_desc.block_type.nbytes
-        step = 0
-        for tile in range(gl.program_id(0), gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N), gl.num_programs(0)):
-            off_m, off_n = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-            for k in range(0, K, a_desc.block_type.shape[1]):
-                s = step % STAGES
-                mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)
-                bar = ready.index(s)
-                mbarrier.expect(bar, nbytes)
-                tma.async_copy_global_to_shared(a_desc, [off_m, k], bar, a_bufs.index(s))
-                tma.async_copy_global_to_shared(w_desc, [k, off_n], bar, w_bufs.index(s))
-                step += 1
+        """One warp: the copies of every tile of this program, in the order the consumers take them, into the one
+        ring both consumers read."""
+        _fill_ring(a_desc, w_desc, a_bufs, w_bufs, ready, empty, M, N, K, GROUP_M, gl.program_id(0),
+                   gl.num_programs(0))
 
     @gluon.jit
     def _ordered_consumer(descs, ring, order, sizes, flags, WHICH: gl.constexpr):
@@ -215,49 +224,23 @@ if HAVE_GLUON:
         BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
         BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
         BLOCK_N: gl.constexpr = w_desc.block_type.shape[1]
-        STAGES: gl.constexpr = a_bufs.type.shape[0]
         acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                              instr_shape=[16, BLOCK_N, 16])
-        col_layout: gl.constexpr = gl.SliceLayout(0, acc_layout)
         num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
         k_steps = gl.cdiv(K, BLOCK_K)
         count = 0
         for tile in range(gl.program_id(0) + WHICH * gl.num_programs(0), num_tiles, 2 * gl.num_programs(0)):
             off_m, off_n = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-            step = (2 * count + WHICH) * k_steps  # this tile's first step in the ring's order
             tma.store_wait(0)  # the staging tile's previous store has left before it is refilled
             if HAS_RES:
                 mbarrier.expect(res_bar, res_desc.block_type.nbytes)
                 tma.async_copy_global_to_shared(res_desc, [off_m, off_n], res_bar, c_buf)
             # consumer 0's first wait passes on the fresh barrier; after that each waits for the other's arrival
             mbarrier.wait(order.index(WHICH), (count & 1) ^ (1 - WHICH))
-            acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
-            prev = 0
-            for k in range(0, K, BLOCK_K):
-                s = step % STAGES
-                mbarrier.wait(ready.index(s), (step // STAGES) & 1)
-                a_s = a_bufs.index(s)
-                w_s = w_bufs.index(s)
-                acc = warpgroup_mma(a_s, w_s, acc, is_async=True)
-                acc = warpgroup_mma_wait(1, deps=[acc, a_s, w_s])[0]
-                mbarrier.arrive(empty.index(prev), count=1, pred=k > 0)
-                prev = s
-                step += 1
-            acc = warpgroup_mma_wait(0, deps=[acc])
-            mbarrier.arrive(empty.index(prev), count=1)
+            acc, step = _tile_products(a_bufs, w_bufs, ready, empty, (2 * count + WHICH) * k_steps, K, acc_layout)
             mbarrier.arrive(order.index(1 - WHICH), count=1)  # the other consumer's main loop may start
-
-            cols = off_n + gl.arange(0, BLOCK_N, layout=col_layout)
-            bias = gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
-            acc = acc + gl.expand_dims(bias, 0)
-            if ACT_SILU:
-                acc = _silu(acc)
-            if HAS_RES:
-                mbarrier.wait(res_bar, count & 1)
-                acc = acc + c_buf.load(acc_layout).to(gl.float32)
-            c_buf.store(acc.to(out_desc.dtype))
-            fence_async_shared()
-            tma.async_copy_shared_to_global(out_desc, [off_m, off_n], c_buf)
+            _tile_epilogue(acc, off_m, off_n, N, bias_ptr, c_buf, res_bar, out_desc, count, ACT_SILU, HAS_RES,
+                           acc_layout)
             count += 1
         tma.store_wait(0)
 

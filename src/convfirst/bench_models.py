@@ -757,9 +757,10 @@ def matmul_headroom(df: pd.DataFrame, epilogue: pd.DataFrame, models: Sequence[s
     each stage of ``models`` and each layer (expand, project) timed in ``epilogue`` (``compare_gemm``'s rows:
     ours with its epilogue = the faster of ``triton-tma`` (part ``epilogue``) and ``gluon-ws-ordered`` (part
     ``gemm``), the kernels the models run under CUDA graphs; ``cublas-mm`` = the library's matmul alone, no
-    bias, no epilogue (part ``epilogue``); the most recent row of each), blocks x (ours - cuBLAS's matmul). This is the time the model
-    would save if those layers ran at cuBLAS's matmul time with a free epilogue, beside the model's best fused
-    time in ``df`` and the time each speed target needs (``speed_targets``'s reference at ``batch``).
+    bias, no epilogue (part ``epilogue``); the most recent row of each), blocks x (ours - cuBLAS's matmul).
+    This is the time the model would save if those layers ran at cuBLAS's matmul time with a free epilogue,
+    beside the model's best fused time in ``df`` and the time each speed target needs (``speed_targets``'s
+    reference at ``batch``).
 
     Columns: model, stage, C, H, layer, blocks, ours_ms, cublas_mm_ms, saving_ms, then per model (repeated on
     its rows) model_ms (measured), model_ms_with_saving (estimate) and target_ms (needed for its target)."""

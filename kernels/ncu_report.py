@@ -29,7 +29,7 @@ from pathlib import Path
 SECTIONS = ("SpeedOfLight", "MemoryWorkloadAnalysis", "Occupancy", "LaunchStats", "WarpStateStats",
             "ComputeWorkloadAnalysis", "SchedulerStats", "InstructionStats")
 KERNEL_NAMES = {"convfirst": "convfirst_(block|resident|tma)_kernel", "mbconv": "mbconv_block_kernel",
-                "gconv": "grouped3x3_kernel", "gemm": "gemm_(tma|epilogue)_kernel", "gemm-ws": "gemm_ws_kernel",
+                "gconv": "grouped3x3_kernel", "gemm": "gemm_(tma|epilogue)_kernel", "gemm-ws": "gemm_ws(_ordered)?_kernel",
                 "cublas": "nvjet|gemm|xmma"}
 #: Keys of a case's config that choose the layer of a ``gemm``/``cublas`` case rather than a tile.
 GEMM_KEYS = ("PROJECT", "ACT")
@@ -49,8 +49,8 @@ def parse_config(text: str) -> dict:
     out = {}
     for item in filter(None, text.split(",")):
         key, value = item.split("=")
-        out[key] = bool(int(value)) if key in ("UNROLL_TAPS", "DENSE_GCONV", "JOINT_TAPS", "PERSISTENT") + GEMM_KEYS \
-            else int(value)
+        out[key] = bool(int(value)) if key in ("UNROLL_TAPS", "DENSE_GCONV", "JOINT_TAPS", "PERSISTENT", "ORDERED") \
+            + GEMM_KEYS else int(value)
     return out
 
 
@@ -58,7 +58,7 @@ def launch_gemm(block: str, shape_text: str, batch: int, config: dict, launches:
     """A 1x1 layer of a ConvFirst block as a matrix product: ``gemm`` = our TMA kernel with its epilogue
     (``ACT=1``: the expanding layer's SiLU; ``PROJECT=1``: the projecting layer, + residual), ``gemm-ws`` = the
     warp-specialised Gluon kernel with the same epilogue (its tile from the config: BLOCK_M, BLOCK_N, BLOCK_K,
-    STAGES, GROUP_M), ``cublas`` = ``torch.mm`` alone (no bias, no epilogue: the library's matmul as the
+    STAGES, GROUP_M; ``ORDERED=1`` for the ordered ping-pong kernel), ``cublas`` = ``torch.mm`` alone (no bias, no epilogue: the library's matmul as the
     reference point)."""
     import math
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -165,6 +166,9 @@ def test_ncu_raw_page_parsing_and_counter_table():
     assert ncu_report.parse_config("ACT=0,PROJECT=1,PERSISTENT=1,BLOCK_N=128") == {
         "ACT": False, "PROJECT": True, "PERSISTENT": True, "BLOCK_N": 128}
     assert set(ncu_report.KERNEL_NAMES) >= {"gemm", "gemm-ws", "cublas"}
+    assert all(re.search(ncu_report.KERNEL_NAMES["gemm-ws"], name)  # both Gluon kernels are found by the profiler
+               for name in ("gemm_ws_kernel", "gemm_ws_ordered_kernel"))
+    assert ncu_report.parse_config("ORDERED=1,STAGES=4")["ORDERED"] is True
 
 
 def test_recorded_ncu_counters_show_v2_and_v4():

@@ -1,0 +1,345 @@
+"""The two 1x1 layers of a ConvFirst block as one warp-specialised Hopper kernel (Gluon):
+``out = silu(y @ We + b_e) @ Wp + b_p + residual``, the E*C-wide hidden activation kept on chip.
+
+Why: in the blocks the fused ConvFirst kernel does not take (14x14 and 7x7 stages, ``NOTES_convfirst.md``) the
+unfused sequence writes the hidden activation (E*C = 4C channels) to DRAM and reads it back: at 256@14 and
+batch 256 that is 206 MB per block, about 0.07 ms at the measured DRAM bandwidth, while the two products take
+0.071 ms at the measured bf16 peak. This kernel runs the grouped conv's output ``y`` through both products in
+one pass (the structure of a fused attention kernel, with SiLU in place of the softmax and no rescaling).
+
+One program per SM walks row tiles of 128 pixels; its two consumer warp groups take 64 rows each::
+
+    for each chunk j of BH hidden channels:          (loader: TMA copies of We[:, j] and Wp[j, :] into a ring)
+        S = y_rows @ We[:, j]                         wgmma, y_rows [64, C] from shared memory, S in registers
+        P = silu(S + b_e[j])  -> bf16, in registers   (the A operand of the next product, never stored)
+        O += P @ Wp[j, :]                             wgmma, O [64, C] fp32 in registers
+    out_rows = O + b_p + residual_rows                 stored from registers
+
+The block's input rows are copied once per tile (``y``, C/64 pieces of [64, 64]); both consumers read the same
+weight chunk from the ring, which goes back to the loader when both have finished with it. The O accumulator
+of a consumer holds 64 x C fp32 values (C / 2 registers per thread), so C <= 256 (:func:`pair_supported`).
+While one consumer computes its SiLU the other's products run; the next chunk's first product is issued only
+after the previous chunk's second one, both in one wgmma queue.
+
+Gluon runs only on a GPU (see :mod:`gemm_ws`): on the CPU the tests compile it for sm_90 and read its PTX, and
+the GPU tests check its values against fp64. ``NOTES_gemm.md`` ("the pair kernel") has its floor and times.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+
+from .gemm_ws import HAVE_GLUON, _cached_layout
+
+if HAVE_GLUON:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
+                                                                   warpgroup_mma, warpgroup_mma_wait)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+
+    from .gemm_ws import _silu
+
+#: Rows per consumer warp group (one wgmma M), and rows per program tile (two consumers).
+ROWS_PER_CONSUMER = 64
+TILE_ROWS = 2 * ROWS_PER_CONSUMER
+#: Width of one TMA piece of the input rows and of the expanding weight (128 bytes in bf16: one swizzle row).
+PIECE = 64
+#: Candidate (BH, STAGES): hidden channels per chunk and chunks in the weight ring. A consumer releases chunk j's
+#: stage only after chunk j + 1's first product (that wait also covers chunk j's second product), so the ring
+#: needs at least two stages.
+PAIR_CONFIGS = ((64, 2), (32, 4))
+
+
+if HAVE_GLUON:
+    @gluon.jit
+    def _pair_loader(y_desc, we_desc, wp_desc, y_bufs, we_bufs, wp_bufs, y_ready, y_empty, w_ready, w_empty, M,
+                     HIDDEN: gl.constexpr):
+        """One warp: per row tile, both consumers' input rows (when their previous rows are released), then every
+        chunk's expanding and projecting weights into the ring, STAGES chunks ahead of the products."""
+        ROWS: gl.constexpr = y_desc.block_type.shape[0]
+        KC: gl.constexpr = y_bufs.type.shape[0] // 2
+        BH: gl.constexpr = wp_desc.block_type.shape[0]
+        STAGES: gl.constexpr = wp_bufs.type.shape[0]
+        y_bytes: gl.constexpr = KC * y_desc.block_type.nbytes
+        w_bytes: gl.constexpr = KC * we_desc.block_type.nbytes + wp_desc.block_type.nbytes
+        PIECE: gl.constexpr = y_desc.block_type.shape[1]
+        n_tiles = gl.cdiv(M, 2 * ROWS)
+        chunk = 0
+        count = 0
+        for tile in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+            for c in gl.static_range(2):
+                mbarrier.wait(y_empty.index(c), (count & 1) ^ 1)  # a fresh barrier passes the first wait
+                mbarrier.expect(y_ready.index(c), y_bytes)
+                for kc in gl.static_range(KC):
+                    tma.async_copy_global_to_shared(y_desc, [tile * 2 * ROWS + c * ROWS, kc * PIECE],
+                                                    y_ready.index(c), y_bufs.index(c * KC + kc))
+            for j in range(0, HIDDEN, BH):
+                s = chunk % STAGES
+                mbarrier.wait(w_empty.index(s), ((chunk // STAGES) & 1) ^ 1)
+                bar = w_ready.index(s)
+                mbarrier.expect(bar, w_bytes)
+                for kc in gl.static_range(KC):
+                    tma.async_copy_global_to_shared(we_desc, [kc * PIECE, j], bar, we_bufs.index(s * KC + kc))
+                tma.async_copy_global_to_shared(wp_desc, [j, 0], bar, wp_bufs.index(s))
+                chunk += 1
+            count += 1
+
+    @gluon.jit
+    def _pair_consumer(bufs, bars, ptrs, M, HIDDEN: gl.constexpr, C: gl.constexpr, WHICH: gl.constexpr):
+        """One warp group: 64 rows of each of its program's tiles through both products and the epilogue."""
+        y_bufs, we_bufs, wp_bufs = bufs
+        y_ready, y_empty, w_ready, w_empty = bars
+        b_e_ptr, b_p_ptr, res_ptr, out_ptr = ptrs
+        ROWS: gl.constexpr = y_bufs.type.shape[1]
+        KC: gl.constexpr = y_bufs.type.shape[0] // 2
+        BH: gl.constexpr = wp_bufs.type.shape[1]
+        STAGES: gl.constexpr = wp_bufs.type.shape[0]
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, BH, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, C, 16])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        n_tiles = gl.cdiv(M, 2 * ROWS)
+        chunk = 0
+        count = 0
+        for tile in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+            mbarrier.wait(y_ready.index(WHICH), count & 1)
+            o = gl.zeros([ROWS, C], gl.float32, o_layout)
+            prev = 0
+            # p, the A operand of the chunk's second product, is read from registers while that product runs: it
+            # stays live (a dependency of the next wait) until the product is known to be done
+            p = gl.zeros([ROWS, BH], y_bufs.dtype, p_layout)
+            for j in range(0, HIDDEN, BH):
+                s = chunk % STAGES
+                # the chunk's bias is read before the products are issued: its load latency hides behind them
+                b_e = gl.load(b_e_ptr + j + gl.arange(0, BH, layout=gl.SliceLayout(0, s_layout))).to(gl.float32)
+                mbarrier.wait(w_ready.index(s), (chunk // STAGES) & 1)
+                acc = gl.zeros([ROWS, BH], gl.float32, s_layout)
+                for kc in gl.static_range(KC):
+                    acc = warpgroup_mma(y_bufs.index(WHICH * KC + kc), we_bufs.index(s * KC + kc), acc,
+                                        is_async=True)
+                # waits for this chunk's first product and for the previous chunk's second one
+                acc, o, p = warpgroup_mma_wait(0, deps=[acc, o, p])
+                mbarrier.arrive(w_empty.index(prev), count=1, pred=j > 0)  # the previous chunk's ring stage
+                mbarrier.arrive(y_empty.index(WHICH), count=1, pred=j + BH >= HIDDEN)  # rows read for the last time
+                p = _silu(acc + gl.expand_dims(b_e, 0)).to(y_bufs.dtype)
+                p = gl.convert_layout(p, p_layout)
+                o = warpgroup_mma(p, wp_bufs.index(s), o, is_async=True)
+                o = warpgroup_mma_wait(1, deps=[o])  # leave the product in flight
+                prev = s
+                chunk += 1
+            o, p = warpgroup_mma_wait(0, deps=[o, p])
+            mbarrier.arrive(w_empty.index(prev), count=1)
+            # the epilogue's indices and bias are built here, not kept live through the main loop (64 registers)
+            cols = gl.arange(0, C, layout=gl.SliceLayout(0, o_layout))
+            r = tile * 2 * ROWS + WHICH * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, o_layout))
+            b_p = gl.expand_dims(gl.load(b_p_ptr + cols).to(gl.float32), 0)
+            offs = gl.expand_dims(r, 1) * C + gl.expand_dims(cols, 0)
+            mask = gl.expand_dims(r < M, 1)
+            res = gl.load(res_ptr + offs, mask=mask, other=0.0).to(gl.float32)
+            gl.store(out_ptr + offs, (o + b_p + res).to(out_ptr.dtype.element_ty), mask=mask)
+            count += 1
+
+    @gluon.jit
+    def pair_ws_kernel(y_desc, we_desc, wp_desc, b_e_ptr, b_p_ptr, res_ptr, out_ptr, M, C: gl.constexpr,
+                       HIDDEN: gl.constexpr, STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+        """Persistent ``silu(y @ We + b_e) @ Wp + b_p + residual`` over row tiles of 128; launch with
+        num_warps=4 (consumer 0), one more warp group (consumer 1) and one loader warp."""
+        KC: gl.constexpr = C // y_desc.block_type.shape[1]
+        y_bufs = gl.allocate_shared_memory(y_desc.dtype, [2 * KC] + y_desc.block_type.shape, y_desc.layout)
+        we_bufs = gl.allocate_shared_memory(we_desc.dtype, [STAGES * KC] + we_desc.block_type.shape,
+                                            we_desc.layout)
+        wp_bufs = gl.allocate_shared_memory(wp_desc.dtype, [STAGES] + wp_desc.block_type.shape, wp_desc.layout)
+        y_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        y_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        w_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        w_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(2):
+            mbarrier.init(y_ready.index(i), count=1)
+            mbarrier.init(y_empty.index(i), count=1)
+        for i in gl.static_range(STAGES):
+            mbarrier.init(w_ready.index(i), count=1)
+            mbarrier.init(w_empty.index(i), count=2)  # both consumers read every chunk
+        fence_async_shared()
+        bufs = (y_bufs, we_bufs, wp_bufs)
+        bars = (y_ready, y_empty, w_ready, w_empty)
+        ptrs = (b_e_ptr, b_p_ptr, res_ptr, out_ptr)
+        gl.warp_specialize([(_pair_consumer, (bufs, bars, ptrs, M, HIDDEN, C, 0)),
+                            (_pair_consumer, (bufs, bars, ptrs, M, HIDDEN, C, 1)),
+                            (_pair_loader, (y_desc, we_desc, wp_desc, y_bufs, we_bufs, wp_bufs, y_ready, y_empty,
+                                            w_ready, w_empty, M, HIDDEN))],
+                           [4, 1], [CONSUMER_REGS, 24])
+
+
+    @gluon.jit
+    def _rows_loader(y_desc, we_desc, wp_desc, y_bufs, we_bufs, wp_bufs, y_ready, y_empty, w_ready, w_empty, M,
+                     HIDDEN: gl.constexpr):
+        """One warp: per row tile, both consumers' [64, C] input rows (each when its consumer has read the previous
+        ones into registers), then every chunk's weights, We[:, j] as one [C, BH] copy and Wp[j, :] as one
+        [BH, C] copy, into the ring, STAGES chunks ahead."""
+        ROWS: gl.constexpr = y_desc.block_type.shape[0]
+        BH: gl.constexpr = wp_desc.block_type.shape[0]
+        STAGES: gl.constexpr = wp_bufs.type.shape[0]
+        w_bytes: gl.constexpr = we_desc.block_type.nbytes + wp_desc.block_type.nbytes
+        n_tiles = gl.cdiv(M, 2 * ROWS)
+        chunk = 0
+        count = 0
+        for tile in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+            for c in gl.static_range(2):
+                mbarrier.wait(y_empty.index(c), (count & 1) ^ 1)
+                mbarrier.expect(y_ready.index(c), y_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(y_desc, [tile * 2 * ROWS + c * ROWS, 0], y_ready.index(c),
+                                                y_bufs.index(c))
+            for j in range(0, HIDDEN, BH):
+                s = chunk % STAGES
+                mbarrier.wait(w_empty.index(s), ((chunk // STAGES) & 1) ^ 1)
+                bar = w_ready.index(s)
+                mbarrier.expect(bar, w_bytes)
+                tma.async_copy_global_to_shared(we_desc, [0, j], bar, we_bufs.index(s))
+                tma.async_copy_global_to_shared(wp_desc, [j, 0], bar, wp_bufs.index(s))
+                chunk += 1
+            count += 1
+
+    @gluon.jit
+    def _rows_consumer(bufs, bars, ptrs, M, HIDDEN: gl.constexpr, C: gl.constexpr, WHICH: gl.constexpr):
+        """As :func:`_pair_consumer`, with the 64 input rows read once per tile into registers and used from
+        there as the A operand of every chunk's first product: shared memory then carries only the weights."""
+        y_bufs, we_bufs, wp_bufs = bufs
+        y_ready, y_empty, w_ready, w_empty = bars
+        b_e_ptr, b_p_ptr, res_ptr, out_ptr = ptrs
+        ROWS: gl.constexpr = y_bufs.type.shape[1]
+        BH: gl.constexpr = wp_bufs.type.shape[1]
+        STAGES: gl.constexpr = wp_bufs.type.shape[0]
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, BH, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, C, 16])
+        y_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        n_tiles = gl.cdiv(M, 2 * ROWS)
+        chunk = 0
+        count = 0
+        for tile in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+            mbarrier.wait(y_ready.index(WHICH), count & 1)
+            y = y_bufs.index(WHICH).load(y_layout)
+            o = gl.zeros([ROWS, C], gl.float32, o_layout)
+            prev = 0
+            p = gl.zeros([ROWS, BH], y_bufs.dtype, p_layout)
+            for j in range(0, HIDDEN, BH):
+                s = chunk % STAGES
+                b_e = gl.load(b_e_ptr + j + gl.arange(0, BH, layout=gl.SliceLayout(0, s_layout))).to(gl.float32)
+                mbarrier.wait(w_ready.index(s), (chunk // STAGES) & 1)
+                acc = warpgroup_mma(y, we_bufs.index(s), gl.zeros([ROWS, BH], gl.float32, s_layout), is_async=True)
+                acc, o, p, y = warpgroup_mma_wait(0, deps=[acc, o, p, y])
+                mbarrier.arrive(w_empty.index(prev), count=1, pred=j > 0)
+                # the rows' buffer goes back to the loader after the first product: a wgmma is issued by all four
+                # warps of the group together, so every warp has its rows in registers by then
+                mbarrier.arrive(y_empty.index(WHICH), count=1, pred=j == 0)
+                p = gl.convert_layout(_silu(acc + gl.expand_dims(b_e, 0)).to(y_bufs.dtype), p_layout)
+                o = warpgroup_mma(p, wp_bufs.index(s), o, is_async=True)
+                o = warpgroup_mma_wait(1, deps=[o])
+                prev = s
+                chunk += 1
+            o, p = warpgroup_mma_wait(0, deps=[o, p])
+            mbarrier.arrive(w_empty.index(prev), count=1)
+            cols = gl.arange(0, C, layout=gl.SliceLayout(0, o_layout))
+            r = tile * 2 * ROWS + WHICH * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, o_layout))
+            b_p = gl.expand_dims(gl.load(b_p_ptr + cols).to(gl.float32), 0)
+            offs = gl.expand_dims(r, 1) * C + gl.expand_dims(cols, 0)
+            mask = gl.expand_dims(r < M, 1)
+            res = gl.load(res_ptr + offs, mask=mask, other=0.0).to(gl.float32)
+            gl.store(out_ptr + offs, (o + b_p + res).to(out_ptr.dtype.element_ty), mask=mask)
+            count += 1
+
+    @gluon.jit
+    def pair_rows_kernel(y_desc, we_desc, wp_desc, b_e_ptr, b_p_ptr, res_ptr, out_ptr, M, C: gl.constexpr,
+                         HIDDEN: gl.constexpr, STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+        """:func:`pair_ws_kernel` with the input rows in registers (:func:`_rows_consumer`)."""
+        y_bufs = gl.allocate_shared_memory(y_desc.dtype, [2] + y_desc.block_type.shape, y_desc.layout)
+        we_bufs = gl.allocate_shared_memory(we_desc.dtype, [STAGES] + we_desc.block_type.shape, we_desc.layout)
+        wp_bufs = gl.allocate_shared_memory(wp_desc.dtype, [STAGES] + wp_desc.block_type.shape, wp_desc.layout)
+        y_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        y_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        w_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        w_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(2):
+            mbarrier.init(y_ready.index(i), count=1)
+            mbarrier.init(y_empty.index(i), count=1)
+        for i in gl.static_range(STAGES):
+            mbarrier.init(w_ready.index(i), count=1)
+            mbarrier.init(w_empty.index(i), count=2)
+        fence_async_shared()
+        bufs = (y_bufs, we_bufs, wp_bufs)
+        bars = (y_ready, y_empty, w_ready, w_empty)
+        ptrs = (b_e_ptr, b_p_ptr, res_ptr, out_ptr)
+        gl.warp_specialize([(_rows_consumer, (bufs, bars, ptrs, M, HIDDEN, C, 0)),
+                            (_rows_consumer, (bufs, bars, ptrs, M, HIDDEN, C, 1)),
+                            (_rows_loader, (y_desc, we_desc, wp_desc, y_bufs, we_bufs, wp_bufs, y_ready, y_empty,
+                                            w_ready, w_empty, M, HIDDEN))],
+                           [4, 1], [CONSUMER_REGS, 24])
+
+
+def pair_smem_bytes(channels: int, config: dict, itemsize: int = 2) -> int:
+    """Shared memory of one program (barriers not counted): both consumers' input rows and the weight ring."""
+    bh, stages = config["BH"], config["STAGES"]
+    return (TILE_ROWS * channels + stages * (channels * bh + bh * channels)) * itemsize
+
+
+def pair_configs(channels: int) -> list[dict]:
+    """The candidate chunkings that fit in shared memory at this width (``maxnreg`` for the launch)."""
+    out = [{"BH": bh, "STAGES": st, "CONSUMER_REGS": 232, "maxnreg": 168} for bh, st in PAIR_CONFIGS]
+    out += [{"BH": bh, "STAGES": st, "CONSUMER_REGS": 240, "maxnreg": 168, "Y_REGS": True}
+            for bh, st in ((32, 4), (32, 2), (64, 2))]
+    return [cf for cf in out if pair_smem_bytes(channels, cf) <= 220 * 1024]
+
+
+def pair_supported(channels: int, hidden: int) -> str | None:
+    """None when the kernel takes this layer pair, else why not (the width limits of the module docstring)."""
+    if channels not in (64, 128, 256):
+        return f"C={channels}: the pair kernel takes C in (64, 128, 256) (its fp32 accumulator holds 64 x C)"
+    if hidden % 64:
+        return f"hidden width {hidden} is not a multiple of 64"
+    return None
+
+
+_SMS: dict = {}
+
+
+def launch_pair(y, we_t, b_e, wp_t, b_p, residual, out, config: dict):
+    """One launch into ``out`` [M, C]: ``y`` [M, C], ``we_t`` [C, HIDDEN], ``wp_t`` [HIDDEN, C], ``residual``
+    [M, C], all contiguous and of one dtype; biases of any float dtype."""
+    m, c = y.shape
+    hidden = we_t.shape[1]
+    bh = config["BH"]
+    if config["STAGES"] < 2:
+        raise ValueError(f"pair kernel: STAGES={config['STAGES']}; the weight ring needs at least 2 (PAIR_CONFIGS)")
+    y_desc = GluonDescriptor.from_tensor(y, [ROWS_PER_CONSUMER, PIECE], _cached_layout((ROWS_PER_CONSUMER, PIECE),
+                                                                                       y.dtype))
+    we_desc = GluonDescriptor.from_tensor(we_t, [PIECE, bh], _cached_layout((PIECE, bh), y.dtype))
+    wp_desc = GluonDescriptor.from_tensor(wp_t, [bh, c], _cached_layout((bh, c), y.dtype))
+    if y.device not in _SMS:
+        _SMS[y.device] = torch.cuda.get_device_properties(y.device).multi_processor_count
+    grid = (max(1, min(_SMS[y.device], triton.cdiv(m, TILE_ROWS))),)
+    if config.get("Y_REGS"):  # one [64, C] copy of the rows, one [C, BH] copy of the expanding weights
+        y_desc = GluonDescriptor.from_tensor(y, [ROWS_PER_CONSUMER, c], _cached_layout((ROWS_PER_CONSUMER, c), y.dtype))
+        we_desc = GluonDescriptor.from_tensor(we_t, [c, bh], _cached_layout((c, bh), y.dtype))
+    kernel = pair_rows_kernel if config.get("Y_REGS") else pair_ws_kernel
+    return kernel[grid](y_desc, we_desc, wp_desc, b_e, b_p, residual, out, m, C=c, HIDDEN=hidden,
+                                STAGES=config["STAGES"], CONSUMER_REGS=config["CONSUMER_REGS"], num_warps=4,
+                                maxnreg=config["maxnreg"])
+
+
+def pair_signature(dtype: str = "bf16", channels: int = 256, bh: int = 64) -> dict:
+    """The kernel's argument types for an sm_90 compile without a GPU."""
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float16
+    from triton.runtime.jit import mangle_type
+
+    def desc(shape):
+        t = torch.empty(512, 1024, dtype=torch_dtype)
+        return mangle_type(GluonDescriptor.from_tensor(t, shape, _cached_layout(tuple(shape), torch_dtype)))
+
+    ptr = "*bf16" if dtype == "bf16" else "*fp16"
+    return {"y_desc": desc([ROWS_PER_CONSUMER, PIECE]), "we_desc": desc([PIECE, bh]), "wp_desc": desc([bh, channels]),
+            "b_e_ptr": "*fp32", "b_p_ptr": "*fp32", "res_ptr": ptr, "out_ptr": ptr, "M": "i32", "C": "constexpr",
+            "HIDDEN": "constexpr", "STAGES": "constexpr", "CONSUMER_REGS": "constexpr"}

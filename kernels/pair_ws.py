@@ -86,10 +86,14 @@ if HAVE_GLUON:
             count += 1
 
     @gluon.jit
-    def _pair_consumer(bufs, bars, ptrs, M, HIDDEN: gl.constexpr, C: gl.constexpr, WHICH: gl.constexpr):
-        """One warp group: 64 rows of each of its program's tiles through both products and the epilogue."""
+    def _pair_consumer(bufs, bars, ptrs, M, HIDDEN: gl.constexpr, C: gl.constexpr, WHICH: gl.constexpr,
+                       PINGPONG: gl.constexpr):
+        """One warp group: 64 rows of each of its program's tiles through both products and the epilogue. With
+        PINGPONG the two consumers take turns: one issues a chunk's first product only when the other's first
+        product of the chunk before is done (``order``), so one consumer's SiLU runs beside the other's products
+        instead of both waiting for the same weights at once."""
         y_bufs, we_bufs, wp_bufs = bufs
-        y_ready, y_empty, w_ready, w_empty = bars
+        y_ready, y_empty, w_ready, w_empty, order = bars
         b_e_ptr, b_p_ptr, res_ptr, out_ptr = ptrs
         ROWS: gl.constexpr = y_bufs.type.shape[1]
         KC: gl.constexpr = y_bufs.type.shape[0] // 2
@@ -115,12 +119,16 @@ if HAVE_GLUON:
                 # the chunk's bias is read before the products are issued: its load latency hides behind them
                 b_e = gl.load(b_e_ptr + j + gl.arange(0, BH, layout=gl.SliceLayout(0, s_layout))).to(gl.float32)
                 mbarrier.wait(w_ready.index(s), (chunk // STAGES) & 1)
+                if PINGPONG:  # consumer 0's first wait passes on the fresh barrier
+                    mbarrier.wait(order.index(WHICH), (chunk & 1) ^ (1 - WHICH))
                 acc = gl.zeros([ROWS, BH], gl.float32, s_layout)
                 for kc in gl.static_range(KC):
                     acc = warpgroup_mma(y_bufs.index(WHICH * KC + kc), we_bufs.index(s * KC + kc), acc,
                                         is_async=True)
                 # waits for this chunk's first product and for the previous chunk's second one
                 acc, o, p = warpgroup_mma_wait(0, deps=[acc, o, p])
+                if PINGPONG:
+                    mbarrier.arrive(order.index(1 - WHICH), count=1)
                 mbarrier.arrive(w_empty.index(prev), count=1, pred=j > 0)  # the previous chunk's ring stage
                 mbarrier.arrive(y_empty.index(WHICH), count=1, pred=j + BH >= HIDDEN)  # rows read for the last time
                 p = _silu(acc + gl.expand_dims(b_e, 0)).to(y_bufs.dtype)
@@ -143,7 +151,8 @@ if HAVE_GLUON:
 
     @gluon.jit
     def pair_ws_kernel(y_desc, we_desc, wp_desc, b_e_ptr, b_p_ptr, res_ptr, out_ptr, M, C: gl.constexpr,
-                       HIDDEN: gl.constexpr, STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+                       HIDDEN: gl.constexpr, STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                       PINGPONG: gl.constexpr):
         """Persistent ``silu(y @ We + b_e) @ Wp + b_p + residual`` over row tiles of 128; launch with
         num_warps=4 (consumer 0), one more warp group (consumer 1) and one loader warp."""
         KC: gl.constexpr = C // y_desc.block_type.shape[1]
@@ -155,18 +164,20 @@ if HAVE_GLUON:
         y_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         w_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         w_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        order = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(2):
             mbarrier.init(y_ready.index(i), count=1)
             mbarrier.init(y_empty.index(i), count=1)
+            mbarrier.init(order.index(i), count=1)
         for i in gl.static_range(STAGES):
             mbarrier.init(w_ready.index(i), count=1)
             mbarrier.init(w_empty.index(i), count=2)  # both consumers read every chunk
         fence_async_shared()
         bufs = (y_bufs, we_bufs, wp_bufs)
-        bars = (y_ready, y_empty, w_ready, w_empty)
+        bars = (y_ready, y_empty, w_ready, w_empty, order)
         ptrs = (b_e_ptr, b_p_ptr, res_ptr, out_ptr)
-        gl.warp_specialize([(_pair_consumer, (bufs, bars, ptrs, M, HIDDEN, C, 0)),
-                            (_pair_consumer, (bufs, bars, ptrs, M, HIDDEN, C, 1)),
+        gl.warp_specialize([(_pair_consumer, (bufs, bars, ptrs, M, HIDDEN, C, 0, PINGPONG)),
+                            (_pair_consumer, (bufs, bars, ptrs, M, HIDDEN, C, 1, PINGPONG)),
                             (_pair_loader, (y_desc, we_desc, wp_desc, y_bufs, we_bufs, wp_bufs, y_ready, y_empty,
                                             w_ready, w_empty, M, HIDDEN))],
                            [4, 1], [CONSUMER_REGS, 24])
@@ -288,7 +299,8 @@ def pair_smem_bytes(channels: int, config: dict, itemsize: int = 2) -> int:
 
 def pair_configs(channels: int) -> list[dict]:
     """The candidate chunkings that fit in shared memory at this width (``maxnreg`` for the launch)."""
-    out = [{"BH": bh, "STAGES": st, "CONSUMER_REGS": 232, "maxnreg": 168} for bh, st in PAIR_CONFIGS]
+    out = [{"BH": bh, "STAGES": st, "CONSUMER_REGS": 232, "maxnreg": 168, "PINGPONG": pp} for bh, st in PAIR_CONFIGS
+           for pp in (False, True)]
     out += [{"BH": bh, "STAGES": st, "CONSUMER_REGS": 240, "maxnreg": 168, "Y_REGS": True}
             for bh, st in ((32, 4), (32, 2), (64, 2))]
     return [cf for cf in out if pair_smem_bytes(channels, cf) <= 220 * 1024]
@@ -325,9 +337,10 @@ def launch_pair(y, we_t, b_e, wp_t, b_p, residual, out, config: dict):
         y_desc = GluonDescriptor.from_tensor(y, [ROWS_PER_CONSUMER, c], _cached_layout((ROWS_PER_CONSUMER, c), y.dtype))
         we_desc = GluonDescriptor.from_tensor(we_t, [c, bh], _cached_layout((c, bh), y.dtype))
     kernel = pair_rows_kernel if config.get("Y_REGS") else pair_ws_kernel
+    extra = {} if config.get("Y_REGS") else {"PINGPONG": bool(config.get("PINGPONG"))}
     return kernel[grid](y_desc, we_desc, wp_desc, b_e, b_p, residual, out, m, C=c, HIDDEN=hidden,
-                                STAGES=config["STAGES"], CONSUMER_REGS=config["CONSUMER_REGS"], num_warps=4,
-                                maxnreg=config["maxnreg"])
+                        STAGES=config["STAGES"], CONSUMER_REGS=config["CONSUMER_REGS"], num_warps=4,
+                        maxnreg=config["maxnreg"], **extra)
 
 
 def pair_signature(dtype: str = "bf16", channels: int = 256, bh: int = 64) -> dict:
@@ -342,4 +355,4 @@ def pair_signature(dtype: str = "bf16", channels: int = 256, bh: int = 64) -> di
     ptr = "*bf16" if dtype == "bf16" else "*fp16"
     return {"y_desc": desc([ROWS_PER_CONSUMER, PIECE]), "we_desc": desc([PIECE, bh]), "wp_desc": desc([bh, channels]),
             "b_e_ptr": "*fp32", "b_p_ptr": "*fp32", "res_ptr": ptr, "out_ptr": ptr, "M": "i32", "C": "constexpr",
-            "HIDDEN": "constexpr", "STAGES": "constexpr", "CONSUMER_REGS": "constexpr"}
+            "HIDDEN": "constexpr", "STAGES": "constexpr", "CONSUMER_REGS": "constexpr", "PINGPONG": "constexpr"}

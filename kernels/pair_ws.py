@@ -110,10 +110,6 @@ if HAVE_GLUON:
         for tile in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
             mbarrier.wait(y_ready.index(WHICH), count & 1)
             o = gl.zeros([ROWS, C], gl.float32, o_layout)
-            prev = 0
-            # p, the A operand of the chunk's second product, is read from registers while that product runs: it
-            # stays live (a dependency of the next wait) until the product is known to be done
-            p = gl.zeros([ROWS, BH], y_bufs.dtype, p_layout)
             for j in range(0, HIDDEN, BH):
                 s = chunk % STAGES
                 # the chunk's bias is read before the products are issued: its load latency hides behind them
@@ -125,20 +121,16 @@ if HAVE_GLUON:
                 for kc in gl.static_range(KC):
                     acc = warpgroup_mma(y_bufs.index(WHICH * KC + kc), we_bufs.index(s * KC + kc), acc,
                                         is_async=True)
-                # waits for this chunk's first product and for the previous chunk's second one
-                acc, o, p = warpgroup_mma_wait(0, deps=[acc, o, p])
+                acc = warpgroup_mma_wait(0, deps=[acc])
                 if PINGPONG:
                     mbarrier.arrive(order.index(1 - WHICH), count=1)
-                mbarrier.arrive(w_empty.index(prev), count=1, pred=j > 0)  # the previous chunk's ring stage
                 mbarrier.arrive(y_empty.index(WHICH), count=1, pred=j + BH >= HIDDEN)  # rows read for the last time
-                p = _silu(acc + gl.expand_dims(b_e, 0)).to(y_bufs.dtype)
-                p = gl.convert_layout(p, p_layout)
-                o = warpgroup_mma(p, wp_bufs.index(s), o, is_async=True)
-                o = warpgroup_mma_wait(1, deps=[o])  # leave the product in flight
-                prev = s
+                p = gl.convert_layout(_silu(acc + gl.expand_dims(b_e, 0)).to(y_bufs.dtype), p_layout)
+                # synchronous: left in flight, its register operand p would have to stay live beside the next
+                # chunk's accumulator, and ptxas then serialises every wgmma of the loop for want of registers
+                o = warpgroup_mma(p, wp_bufs.index(s), o)
+                mbarrier.arrive(w_empty.index(s), count=1)  # both of the chunk's products are done with its stage
                 chunk += 1
-            o, p = warpgroup_mma_wait(0, deps=[o, p])
-            mbarrier.arrive(w_empty.index(prev), count=1)
             # the epilogue's indices and bias are built here, not kept live through the main loop (64 registers)
             cols = gl.arange(0, C, layout=gl.SliceLayout(0, o_layout))
             r = tile * 2 * ROWS + WHICH * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, o_layout))
@@ -235,25 +227,19 @@ if HAVE_GLUON:
             mbarrier.wait(y_ready.index(WHICH), count & 1)
             y = y_bufs.index(WHICH).load(y_layout)
             o = gl.zeros([ROWS, C], gl.float32, o_layout)
-            prev = 0
-            p = gl.zeros([ROWS, BH], y_bufs.dtype, p_layout)
             for j in range(0, HIDDEN, BH):
                 s = chunk % STAGES
                 b_e = gl.load(b_e_ptr + j + gl.arange(0, BH, layout=gl.SliceLayout(0, s_layout))).to(gl.float32)
                 mbarrier.wait(w_ready.index(s), (chunk // STAGES) & 1)
                 acc = warpgroup_mma(y, we_bufs.index(s), gl.zeros([ROWS, BH], gl.float32, s_layout), is_async=True)
-                acc, o, p, y = warpgroup_mma_wait(0, deps=[acc, o, p, y])
-                mbarrier.arrive(w_empty.index(prev), count=1, pred=j > 0)
+                acc, y = warpgroup_mma_wait(0, deps=[acc, y])
                 # the rows' buffer goes back to the loader after the first product: a wgmma is issued by all four
                 # warps of the group together, so every warp has its rows in registers by then
                 mbarrier.arrive(y_empty.index(WHICH), count=1, pred=j == 0)
                 p = gl.convert_layout(_silu(acc + gl.expand_dims(b_e, 0)).to(y_bufs.dtype), p_layout)
-                o = warpgroup_mma(p, wp_bufs.index(s), o, is_async=True)
-                o = warpgroup_mma_wait(1, deps=[o])
-                prev = s
+                o = warpgroup_mma(p, wp_bufs.index(s), o)  # synchronous, as in _pair_consumer
+                mbarrier.arrive(w_empty.index(s), count=1)
                 chunk += 1
-            o, p = warpgroup_mma_wait(0, deps=[o, p])
-            mbarrier.arrive(w_empty.index(prev), count=1)
             cols = gl.arange(0, C, layout=gl.SliceLayout(0, o_layout))
             r = tile * 2 * ROWS + WHICH * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, o_layout))
             b_p = gl.expand_dims(gl.load(b_p_ptr + cols).to(gl.float32), 0)

@@ -54,7 +54,8 @@ def compile_gluon_sm90(fn, signature: dict, constexprs: dict, num_warps: int, ma
 
 
 def ptxas_report(ptx: str) -> dict:
-    """ptxas' registers and spill bytes for sm_90a."""
+    """ptxas' registers and spill bytes for sm_90a, and whether it serialised the wgmma instructions (its
+    performance note C7512: each product then waits for the one before, e.g. for want of registers)."""
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(ptx)
     report = subprocess.run([PTXAS, "-v", "--gpu-name", "sm_90a", f.name, "-o", os.devnull],
@@ -62,7 +63,8 @@ def ptxas_report(ptx: str) -> dict:
     os.unlink(f.name)
     regs = re.search(r"Used (\d+) registers", report)
     spills = re.search(r"(\d+) bytes spill stores", report)
-    return {"regs": int(regs.group(1)) if regs else None, "spill_bytes": int(spills.group(1)) if spills else None}
+    return {"regs": int(regs.group(1)) if regs else None, "spill_bytes": int(spills.group(1)) if spills else None,
+            "wgmma_serialized": "C7512" in report}
 
 
 def gemm_ws_report(config: dict, act_silu: bool, has_res: bool) -> dict:
@@ -78,6 +80,20 @@ def gemm_ws_report(config: dict, act_silu: bool, has_res: bool) -> dict:
     ptx = kernel.asm["ptx"]
     return {**ptxas_report(ptx), "smem": kernel.metadata.shared, "wgmma": ptx.count("wgmma.mma_async"),
             "tma_copies": ptx.count("cp.async.bulk.tensor"), "mbarrier_waits": ptx.count("mbarrier.try_wait"),
+            "setmaxnreg": sorted({int(v) for v in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)})}
+
+
+def pair_ws_report(channels: int, config: dict) -> dict:
+    """The pair kernel (:mod:`pair_ws`) compiled for sm_90 at one width and chunking: as :func:`gemm_ws_report`."""
+    from . import pair_ws
+
+    sig = pair_ws.pair_signature("bf16", channels, config["BH"])
+    consts = dict(C=channels, HIDDEN=4 * channels, STAGES=config["STAGES"], CONSUMER_REGS=config["CONSUMER_REGS"],
+                  PINGPONG=bool(config.get("PINGPONG")))
+    kernel = compile_gluon_sm90(pair_ws.pair_ws_kernel, sig, consts, num_warps=4, maxnreg=config["maxnreg"])
+    ptx = kernel.asm["ptx"]
+    return {**ptxas_report(ptx), "smem": kernel.metadata.shared, "wgmma": ptx.count("wgmma.mma_async"),
+            "tma_copies": ptx.count("cp.async.bulk.tensor"),
             "setmaxnreg": sorted({int(v) for v in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)})}
 
 

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from . import unfused
 from ._common import ACTIVATION_DTYPES, KernelInputError, check_activation, interpreting, pack_block_params
 from .convfirst_fused import run_convfirst_fused
 from .gemm import patchify_conv, patchify_weight
@@ -114,13 +115,15 @@ class FusedMBConvBlock(_FusedBlock):
 
 
 class SequenceConvFirstBlock(_SequenceBlock):
-    """ConvFirst block as our gconv kernel + our 1x1 matmuls (the benchmark's "unfused-triton" path)."""
+    """ConvFirst block as our gconv kernel + our 1x1 layers: by default (``unfused.SEQUENCE_GEMM``, "pair") both
+    1x1 layers as one pair-kernel launch where that was faster at the shape, else two epilogue-fused matmuls
+    (the block benchmark's "unfused-triton" path)."""
 
     block_type = "convfirst"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_mode(x)
-        return convfirst_block_unfused(x, self._weights(x))
+        return convfirst_block_unfused(x, self._weights(x), gemm=unfused.SEQUENCE_GEMM)
 
 
 class SequenceMBConvBlock(_SequenceBlock):
@@ -145,11 +148,12 @@ def fuse(model: nn.Module, dtype: torch.dtype | None = None, inplace: bool = Fal
     Returns a model that gives the same output (to bf16/fp16 rounding); the original is left untouched
     unless ``inplace=True``. ``dtype`` is the fused weights' dtype (default: the block's, or bf16 for fp32
     blocks). ``planner``: optional ``planner(block, input_shape)`` deciding per block: ``True`` or
-    ``"fused"`` fuses it, ``"unfused-triton"`` replaces it by our unfused kernel sequence (Triton grouped conv
-    + our epilogue-fused 1x1 matmuls), anything else (``False``, ``"eager"``, ``"compile-default"``...) keeps its PyTorch
-    layers (e.g. :func:`convfirst.planner.block_planner`); ``input_shape`` is the block's input (1, C, H, W)
-    found by one forward pass of a random ``(1, *input_size)`` input when ``input_size`` (C, H, W) is given,
-    else None. By default every block is fused. ``fold_norms``: also fold the BatchNorm after each conv
+    ``"fused"`` fuses it, ``"unfused-triton"`` replaces it by our kernel sequence (Triton grouped conv + our
+    1x1 layers, :class:`SequenceConvFirstBlock`), anything else (``False``, ``"eager"``,
+    ``"compile-default"``...) keeps its PyTorch layers (e.g. :func:`convfirst.planner.block_planner`);
+    ``input_shape`` is the block's input (1, C, H, W) found by one forward pass of a random
+    ``(1, *input_size)`` input when ``input_size`` (C, H, W) is given, else None. By default every block is
+    fused. ``fold_norms``: also fold the BatchNorm after each conv
     outside the blocks (stem, downsampling layers) into that conv (:func:`fold_conv_bn`). Raises
     ``RuntimeError`` in training mode (inference-only kernels).
     """

@@ -18,11 +18,15 @@ One program per SM walks row tiles of 128 pixels; its two consumer warp groups t
 The block's input rows are copied once per tile (``y``, C/64 pieces of [64, 64]); both consumers read the same
 weight chunk from the ring, which goes back to the loader when both have finished with it. The O accumulator
 of a consumer holds 64 x C fp32 values (C / 2 registers per thread), so C <= 256 (:func:`pair_supported`).
-While one consumer computes its SiLU the other's products run; the next chunk's first product is issued only
-after the previous chunk's second one, both in one wgmma queue.
+The second product is synchronous: left in flight, its register operand P would stay live beside the next
+chunk's accumulator, and ptxas then serialises every wgmma of the loop for want of registers (its note C7512,
+which a test watches for). With ``PINGPONG`` the two consumers take turns issuing their first products.
+
+Measured (H100, batch 256, CUDA graphs, ``NOTES_gemm.md`` "the pair kernel"): at 256@14 0.114 ms against 0.130
+for the two epilogue-fused GEMMs; the models' sequence blocks run it where it was faster (:mod:`unfused`).
 
 Gluon runs only on a GPU (see :mod:`gemm_ws`): on the CPU the tests compile it for sm_90 and read its PTX, and
-the GPU tests check its values against fp64. ``NOTES_gemm.md`` ("the pair kernel") has its floor and times.
+the GPU tests check its values against fp64.
 """
 from __future__ import annotations
 
@@ -45,9 +49,8 @@ ROWS_PER_CONSUMER = 64
 TILE_ROWS = 2 * ROWS_PER_CONSUMER
 #: Width of one TMA piece of the input rows and of the expanding weight (128 bytes in bf16: one swizzle row).
 PIECE = 64
-#: Candidate (BH, STAGES): hidden channels per chunk and chunks in the weight ring. A consumer releases chunk j's
-#: stage only after chunk j + 1's first product (that wait also covers chunk j's second product), so the ring
-#: needs at least two stages.
+#: Candidate (BH, STAGES): hidden channels per chunk and chunks in the weight ring (each tried with and without
+#: PINGPONG). A stage goes back to the loader when both consumers' second products of its chunk are done.
 PAIR_CONFIGS = ((64, 2), (32, 4))
 
 
@@ -175,108 +178,6 @@ if HAVE_GLUON:
                            [4, 1], [CONSUMER_REGS, 24])
 
 
-    @gluon.jit
-    def _rows_loader(y_desc, we_desc, wp_desc, y_bufs, we_bufs, wp_bufs, y_ready, y_empty, w_ready, w_empty, M,
-                     HIDDEN: gl.constexpr):
-        """One warp: per row tile, both consumers' [64, C] input rows (each when its consumer has read the previous
-        ones into registers), then every chunk's weights, We[:, j] as one [C, BH] copy and Wp[j, :] as one
-        [BH, C] copy, into the ring, STAGES chunks ahead."""
-        ROWS: gl.constexpr = y_desc.block_type.shape[0]
-        BH: gl.constexpr = wp_desc.block_type.shape[0]
-        STAGES: gl.constexpr = wp_bufs.type.shape[0]
-        w_bytes: gl.constexpr = we_desc.block_type.nbytes + wp_desc.block_type.nbytes
-        n_tiles = gl.cdiv(M, 2 * ROWS)
-        chunk = 0
-        count = 0
-        for tile in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
-            for c in gl.static_range(2):
-                mbarrier.wait(y_empty.index(c), (count & 1) ^ 1)
-                mbarrier.expect(y_ready.index(c), y_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(y_desc, [tile * 2 * ROWS + c * ROWS, 0], y_ready.index(c),
-                                                y_bufs.index(c))
-            for j in range(0, HIDDEN, BH):
-                s = chunk % STAGES
-                mbarrier.wait(w_empty.index(s), ((chunk // STAGES) & 1) ^ 1)
-                bar = w_ready.index(s)
-                mbarrier.expect(bar, w_bytes)
-                tma.async_copy_global_to_shared(we_desc, [0, j], bar, we_bufs.index(s))
-                tma.async_copy_global_to_shared(wp_desc, [j, 0], bar, wp_bufs.index(s))
-                chunk += 1
-            count += 1
-
-    @gluon.jit
-    def _rows_consumer(bufs, bars, ptrs, M, HIDDEN: gl.constexpr, C: gl.constexpr, WHICH: gl.constexpr):
-        """As :func:`_pair_consumer`, with the 64 input rows read once per tile into registers and used from
-        there as the A operand of every chunk's first product: shared memory then carries only the weights."""
-        y_bufs, we_bufs, wp_bufs = bufs
-        y_ready, y_empty, w_ready, w_empty = bars
-        b_e_ptr, b_p_ptr, res_ptr, out_ptr = ptrs
-        ROWS: gl.constexpr = y_bufs.type.shape[1]
-        BH: gl.constexpr = wp_bufs.type.shape[1]
-        STAGES: gl.constexpr = wp_bufs.type.shape[0]
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, BH, 16])
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, C, 16])
-        y_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
-        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-        n_tiles = gl.cdiv(M, 2 * ROWS)
-        chunk = 0
-        count = 0
-        for tile in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
-            mbarrier.wait(y_ready.index(WHICH), count & 1)
-            y = y_bufs.index(WHICH).load(y_layout)
-            o = gl.zeros([ROWS, C], gl.float32, o_layout)
-            for j in range(0, HIDDEN, BH):
-                s = chunk % STAGES
-                b_e = gl.load(b_e_ptr + j + gl.arange(0, BH, layout=gl.SliceLayout(0, s_layout))).to(gl.float32)
-                mbarrier.wait(w_ready.index(s), (chunk // STAGES) & 1)
-                acc = warpgroup_mma(y, we_bufs.index(s), gl.zeros([ROWS, BH], gl.float32, s_layout), is_async=True)
-                acc, y = warpgroup_mma_wait(0, deps=[acc, y])
-                # the rows' buffer goes back to the loader after the first product: a wgmma is issued by all four
-                # warps of the group together, so every warp has its rows in registers by then
-                mbarrier.arrive(y_empty.index(WHICH), count=1, pred=j == 0)
-                p = gl.convert_layout(_silu(acc + gl.expand_dims(b_e, 0)).to(y_bufs.dtype), p_layout)
-                o = warpgroup_mma(p, wp_bufs.index(s), o)  # synchronous, as in _pair_consumer
-                mbarrier.arrive(w_empty.index(s), count=1)
-                chunk += 1
-            cols = gl.arange(0, C, layout=gl.SliceLayout(0, o_layout))
-            r = tile * 2 * ROWS + WHICH * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, o_layout))
-            b_p = gl.expand_dims(gl.load(b_p_ptr + cols).to(gl.float32), 0)
-            offs = gl.expand_dims(r, 1) * C + gl.expand_dims(cols, 0)
-            mask = gl.expand_dims(r < M, 1)
-            res = gl.load(res_ptr + offs, mask=mask, other=0.0).to(gl.float32)
-            gl.store(out_ptr + offs, (o + b_p + res).to(out_ptr.dtype.element_ty), mask=mask)
-            count += 1
-
-    @gluon.jit
-    def pair_rows_kernel(y_desc, we_desc, wp_desc, b_e_ptr, b_p_ptr, res_ptr, out_ptr, M, C: gl.constexpr,
-                         HIDDEN: gl.constexpr, STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr):
-        """:func:`pair_ws_kernel` with the input rows in registers (:func:`_rows_consumer`)."""
-        y_bufs = gl.allocate_shared_memory(y_desc.dtype, [2] + y_desc.block_type.shape, y_desc.layout)
-        we_bufs = gl.allocate_shared_memory(we_desc.dtype, [STAGES] + we_desc.block_type.shape, we_desc.layout)
-        wp_bufs = gl.allocate_shared_memory(wp_desc.dtype, [STAGES] + wp_desc.block_type.shape, wp_desc.layout)
-        y_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        y_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        w_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        w_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(2):
-            mbarrier.init(y_ready.index(i), count=1)
-            mbarrier.init(y_empty.index(i), count=1)
-        for i in gl.static_range(STAGES):
-            mbarrier.init(w_ready.index(i), count=1)
-            mbarrier.init(w_empty.index(i), count=2)
-        fence_async_shared()
-        bufs = (y_bufs, we_bufs, wp_bufs)
-        bars = (y_ready, y_empty, w_ready, w_empty)
-        ptrs = (b_e_ptr, b_p_ptr, res_ptr, out_ptr)
-        gl.warp_specialize([(_rows_consumer, (bufs, bars, ptrs, M, HIDDEN, C, 0)),
-                            (_rows_consumer, (bufs, bars, ptrs, M, HIDDEN, C, 1)),
-                            (_rows_loader, (y_desc, we_desc, wp_desc, y_bufs, we_bufs, wp_bufs, y_ready, y_empty,
-                                            w_ready, w_empty, M, HIDDEN))],
-                           [4, 1], [CONSUMER_REGS, 24])
-
-
 def pair_smem_bytes(channels: int, config: dict, itemsize: int = 2) -> int:
     """Shared memory of one program (barriers not counted): both consumers' input rows and the weight ring."""
     bh, stages = config["BH"], config["STAGES"]
@@ -287,8 +188,6 @@ def pair_configs(channels: int) -> list[dict]:
     """The candidate chunkings that fit in shared memory at this width (``maxnreg`` for the launch)."""
     out = [{"BH": bh, "STAGES": st, "CONSUMER_REGS": 232, "maxnreg": 168, "PINGPONG": pp} for bh, st in PAIR_CONFIGS
            for pp in (False, True)]
-    out += [{"BH": bh, "STAGES": st, "CONSUMER_REGS": 240, "maxnreg": 168, "Y_REGS": True}
-            for bh, st in ((32, 4), (32, 2), (64, 2))]
     return [cf for cf in out if pair_smem_bytes(channels, cf) <= 220 * 1024]
 
 
@@ -310,8 +209,6 @@ def launch_pair(y, we_t, b_e, wp_t, b_p, residual, out, config: dict):
     m, c = y.shape
     hidden = we_t.shape[1]
     bh = config["BH"]
-    if config["STAGES"] < 2:
-        raise ValueError(f"pair kernel: STAGES={config['STAGES']}; the weight ring needs at least 2 (PAIR_CONFIGS)")
     y_desc = GluonDescriptor.from_tensor(y, [ROWS_PER_CONSUMER, PIECE], _cached_layout((ROWS_PER_CONSUMER, PIECE),
                                                                                        y.dtype))
     we_desc = GluonDescriptor.from_tensor(we_t, [PIECE, bh], _cached_layout((PIECE, bh), y.dtype))
@@ -319,14 +216,9 @@ def launch_pair(y, we_t, b_e, wp_t, b_p, residual, out, config: dict):
     if y.device not in _SMS:
         _SMS[y.device] = torch.cuda.get_device_properties(y.device).multi_processor_count
     grid = (max(1, min(_SMS[y.device], triton.cdiv(m, TILE_ROWS))),)
-    if config.get("Y_REGS"):  # one [64, C] copy of the rows, one [C, BH] copy of the expanding weights
-        y_desc = GluonDescriptor.from_tensor(y, [ROWS_PER_CONSUMER, c], _cached_layout((ROWS_PER_CONSUMER, c), y.dtype))
-        we_desc = GluonDescriptor.from_tensor(we_t, [c, bh], _cached_layout((c, bh), y.dtype))
-    kernel = pair_rows_kernel if config.get("Y_REGS") else pair_ws_kernel
-    extra = {} if config.get("Y_REGS") else {"PINGPONG": bool(config.get("PINGPONG"))}
-    return kernel[grid](y_desc, we_desc, wp_desc, b_e, b_p, residual, out, m, C=c, HIDDEN=hidden,
-                        STAGES=config["STAGES"], CONSUMER_REGS=config["CONSUMER_REGS"], num_warps=4,
-                        maxnreg=config["maxnreg"], **extra)
+    return pair_ws_kernel[grid](y_desc, we_desc, wp_desc, b_e, b_p, residual, out, m, C=c, HIDDEN=hidden,
+                                STAGES=config["STAGES"], CONSUMER_REGS=config["CONSUMER_REGS"],
+                                PINGPONG=bool(config.get("PINGPONG")), num_warps=4, maxnreg=config["maxnreg"])
 
 
 def pair_signature(dtype: str = "bf16", channels: int = 256, bh: int = 64) -> dict:
@@ -342,3 +234,44 @@ def pair_signature(dtype: str = "bf16", channels: int = 256, bh: int = 64) -> di
     return {"y_desc": desc([ROWS_PER_CONSUMER, PIECE]), "we_desc": desc([PIECE, bh]), "wp_desc": desc([bh, channels]),
             "b_e_ptr": "*fp32", "b_p_ptr": "*fp32", "res_ptr": ptr, "out_ptr": ptr, "M": "i32", "C": "constexpr",
             "HIDDEN": "constexpr", "STAGES": "constexpr", "CONSUMER_REGS": "constexpr", "PINGPONG": "constexpr"}
+
+
+#: Per (M, C, hidden width, dtype, device): the tile :func:`expand_project` runs, or None for the two GEMMs.
+PAIR_CHOICE: dict = {}
+
+
+def pair_usable(y: torch.Tensor, we_t: torch.Tensor, wp_t: torch.Tensor, residual: torch.Tensor) -> bool:
+    """Whether the kernel can run on these tensors here: Gluon and a Hopper GPU, a supported width, TMA's
+    16-byte alignment, and autotuning on (``CONVFIRST_AUTOTUNE=0`` keeps the fixed two-GEMM path)."""
+    from ._common import autotuning
+    from .gemm import tma_usable
+    from .gemm_ws import ws_available
+
+    return (autotuning() and ws_available(y.device) and pair_supported(y.shape[1], we_t.shape[1]) is None
+            and tma_usable(y, we_t, residual) and tma_usable(wp_t, wp_t, residual))
+
+
+def expand_project(y, we_t, b_e, wp_t, b_p, residual, two_gemms) -> torch.Tensor:
+    """``silu(y @ we_t + b_e) @ wp_t + b_p + residual``: the pair kernel with the tile chosen for this shape, or
+    ``two_gemms()`` (the same arithmetic as two launches) where the kernel cannot run or was slower.
+
+    The choice is timed once per shape, at its first call outside a CUDA graph capture (timing cannot run inside
+    one); a capture before that runs ``two_gemms``. Inputs are checked by the caller."""
+    from ._common import pick_fastest
+
+    if not pair_usable(y, we_t, wp_t, residual):
+        return two_gemms()
+    key = (y.shape[0], y.shape[1], we_t.shape[1], y.dtype, y.device)
+    if key not in PAIR_CHOICE and not torch.cuda.is_current_stream_capturing():
+        scratch = torch.empty_like(y)
+        configs = {str(cf): cf for cf in pair_configs(y.shape[1])}
+        runs = {"two-gemm": two_gemms}
+        runs.update({name: (lambda cf: lambda: launch_pair(y, we_t, b_e, wp_t, b_p, residual, scratch, cf))(cf)
+                     for name, cf in configs.items()})
+        PAIR_CHOICE[key] = configs.get(pick_fastest(runs))
+    config = PAIR_CHOICE.get(key)
+    if config is None:
+        return two_gemms()
+    out = torch.empty_like(y)
+    launch_pair(y, we_t, b_e, wp_t, b_p, residual, out, config)
+    return out

@@ -328,8 +328,33 @@ print(json.dumps(out))
         name = f"{r['BLOCK_M']}x{r['BLOCK_N']}x{r['BLOCK_K']} silu={r['silu']} res={r['res']}"
         assert r["wgmma"] > 0 and r["tma_copies"] >= (3 if r["res"] else 2), name
         assert {24, 232} <= set(r["setmaxnreg"]), f"{name}: partitions not given their registers: {r['setmaxnreg']}"
-        assert r["spill_bytes"] == 0, name
+        assert r["spill_bytes"] == 0 and not r["wgmma_serialized"], name
         assert gemm_ws.ws_smem_bytes(r) <= r["smem"] <= 227 * 1024, name
+
+
+def test_pair_kernel_pipelines_its_wgmma_at_every_width_and_chunking():
+    """The pair kernel (expand, SiLU, project, residual in one launch) compiled for sm_90 (no GPU) at C = 64,
+    128 and 256, every candidate chunking: its products are wgmma with the weights by TMA, ptxas does not
+    serialise them (note C7512, what an in-flight second product with its register operand caused), spills
+    stay within a few registers and shared memory within the SM's 227 KB."""
+    code = r"""
+import json
+from convfirst.kernels import compile_report as cr, pair_ws
+print(json.dumps([dict(cf, C=c, **cr.pair_ws_report(c, cf)) for c in (64, 128, 256) for cf in pair_ws.pair_configs(c)]))
+"""
+    from convfirst.kernels import pair_ws
+
+    if not pair_ws.HAVE_GLUON:
+        pytest.skip("this Triton has no Gluon")
+    rows = _compile_outside_interpreter(code)
+    assert len(rows) == sum(len(pair_ws.pair_configs(c)) for c in (64, 128, 256)) >= 12
+    for r in rows:
+        name = f"C={r['C']} BH={r['BH']} STAGES={r['STAGES']} PINGPONG={r['PINGPONG']}"
+        assert r["wgmma"] > 0 and r["tma_copies"] >= 3, name
+        assert not r["wgmma_serialized"], f"{name}: ptxas serialised the wgmma instructions (C7512)"
+        assert r["spill_bytes"] <= 32, f"{name}: {r['spill_bytes']} bytes spilled"
+        assert {24, 232} <= set(r["setmaxnreg"]), name
+        assert pair_ws.pair_smem_bytes(r["C"], r) <= r["smem"] <= 227 * 1024, name
 
 
 def test_gluon_takes_no_shared_memory_view_shifted_by_a_pixel():

@@ -249,7 +249,13 @@ def test_speed_targets_against_known_ratios(synthetic_run):
     assert list(rows["model"]) == ["convfirstnet_t", "convfirstnet_t", "convfirstnet_h"]
 
 
-def test_matmul_headroom_adds_up_per_stage(synthetic_run):
+def test_matmul_headroom_adds_up_per_stage(synthetic_run, monkeypatch):
+    """Per stage, blocks x (ours - cuBLAS's matmul); with the two GEMMs as the sequence path for every width,
+    then with the pair kernel, which takes ConvFirstNet-H's C = 256 stage out of the estimate."""
+    from convfirst.kernels import unfused
+
+    monkeypatch.setattr(unfused, "SEQUENCE_GEMM", "triton")
+
     def row(c, h, impl, ms, date="2026-01-01T00:00:00Z", tanh="", layer="expand"):
         return {"part": "epilogue", "block": "convfirst", "C": c, "H": h, "layer": layer, "impl": impl, "ms": ms,
                 "date": date, "silu_tanh": tanh}
@@ -274,6 +280,12 @@ def test_matmul_headroom_adds_up_per_stage(synthetic_run):
     assert h.loc["project", "saving_ms"] == pytest.approx(11 * 0.005)  # ours = the ordered Gluon kernel's 0.065
     assert h["model_ms_with_saving"].iloc[0] == pytest.approx(4.0 - 11 * 0.035)
     assert h["target_ms"].iloc[0] == pytest.approx(16.0 / 4.0)
+    monkeypatch.setattr(unfused, "SEQUENCE_GEMM", "pair")
+    assert bm.sequence_runs_pair(256) and not bm.sequence_runs_pair(384) and not bm.sequence_runs_pair(768)
+    paired = bm.matmul_headroom(synthetic_run, epi)
+    assert paired[paired["model"] == "convfirstnet_h"].empty  # its only timed stage runs the pair kernel
+    assert paired[paired["model"] == "convfirstnet_t"].reset_index(drop=True).equals(
+        head[head["model"] == "convfirstnet_t"].reset_index(drop=True))
 
 
 def test_coverage_throughput_and_latency_views(synthetic_run):

@@ -751,6 +751,15 @@ def speed_targets(df: pd.DataFrame, batch: int = 256, reference: str = REFERENCE
     return out
 
 
+def sequence_runs_pair(width: int, expansion: int = 4) -> bool:
+    """Whether a ConvFirst sequence block of this width runs its two 1x1 layers as the pair kernel: the models'
+    sequence backend is "pair" (``kernels.unfused.SEQUENCE_GEMM``) and the kernel takes the width (where it was
+    also timed faster at the shape's first call; at the widths the families use on the H100 it was)."""
+    from convfirst.kernels import pair_ws, unfused
+
+    return unfused.SEQUENCE_GEMM == "pair" and pair_ws.pair_supported(width, expansion * width) is None
+
+
 def matmul_headroom(df: pd.DataFrame, epilogue: pd.DataFrame, models: Sequence[str] = (CONTROL_MODEL, HALF_GMAC_MODEL),
                     batch: int = 256, reference: str = REFERENCE_MODEL) -> pd.DataFrame:
     """An estimate, from measured rows, of what the 1x1 layers of the unfused stages cost against cuBLAS: for
@@ -761,6 +770,9 @@ def matmul_headroom(df: pd.DataFrame, epilogue: pd.DataFrame, models: Sequence[s
     This is the time the model would save if those layers ran at cuBLAS's matmul time with a free epilogue,
     beside the model's best fused time in ``df`` and the time each speed target needs (``speed_targets``'s
     reference at ``batch``).
+
+    Stages whose sequence blocks run both 1x1 layers as one pair-kernel launch (:func:`sequence_runs_pair`) are
+    left out: the model does not run those two products there.
 
     Columns: model, stage, C, H, layer, blocks, ours_ms, cublas_mm_ms, saving_ms, then per model (repeated on
     its rows) model_ms (measured), model_ms_with_saving (estimate) and target_ms (needed for its target)."""
@@ -785,6 +797,8 @@ def matmul_headroom(df: pd.DataFrame, epilogue: pd.DataFrame, models: Sequence[s
         target_ms = float(ref["ms"]) / TARGET_SPEEDUPS[name] if name in TARGET_SPEEDUPS else float("nan")
         per_model = []
         for stage, (width, depth, h) in enumerate(zip(spec.widths, spec.depths, stage_resolutions(224))):
+            if spec.block == "convfirst" and sequence_runs_pair(width, spec.expansion):
+                continue
             for layer in ("expand", "project"):
                 lib = (spec.block, width, h, layer, "cublas-mm")
                 mine = [float(latest[key]) for key in ((spec.block, width, h, layer, impl)

@@ -261,7 +261,9 @@ the ordered Gluon kernel below, as the models run them under CUDA graphs) ran in
 epilogue (blocks x the difference), set against the model's measured fused time and the time its throughput
 target needs. It says how far this one lever goes, and what it would take: cuBLAS's product alone, with the
 SiLU, bias and residual added at no cost, which neither cuBLAS (it has no SiLU epilogue; a separate pass costs
-more than it saves, the `cublas` rows of chapter 3) nor our Triton kernels deliver today."""),
+more than it saves, the `cublas` rows of chapter 3) nor our Triton kernels deliver today. Stages whose
+sequence blocks run both layers as one pair-kernel launch (the subsection after next; ConvFirstNet-H's
+C = 256 stage) are left out: the model no longer runs those two products."""),
     new_code_cell("""from convfirst.params import ParameterError
 
 if data_path(f"gemm_{gpu}.csv").exists():
@@ -304,6 +306,53 @@ if path.exists():
     display(table.round(3))
 else:
     print(f"no A/B of the GEMM forms recorded for {gpu}")"""),
+    new_markdown_cell("""### Both 1x1 layers in one launch: the pair kernel
+
+In a ConvFirst block the two 1x1 layers are adjacent (expand, SiLU, project, residual), so their E*C-wide hidden
+activation need never reach DRAM. The pair kernel (`kernels/pair_ws.py`; `kernels/NOTES_gemm.md` has its versions)
+runs both as one Gluon launch: per tile of 128 pixels, two consumer warp groups stream the weights chunk by
+chunk, keep the SiLU output in registers as the next product's operand and accumulate the block's output in
+registers. Its fp32 accumulator limits it to C <= 256, so of the two members the targets name only
+ConvFirstNet-H's 14 x 14 stage (C = 256, eleven blocks) can take it; ConvFirstNet-T's sequence blocks (C = 384
+and 768) keep the two GEMMs. The models' sequence blocks run it where it was timed faster at the shape's first
+call (`CONVFIRST_SEQUENCE_GEMM=triton` keeps the two GEMMs); the block benchmark's `unfused-triton` line keeps
+the two GEMMs, so it stays an unfused sequence. The estimate of the section above assumes the two GEMMs.
+
+First the kernel beside the two GEMMs it replaces (part `pair` of `data/gemm_<gpu>.csv`, batch 256, CUDA
+graphs, the latest run; `two-gemm auto` is what the sequence ran before; earlier runs of the kernel's
+development are in the same file under their commits), then the two models with their sequence blocks on
+each path (`data/sequence_gemm_model_<gpu>.csv`; ConvFirstNet-H's two rows at batch 256 come from two
+processes of one commit, ConvFirstNet-T's from one)."""),
+    new_code_cell("""import ast
+
+if _data_path(f"gemm_{gpu}.csv").exists():
+    g = _load(_data_path(f"gemm_{gpu}.csv"))
+    pair = g[g["part"] == "pair"]
+    if len(pair):
+        print("the kernel's runs:", ", ".join(f"{c} ({d})" for d, c in
+                                               pair[["date", "commit"]].drop_duplicates().values))
+        pair = pair[pair["date"] == pair["date"].max()].copy()
+        def _tile(impl, config):
+            if not isinstance(config, str) or not config.startswith("{"):
+                return f"{impl} {config}" if isinstance(config, str) and config else impl
+            cf = ast.literal_eval(config)
+            flags = [name.lower() for name in ("PINGPONG", "Y_REGS") if cf.get(name)]
+            return " ".join([impl, f"BH={cf['BH']}", f"stages={cf['STAGES']}"] + flags)
+        pair["name"] = [_tile(i, c) for i, c in zip(pair["impl"], pair["config"])]
+        print(f"run of {pair['date'].iloc[0]} at commit {pair['commit'].iloc[0]}, batch {pair['batch'].iloc[0]}")
+        display(pair.pivot_table(index="name", columns=["C", "H"], values="ms").round(4))
+    else:
+        print(f"no pair-kernel comparison recorded for {gpu}")
+path = data_path(f"sequence_gemm_model_{gpu}.csv")
+if path.exists():
+    sq = _load(path)
+    sq["cuda_graphs"] = sq["cuda_graphs"].astype(str).str.lower().isin(["true", "1"])
+    sq = sq[sq["batch"] == big]
+    table = sq.pivot_table(index=["commit", "model", "batch", "cuda_graphs"], columns="sequence_gemm", values="ms")
+    table["pair / triton"] = table["pair"] / table["triton"]
+    display(table.round(3))
+else:
+    print(f"no comparison of the sequence paths recorded for {gpu}")"""),
     new_markdown_cell("""## The same comparison on a second GPU
 
 The family plan was also run on an H200 (same Hopper SMs as the H100, 1.4x its memory bandwidth; chapter 3

@@ -256,9 +256,9 @@ def _tma_launcher():
                            prune_configs_by={"early_config_prune": _prune_tma})(gemm_tma_kernel)
 
 
-def tma_usable(a: torch.Tensor, w_t: torch.Tensor, out: torch.Tensor) -> bool:
+def tma_usable(*tensors: torch.Tensor) -> bool:
     """TMA needs 16-byte aligned bases and row strides (K and N multiples of 8 in bf16/fp16)."""
-    return all(t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in (a, w_t, out))
+    return all(t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in tensors)
 
 
 #: Which form runs the plain-matrix products by default. "auto": the TMA kernel (autotuned) when launched

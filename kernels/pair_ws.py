@@ -248,7 +248,7 @@ def pair_usable(y: torch.Tensor, we_t: torch.Tensor, wp_t: torch.Tensor, residua
     from .gemm_ws import ws_available
 
     return (autotuning() and ws_available(y.device) and pair_supported(y.shape[1], we_t.shape[1]) is None
-            and tma_usable(y, we_t, residual) and tma_usable(wp_t, wp_t, residual))
+            and tma_usable(y, we_t, wp_t, residual))
 
 
 def expand_project(y, we_t, b_e, wp_t, b_p, residual, two_gemms) -> torch.Tensor:

@@ -80,17 +80,20 @@ def check_pair_inputs(y, we_t, b_e, wp_t, b_p, residual) -> None:
                                f"{y.device}, got {residual.dtype} {tuple(residual.shape)} on {residual.device}")
 
 
-def _two_gemms(y, we_t, b_e, wp_t, b_p, residual) -> torch.Tensor:
-    return launch_matmul(launch_matmul(y, we_t, b_e, "silu"), wp_t, b_p, "none", residual)
+def _checked_pair(y, we_t, b_e, wp_t, b_p, residual) -> torch.Tensor:
+    """Checked inputs, then the pair kernel or, as its fallback, the two epilogue-fused GEMMs."""
+    check_pair_inputs(y, we_t, b_e, wp_t, b_p, residual)
+
+    def two_gemms():
+        return launch_matmul(launch_matmul(y, we_t, b_e, "silu"), wp_t, b_p, "none", residual)
+    return pair_ws.expand_project(y, we_t, b_e, wp_t, b_p, residual, two_gemms)
 
 
 @torch.library.custom_op("convfirst::expand_project", mutates_args=())
 def expand_project_op(y: torch.Tensor, we_t: torch.Tensor, b_e: torch.Tensor, wp_t: torch.Tensor,
                       b_p: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """``silu(y @ we_t + b_e) @ wp_t + b_p + residual``: the pair kernel or the two GEMMs (:func:`expand_project`)."""
-    check_pair_inputs(y, we_t, b_e, wp_t, b_p, residual)
-    return pair_ws.expand_project(y, we_t, b_e, wp_t, b_p, residual,
-                                  lambda: _two_gemms(y, we_t, b_e, wp_t, b_p, residual))
+    return _checked_pair(y, we_t, b_e, wp_t, b_p, residual)
 
 
 @expand_project_op.register_fake
@@ -105,9 +108,7 @@ def expand_project(y, we_t, b_e, wp_t, b_p, residual) -> torch.Tensor:
     this shape, else two epilogue-fused GEMMs. Through the custom op while ``torch.compile`` traces."""
     if tracing(y):
         return expand_project_op(y, we_t, b_e, wp_t, b_p, residual)
-    check_pair_inputs(y, we_t, b_e, wp_t, b_p, residual)
-    return pair_ws.expand_project(y, we_t, b_e, wp_t, b_p, residual,
-                                  lambda: _two_gemms(y, we_t, b_e, wp_t, b_p, residual))
+    return _checked_pair(y, we_t, b_e, wp_t, b_p, residual)
 
 
 def convfirst_block_unfused(x: torch.Tensor, packed: dict[str, torch.Tensor], gemm: str | None = None) -> torch.Tensor:

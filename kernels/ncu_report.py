@@ -9,6 +9,7 @@ raw metrics of every case are written in long form (one row per case and metric)
 
     python -m convfirst.kernels.ncu_report --out results/            # the default cases
     python -m convfirst.kernels.ncu_report --out results/ --cases "convfirst 64@56x56 256 BLOCK_M=64,BLOCK_H=32"
+    python -m convfirst.kernels.ncu_report --out results/ --cases "pair 256@14x14 256 BH=64,STAGES=2,PINGPONG=1"
 
 ``ncu`` runs with ``--clock-control none`` (the clocks stay as the benchmark sees them). A case whose
 profile fails is reported with its error and the others go on.
@@ -30,6 +31,7 @@ SECTIONS = ("SpeedOfLight", "MemoryWorkloadAnalysis", "Occupancy", "LaunchStats"
             "ComputeWorkloadAnalysis", "SchedulerStats", "InstructionStats")
 KERNEL_NAMES = {"convfirst": "convfirst_(block|resident|tma)_kernel", "mbconv": "mbconv_block_kernel",
                 "gconv": "grouped3x3_kernel", "gemm": "gemm_(tma|epilogue)_kernel", "gemm-ws": "gemm_ws(_ordered)?_kernel",
+                "pair": "pair_ws_kernel",
                 "cublas": "nvjet|gemm|xmma"}
 #: Keys of a case's config that choose the layer of a ``gemm``/``cublas`` case rather than a tile.
 GEMM_KEYS = ("PROJECT", "ACT")
@@ -49,7 +51,8 @@ def parse_config(text: str) -> dict:
     out = {}
     for item in filter(None, text.split(",")):
         key, value = item.split("=")
-        out[key] = bool(int(value)) if key in ("UNROLL_TAPS", "DENSE_GCONV", "JOINT_TAPS", "PERSISTENT", "ORDERED") \
+        out[key] = bool(int(value)) if key in ("UNROLL_TAPS", "DENSE_GCONV", "JOINT_TAPS", "PERSISTENT", "ORDERED",
+                                               "PINGPONG") \
             + GEMM_KEYS else int(value)
     return out
 
@@ -83,6 +86,24 @@ def launch_gemm(block: str, shape_text: str, batch: int, config: dict, launches:
         else:
             gemm.launch_matmul(a, w_t, bias, "silu" if act and not project else "none", res, config=cfg or None,
                                form="gluon-ws" if block == "gemm-ws" else "tma")
+    torch.cuda.synchronize()
+
+
+def launch_pair(shape_text: str, batch: int, config: dict, launches: int = 2) -> None:
+    """Both 1x1 layers of a ConvFirst block as the pair kernel (:mod:`pair_ws`), its tile from the config (BH,
+    STAGES, PINGPONG; the registers as the candidates have them)."""
+    import torch
+
+    from convfirst.bench_blocks import parse_shape
+    from convfirst.kernels import pair_ws
+    from convfirst.kernels.compare_pair import pair_case
+
+    shape = parse_shape(f"convfirst:{shape_text}")
+    y, we_t, b_e, wp_t, b_p, res = pair_case(batch * shape.H * shape.W, shape.C, expansion=shape.E)
+    cfg = {"CONSUMER_REGS": 232, "maxnreg": 168, **config}
+    out = torch.empty_like(y)
+    for _ in range(launches):
+        pair_ws.launch_pair(y, we_t, b_e, wp_t, b_p, res, out, cfg)
     torch.cuda.synchronize()
 
 
@@ -148,6 +169,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         block, shape_text, batch, config = args.child
+        if block == "pair":
+            launch_pair(shape_text, int(batch), json.loads(config))
+            return 0
         (launch_gemm if block in ("gemm", "gemm-ws", "cublas") else launch)(block, shape_text, int(batch),
                                                                            json.loads(config))
         return 0

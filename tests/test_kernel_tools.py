@@ -169,6 +169,9 @@ def test_ncu_raw_page_parsing_and_counter_table():
     assert all(re.search(ncu_report.KERNEL_NAMES["gemm-ws"], name)  # both Gluon kernels are found by the profiler
                for name in ("gemm_ws_kernel", "gemm_ws_ordered_kernel"))
     assert ncu_report.parse_config("ORDERED=1,STAGES=4")["ORDERED"] is True
+    # the pair kernel: found by its name, its tile read with the ping-pong flag as a boolean
+    assert re.search(ncu_report.KERNEL_NAMES["pair"], "pair_ws_kernel")
+    assert ncu_report.parse_config("BH=64,STAGES=2,PINGPONG=1") == {"BH": 64, "STAGES": 2, "PINGPONG": True}
 
 
 def test_recorded_ncu_counters_show_v2_and_v4():

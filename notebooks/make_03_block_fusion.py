@@ -519,8 +519,10 @@ the fused kernel and the best unfused implementation; elsewhere it uses the roof
 floors), **calibrated** by the efficiency each path reached on the nearest shape of the same block type
 where both paths were measured; where only the fused kernel was timed, its measured time is set against the
 modelled unfused time. `fuse(model, planner=planner.block_planner(gpu, batch), input_size=(3, 224, 224))`
-applies it. The
-table covers every block shape of both families."""),
+applies it. The table covers every block shape of both families. The planner compares with the unfused
+sequence as the block benchmark times it (two GEMMs for the 1x1 layers); the sequence blocks it installs in a
+ConvFirst model run the two layers as one pair-kernel launch where that was faster at the shape (C <= 256,
+chapter 6), so at those shapes the models' sequence is faster than the table's `unfused_ms`."""),
     new_code_cell('''decisions = planner.plan(models.family_block_shapes(), batches, gpu, dtype=dtype)
 table = decisions.assign(decision=lambda d: d["choice"] + " (" + d["speedup"].map("{:.2f}x".format) + ")")
 display(table.pivot_table(index=["block", "C", "H"], columns="batch", values="decision", aggfunc="first"))

@@ -44,12 +44,6 @@ def pair_case(m: int, c: int, dtype=torch.bfloat16, seed: int = 0, expansion: in
     return y, we_t, b_e, wp_t, b_p, torch.randn(m, c, device="cuda", dtype=dtype, generator=g)
 
 
-def pair_reference(y, we_t, b_e, wp_t, b_p, residual):
-    """silu(y @ We + b_e) @ Wp + b_p + residual in fp64 from the same inputs."""
-    hidden = torch.nn.functional.silu(y.double() @ we_t.double() + b_e.double())
-    return hidden @ wp_t.double() + b_p.double() + residual.double()
-
-
 def run_pair(y, we_t, b_e, wp_t, b_p, residual, config, out=None):
     out = torch.empty_like(y) if out is None else out
     pair_ws.launch_pair(y, we_t, b_e, wp_t, b_p, residual, out, config)
@@ -60,7 +54,7 @@ def check_rows() -> list[dict]:
     rows = []
     for m, c, dtype in tqdm(CHECKS, desc="pair checks"):
         case = pair_case(m, c, dtype)
-        ref = pair_reference(*case)
+        ref = pair_ws.pair_reference(*case)
         for cf in pair_ws.pair_configs(c):
             out = torch.full((m, c), float("nan"), device="cuda", dtype=dtype)
             err = relative_error(run_pair(*case, cf, out=out), ref)
@@ -86,7 +80,7 @@ def timing_rows(batch: int) -> list[dict]:
                  ("cublas-mm-pair", ""): lambda a, r: torch.mm(torch.mm(a, we_t), wp_t)}
         for cf in pair_ws.pair_configs(c):
             impls[("gluon-pair", str(cf))] = (lambda cf: lambda a, r: run_pair(a, we_t, b_e, wp_t, b_p, r, cf))(cf)
-        ref = pair_reference(*sets[0])
+        ref = pair_ws.pair_reference(*sets[0])
         for (impl, config), fn in impls.items():
             err = relative_error(fn(*inputs[0]), ref) if impl != "cublas-mm-pair" else float("nan")
             ms = bench_ms(fn, inputs, cuda_graph=True)

@@ -76,7 +76,12 @@ def gemm_ws_report(config: dict, act_silu: bool, has_res: bool) -> dict:
     consts = dict(ACT_SILU=act_silu, HAS_RES=has_res, GROUP_M=config.get("GROUP_M", 8), STAGES=config["STAGES"],
                   CONSUMER_REGS=config.get("CONSUMER_REGS", 232))
     fn = gemm_ws.gemm_ws_ordered_kernel if config.get("ORDERED") else gemm_ws.gemm_ws_kernel
-    kernel = compile_gluon_sm90(fn, sig, consts, num_warps=4, maxnreg=config.get("maxnreg", 168))
+    return _gluon_report(compile_gluon_sm90(fn, sig, consts, num_warps=4, maxnreg=config.get("maxnreg", 168)))
+
+
+def _gluon_report(kernel) -> dict:
+    """What the tests read from a compiled warp-specialised Gluon kernel: ptxas' report, shared memory, the wgmma,
+    TMA-copy and mbarrier-wait counts of the PTX and the register counts its partitions are given."""
     ptx = kernel.asm["ptx"]
     return {**ptxas_report(ptx), "smem": kernel.metadata.shared, "wgmma": ptx.count("wgmma.mma_async"),
             "tma_copies": ptx.count("cp.async.bulk.tensor"), "mbarrier_waits": ptx.count("mbarrier.try_wait"),
@@ -90,11 +95,8 @@ def pair_ws_report(channels: int, config: dict) -> dict:
     sig = pair_ws.pair_signature("bf16", channels, config["BH"])
     consts = dict(C=channels, HIDDEN=4 * channels, STAGES=config["STAGES"], CONSUMER_REGS=config["CONSUMER_REGS"],
                   PINGPONG=bool(config.get("PINGPONG")))
-    kernel = compile_gluon_sm90(pair_ws.pair_ws_kernel, sig, consts, num_warps=4, maxnreg=config["maxnreg"])
-    ptx = kernel.asm["ptx"]
-    return {**ptxas_report(ptx), "smem": kernel.metadata.shared, "wgmma": ptx.count("wgmma.mma_async"),
-            "tma_copies": ptx.count("cp.async.bulk.tensor"),
-            "setmaxnreg": sorted({int(v) for v in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)})}
+    return _gluon_report(compile_gluon_sm90(pair_ws.pair_ws_kernel, sig, consts, num_warps=4,
+                                            maxnreg=config["maxnreg"]))
 
 
 @functools.cache

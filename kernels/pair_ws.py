@@ -236,6 +236,12 @@ def pair_signature(dtype: str = "bf16", channels: int = 256, bh: int = 64) -> di
             "HIDDEN": "constexpr", "STAGES": "constexpr", "CONSUMER_REGS": "constexpr", "PINGPONG": "constexpr"}
 
 
+def pair_reference(y, we_t, b_e, wp_t, b_p, residual) -> torch.Tensor:
+    """What the kernel computes, in plain PyTorch and fp64 from the same (upcast) inputs."""
+    hidden = torch.nn.functional.silu(y.double() @ we_t.double() + b_e.double())
+    return hidden @ wp_t.double() + b_p.double() + residual.double()
+
+
 #: Per (M, C, hidden width, dtype, device): the tile :func:`expand_project` runs, or None for the two GEMMs.
 PAIR_CHOICE: dict = {}
 

@@ -37,11 +37,6 @@ def _pair_operands(m, c, dtype=torch.bfloat16, gen=None, expansion=4):
     return y, we_t, b_e, wp_t, b_p, torch.randn(m, c, generator=gen).to(DEVICE, dtype)
 
 
-def _reference(y, we_t, b_e, wp_t, b_p, residual):
-    hidden = torch.nn.functional.silu(y.double() @ we_t.double() + b_e.double())
-    return hidden @ wp_t.double() + b_p.double() + residual.double()
-
-
 def test_expand_project_matches_the_reference_on_its_fallback_or_kernel():
     """The public entry: on the CPU (and wherever the kernel cannot run) it is the two GEMMs; on a Hopper GPU,
     at a 256@14 shape, the faster of the kernel and the GEMMs. Either way the values match fp64."""
@@ -49,7 +44,7 @@ def test_expand_project_matches_the_reference_on_its_fallback_or_kernel():
     ops = _pair_operands(m, c)
     out = unfused.expand_project(*ops)
     assert out.shape == (m, c) and out.dtype == ops[0].dtype
-    assert relative_error(out, _reference(*ops)) < TOLERANCE["bfloat16"]
+    assert relative_error(out, pair_ws.pair_reference(*ops)) < TOLERANCE["bfloat16"]
 
 
 def test_the_choice_is_timed_once_per_shape_and_kept_for_captures(monkeypatch):
@@ -145,7 +140,7 @@ def test_every_chunking_matches_fp64(c, dtype):
     sms = torch.cuda.get_device_properties(DEVICE).multi_processor_count
     for m in (196, 1000, pair_ws.TILE_ROWS * 3 * sms + 37):
         ops = _pair_operands(m, c, getattr(torch, dtype))
-        ref = _reference(*ops)
+        ref = pair_ws.pair_reference(*ops)
         for cf in pair_ws.pair_configs(c):
             out = torch.full((m, c), float("nan"), device=DEVICE, dtype=ops[0].dtype)
             pair_ws.launch_pair(*ops, out, cf)
@@ -170,4 +165,4 @@ def test_the_chosen_path_in_a_cuda_graph_matches_fp64():
     out.fill_(float("nan"))
     graph.replay()
     torch.cuda.synchronize()
-    assert relative_error(out, _reference(*ops)) < TOLERANCE["bfloat16"], pair_ws.PAIR_CHOICE
+    assert relative_error(out, pair_ws.pair_reference(*ops)) < TOLERANCE["bfloat16"], pair_ws.PAIR_CHOICE

@@ -1,8 +1,9 @@
 """The forms of the fused ConvFirst kernel, config by config, on one GPU.
 
 Forms: ``sliced`` (v2/v4: per-tile weight reads, sliced grouped conv), ``dense`` (v3: dense block-diagonal
-grouped conv), ``resident`` (v5: persistent programs whose 1x1 weights stay on chip) and ``tma`` (v6: patches
-of one image whose activation tiles are TMA box copies). How the v3, v5 and v6 rows of ``NOTES_convfirst.md``
+grouped conv), ``resident`` (v5: persistent programs whose 1x1 weights stay on chip), ``tma`` (v6: patches
+of one image whose activation tiles are TMA box copies) and ``ws`` (v8, :mod:`convfirst_ws`: the warp-specialised
+Gluon kernel). How the v3, v5 and v6 rows of ``NOTES_convfirst.md``
 were measured, in one run:
 
 1. correctness of each form (fixed configs, NaN-poisoned outputs, fp32 reference) at family shapes (batch 2;
@@ -42,7 +43,7 @@ CHECK_SHAPES = [(BlockShape("convfirst", 64, 56, 56), 2), (BlockShape("convfirst
                 (BlockShape("convfirst", 48, 56, 56), 1)]
 TIME_SHAPES = [BlockShape("convfirst", 64, 56, 56), BlockShape("convfirst", 96, 56, 56),
                BlockShape("convfirst", 192, 28, 28)]
-FORMS = ("sliced", "dense", "resident", "tma")
+FORMS = ("sliced", "dense", "resident", "tma", "ws")
 
 
 def run_log(out: Path, name: str):
@@ -60,6 +61,8 @@ def run_log(out: Path, name: str):
 
 
 def form_of(config: dict) -> str:
+    if "TAP_STAGES" in config:
+        return "ws"
     if "TILE_H" in config:
         return "tma"
     if "PROGRAMS_PER_SM" in config:
@@ -72,6 +75,11 @@ def applies(form: str, channels: int) -> bool:
         return channels <= convfirst_fused.DENSE_MAX_CHANNELS
     if form == "resident":
         return convfirst_fused.resident_fits(channels, 4 * channels)
+    if form == "ws":
+        from .convfirst_ws import ws_block_supported
+        from .gemm_ws import ws_available
+
+        return ws_available(torch.device("cuda")) and ws_block_supported(channels, 4 * channels) is None
     return True
 
 
@@ -81,6 +89,10 @@ def fixed_config(form: str, channels: int, npix: int) -> dict:
         return convfirst_fused.resident_config(channels, 4 * channels)
     if form == "tma":
         return convfirst_fused.tma_config(channels)
+    if form == "ws":
+        from .convfirst_ws import ws_configs
+
+        return ws_configs(channels)[0]
     return dict(convfirst_fused.heuristic_config(channels, npix), DENSE_GCONV=form == "dense")
 
 
@@ -103,7 +115,12 @@ def candidate_configs(channels: int, npix: int, forms=FORMS) -> list[dict]:
     if "tma" in forms:
         side = round((npix / 256) ** 0.5)  # the timed shapes are square images at batch 256
         kept += convfirst_fused._prune_tma(convfirst_fused._tma_configs(), dict(named, H=side, W=side))
-    return [launch_kwargs(cf) for cf in kept]
+    out = [launch_kwargs(cf) for cf in kept]
+    if "ws" in forms and applies("ws", channels):
+        from .convfirst_ws import ws_configs
+
+        out += ws_configs(channels)
+    return out
 
 
 def parse_configs(text: str) -> list[dict]:
@@ -112,12 +129,12 @@ def parse_configs(text: str) -> list[dict]:
 
     configs = json.loads(text)
     if not isinstance(configs, list) or not all(isinstance(c, dict) and ("BLOCK_M" in c or "TILE_H" in c)
-                                                and "BLOCK_H" in c for c in configs):
+                                                and ("BLOCK_H" in c or "TAP_STAGES" in c) for c in configs):
         raise SystemExit(f"--configs: expected a JSON list of dicts with BLOCK_M (or TILE_H, TILE_W) and BLOCK_H, "
                          f"got {text!r}")
     out = []
     for c in configs:
-        if "TILE_H" in c:  # a v6 patch
+        if "TILE_H" in c:  # a v6 patch or a v8 config
             out.append(c)
             continue
         defaults = {"UNROLL_TAPS": False}

@@ -30,6 +30,7 @@ each candidate kernel and keeps the fastest per shape.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -694,7 +695,14 @@ def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: di
     def tma_args(tile_h: int, tile_w: int):
         return (*_nhwc_descriptors(x, out, tile_h, tile_w), w_taps, b_g, we_t, b_e, wp_t, b_p, n, h, w, c, c16, hid)
 
-    if config is not None and "TILE_H" in config:
+    if config is not None and "TAP_STAGES" in config:
+        from .convfirst_ws import launch_ws_block, ws_block_usable
+
+        why = ws_block_usable(x, w_taps, we_t, wp_t, out)
+        if why:
+            raise KernelInputError(f"the warp-specialised form (config with TAP_STAGES) cannot run: {why}")
+        compiled = launch_ws_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config)
+    elif config is not None and "TILE_H" in config:
         if not tma_usable(x, out):
             raise KernelInputError("the TMA form (config with TILE_H) needs x and out at 16-byte aligned addresses")
         meta = {"JOINT_TAPS": TMA_JOINT_TAPS, **{k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}}
@@ -731,9 +739,40 @@ def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: di
             _last_tuner = _pick_tuner((c, hid, h, w, npix, str(x.dtype), len(tuners)), run_with, tuners)
         else:
             _last_tuner = tuners[0]
-        compiled = run_with(_last_tuner)
+        ws_config = _ws_choice(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, lambda: run_with(_last_tuner))
+        if ws_config is not None:
+            from .convfirst_ws import launch_ws_block
+
+            compiled = launch_ws_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, ws_config)
+        else:
+            compiled = run_with(_last_tuner)
     LAST_COMPILED["convfirst"] = compiled
     return out
+
+
+#: Per (C, hidden width, H, W, pixels, dtype): the warp-specialised kernel's config where it was faster than the
+#: best Triton kernel, else None.
+WS_CHOICE: dict = {}
+#: ``CONVFIRST_WS_BLOCK=0`` leaves the warp-specialised kernel out of the choice.
+WS_BLOCK = os.environ.get("CONVFIRST_WS_BLOCK", "1") != "0"
+
+
+def _ws_choice(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, run_triton) -> dict | None:
+    """The warp-specialised kernel's config for this shape if it beats ``run_triton`` (the Triton kernels' best),
+    timed once per shape at its first call outside a CUDA graph capture; None where it cannot run or was slower."""
+    from .convfirst_ws import launch_ws_block, ws_block_usable, ws_configs
+
+    if not WS_BLOCK or ws_block_usable(x, w_taps, we_t, wp_t, out):
+        return None
+    n, c, h, w = x.shape
+    key = (c, we_t.shape[1], h, w, n * h * w, str(x.dtype))
+    if key not in WS_CHOICE and not torch.cuda.is_current_stream_capturing():
+        configs = {str(cf): cf for cf in ws_configs(c)}
+        runs = {"triton": run_triton}
+        runs.update({name: (lambda cf: lambda: launch_ws_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, cf))(cf)
+                     for name, cf in configs.items()})
+        WS_CHOICE[key] = configs.get(pick_fastest(runs))
+    return WS_CHOICE.get(key)
 
 
 def _convfirst_fused_impl(x, w_taps, b_g, we_t, b_e, wp_t, b_p):

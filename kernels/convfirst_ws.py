@@ -1,0 +1,314 @@
+"""The whole ConvFirst block as one warp-specialised Hopper kernel (Gluon), v8 of ``NOTES_convfirst.md``:
+grouped 3x3 gw8 + bias -> 1x1 expand + bias -> SiLU -> 1x1 project + bias -> + x, NHWC, one launch.
+
+Why: the Triton kernels (v4-v6) are bound by the latency of their nine tap loads per tile, not by bytes or
+tensor work (``NOTES_convfirst.md``): each program waits for a tap's copy, runs its small products, then waits
+for the next, and only three or four programs share an SM. Here the copies are issued by warps that do nothing
+else, into a ring that runs ahead of the products, so the consumers' waits are covered by the copies of later
+taps; and the two 1x1 layers run as in the pair kernel (:mod:`pair_ws`), the hidden activation in registers.
+
+One program per SM walks pairs of 8 x 8 patches (``TILE_H x TILE_W`` pixels of one image); consumer warp group
+``c`` of the program takes patch ``2 t + c`` of tile pair ``t``::
+
+    tap loader (1 warp):     for each 16-channel slice p and tap (dy, dx): TMA box x[n, h0+dy-1.., w0+dx-1..,
+                             16p:16p+16] of both patches (borders zero-filled by the copy engine) and the tap's
+                             16 x 16 block-diagonal weight, into a ring of TAP_STAGES stages
+    weight loader (1 warp):  chunks of BH hidden channels of We (C/16 boxes [16, BH]) and Wp ([BH, CPAD])
+    consumer (4 warps x 2):  g_p = sum over taps of box @ W_tap,p (wgmma, [64, 16] fp32), + b_g -> bf16 ->
+                             shared memory, for each slice p; then for each chunk j:
+                                 S = sum_p g_p @ We[16p.., j]  (wgmma)
+                                 P = silu(S + b_e[j]) -> bf16 in registers
+                                 O += P @ Wp[j, :]             (wgmma, O [64, CPAD] fp32 in registers)
+                             out = O + b_p + x, stored through pointers (masked at the image border)
+
+The grouped conv runs on 16 x 16 slices (two groups of 8): half of each product is zeros, as in the Triton
+kernels. The projecting weight's box is CPAD = next power of two >= C columns wide; the columns past C are
+zero-filled by the copy engine, so C = 96 or 192 runs with a 128- or 256-wide accumulator (C <= 256, the pair
+kernel's register limit). As in the pair kernel the projecting product is synchronous (left in flight, ptxas
+serialises the loop's wgmma for want of registers).
+
+Gluon runs only on a GPU: on the CPU the tests compile this kernel for sm_90 and read its PTX; on the GPU they
+check its values against the fp32 reference.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+
+from ._common import next_pow2
+from .gemm_ws import HAVE_GLUON, _cached_layout
+
+if HAVE_GLUON:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
+                                                                   warpgroup_mma, warpgroup_mma_wait)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+
+    from .gemm_ws import _silu
+
+#: Channels per grouped-conv slice (one packed 16 x 16 block-diagonal weight) and per TMA box of x.
+SLICE = 16
+#: Candidate configs: patch shape (TILE_H, TILE_W), hidden chunk BH, weight-ring STAGES, tap-ring TAP_STAGES.
+WS_CONFIGS = ((8, 8, 64, 2, 18), (8, 8, 32, 4, 18), (8, 8, 64, 2, 9), (8, 8, 32, 2, 9), (4, 16, 64, 2, 18),
+              (4, 16, 32, 2, 9))
+
+
+if HAVE_GLUON:
+    @gluon.jit
+    def _patch_origin(q, PPI, PW, TILE_H: gl.constexpr, TILE_W: gl.constexpr):
+        """Image and top-left pixel of patch ``q`` (patches in row-major order within an image)."""
+        n = q // PPI
+        rem = q % PPI
+        return n, (rem // PW) * TILE_H, (rem % PW) * TILE_W
+
+    @gluon.jit
+    def _tap_loader(x_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty, n_patches, PPI, PW,
+                    C: gl.constexpr):
+        """One warp: for both patches of each tile pair, every (slice, tap) box of x and the tap's weight."""
+        TILE_H: gl.constexpr = x_desc.block_type.shape[1]
+        TILE_W: gl.constexpr = x_desc.block_type.shape[2]
+        TAP_STAGES: gl.constexpr = gw_bufs.type.shape[0]
+        nbytes: gl.constexpr = 2 * x_desc.block_type.nbytes + gw_desc.block_type.nbytes
+        n_pairs = gl.cdiv(n_patches, 2)
+        k = 0
+        for t in range(gl.program_id(0), n_pairs, gl.num_programs(0)):
+            # an odd last patch is loaded twice (its second copy's output is masked off)
+            n0, h0, w0 = _patch_origin(2 * t, PPI, PW, TILE_H, TILE_W)
+            n1, h1, w1 = _patch_origin(gl.minimum(2 * t + 1, n_patches - 1), PPI, PW, TILE_H, TILE_W)
+            for p in range(C // 16):
+                for tap in gl.static_range(9):
+                    s = k % TAP_STAGES
+                    mbarrier.wait(tap_empty.index(s), ((k // TAP_STAGES) & 1) ^ 1)  # fresh barriers pass
+                    bar = tap_ready.index(s)
+                    mbarrier.expect(bar, nbytes)
+                    tma.async_copy_global_to_shared(x_desc, [n0, h0 + tap // 3 - 1, w0 + tap % 3 - 1, p * 16], bar,
+                                                    tap_bufs.index(2 * s))
+                    tma.async_copy_global_to_shared(x_desc, [n1, h1 + tap // 3 - 1, w1 + tap % 3 - 1, p * 16], bar,
+                                                    tap_bufs.index(2 * s + 1))
+                    tma.async_copy_global_to_shared(gw_desc, [tap * C + p * 16, 0], bar, gw_bufs.index(s))
+                    k += 1
+
+    @gluon.jit
+    def _weight_loader(we_desc, wp_desc, we_bufs, wp_bufs, w_ready, w_empty, n_patches, C: gl.constexpr,
+                       HIDDEN: gl.constexpr):
+        """One warp: per tile pair, every hidden chunk's expanding and projecting weights, STAGES chunks ahead."""
+        BH: gl.constexpr = wp_desc.block_type.shape[0]
+        STAGES: gl.constexpr = wp_bufs.type.shape[0]
+        NP: gl.constexpr = C // 16
+        nbytes: gl.constexpr = NP * we_desc.block_type.nbytes + wp_desc.block_type.nbytes
+        n_pairs = gl.cdiv(n_patches, 2)
+        chunk = 0
+        for t in range(gl.program_id(0), n_pairs, gl.num_programs(0)):
+            for j in range(0, HIDDEN, BH):
+                s = chunk % STAGES
+                mbarrier.wait(w_empty.index(s), ((chunk // STAGES) & 1) ^ 1)
+                bar = w_ready.index(s)
+                mbarrier.expect(bar, nbytes)
+                for p in gl.static_range(NP):
+                    tma.async_copy_global_to_shared(we_desc, [p * 16, j], bar, we_bufs.index(s * NP + p))
+                tma.async_copy_global_to_shared(wp_desc, [j, 0], bar, wp_bufs.index(s))
+                chunk += 1
+
+    @gluon.jit
+    def _block_consumer(bufs, bars, ptrs, dims, C: gl.constexpr, HIDDEN: gl.constexpr, WHICH: gl.constexpr,
+                        TILE_H: gl.constexpr, TILE_W: gl.constexpr):
+        """One warp group: the grouped conv of its patch into shared memory, then both 1x1 products and the
+        epilogue, for patch ``2 t + WHICH`` of each of its program's tile pairs."""
+        tap_bufs, gw_bufs, g_bufs, we_bufs, wp_bufs = bufs
+        tap_ready, tap_empty, w_ready, w_empty = bars
+        b_g_ptr, b_e_ptr, b_p_ptr, x_ptr, out_ptr = ptrs
+        n_patches, PPI, PW, H, W = dims
+        ROWS: gl.constexpr = TILE_H * TILE_W
+        NP: gl.constexpr = C // 16
+        TAP_STAGES: gl.constexpr = gw_bufs.type.shape[0]
+        BH: gl.constexpr = wp_bufs.type.shape[1]
+        CPAD: gl.constexpr = wp_bufs.type.shape[2]
+        STAGES: gl.constexpr = wp_bufs.type.shape[0]
+        g_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, 16, 16])
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, BH, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, CPAD, 16])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        box_layout: gl.constexpr = g_bufs.type.layout
+        n_pairs = gl.cdiv(n_patches, 2)
+        k = 0
+        chunk = 0
+        for t in range(gl.program_id(0), n_pairs, gl.num_programs(0)):
+            # grouped 3x3: one 16-channel slice at a time, nine taps each, one product in flight behind the next
+            for p in range(NP):
+                b_g = gl.load(b_g_ptr + p * 16 + gl.arange(0, 16, layout=gl.SliceLayout(0, g_layout)))
+                acc = gl.zeros([ROWS, 16], gl.float32, g_layout)
+                for tap in gl.static_range(9):
+                    s = k % TAP_STAGES
+                    mbarrier.wait(tap_ready.index(s), (k // TAP_STAGES) & 1)
+                    box = tap_bufs.index(2 * s + WHICH)._reinterpret(tap_bufs.dtype, [ROWS, 16], box_layout)
+                    acc = warpgroup_mma(box, gw_bufs.index(s), acc, is_async=True)
+                    acc = warpgroup_mma_wait(1, deps=[acc])
+                    if tap > 0:  # the product before this one is done: its stage goes back to the loader
+                        mbarrier.arrive(tap_empty.index((k - 1) % TAP_STAGES), count=1)
+                    k += 1
+                acc = warpgroup_mma_wait(0, deps=[acc])
+                mbarrier.arrive(tap_empty.index((k - 1) % TAP_STAGES), count=1)
+                g = acc + gl.expand_dims(b_g.to(gl.float32), 0)
+                g_bufs.index(WHICH * NP + p).store(g.to(g_bufs.dtype))
+            fence_async_shared()
+            # the two 1x1 layers, as in the pair kernel
+            o = gl.zeros([ROWS, CPAD], gl.float32, o_layout)
+            for j in range(0, HIDDEN, BH):
+                s = chunk % STAGES
+                b_e = gl.load(b_e_ptr + j + gl.arange(0, BH, layout=gl.SliceLayout(0, s_layout))).to(gl.float32)
+                mbarrier.wait(w_ready.index(s), (chunk // STAGES) & 1)
+                acc_s = gl.zeros([ROWS, BH], gl.float32, s_layout)
+                for kp in gl.static_range(NP):
+                    acc_s = warpgroup_mma(g_bufs.index(WHICH * NP + kp), we_bufs.index(s * NP + kp), acc_s,
+                                          is_async=True)
+                acc_s = warpgroup_mma_wait(0, deps=[acc_s])
+                pm = gl.convert_layout(_silu(acc_s + gl.expand_dims(b_e, 0)).to(g_bufs.dtype), p_layout)
+                o = warpgroup_mma(pm, wp_bufs.index(s), o)
+                mbarrier.arrive(w_empty.index(s), count=1)
+                chunk += 1
+            # epilogue: + b_p + x, stored through pointers (rows outside the image or past the last patch masked)
+            q = 2 * t + WHICH
+            n, h0, w0 = _patch_origin(q, PPI, PW, TILE_H, TILE_W)
+            cols = gl.arange(0, CPAD, layout=gl.SliceLayout(0, o_layout))
+            r = gl.arange(0, ROWS, layout=gl.SliceLayout(1, o_layout))
+            hh = h0 + r // TILE_W
+            ww = w0 + r % TILE_W
+            row_ok = (hh < H) & (ww < W) & (q < n_patches)
+            pix = (n * H + hh) * W + ww
+            col_ok = cols < C
+            b_p = gl.expand_dims(gl.load(b_p_ptr + cols, mask=col_ok, other=0.0).to(gl.float32), 0)
+            offs = gl.expand_dims(pix.to(gl.int64) * C, 1) + gl.expand_dims(cols, 0)
+            mask = gl.expand_dims(row_ok, 1) & gl.expand_dims(col_ok, 0)
+            res = gl.load(x_ptr + offs, mask=mask, other=0.0).to(gl.float32)
+            gl.store(out_ptr + offs, (o + b_p + res).to(out_ptr.dtype.element_ty), mask=mask)
+
+    @gluon.jit
+    def convfirst_ws_kernel(x_desc, gw_desc, we_desc, wp_desc, b_g_ptr, b_e_ptr, b_p_ptr, x_ptr, out_ptr,
+                            n_patches, PPI, PW, H, W, C: gl.constexpr, HIDDEN: gl.constexpr, STAGES: gl.constexpr,
+                            TAP_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+        """Persistent fused ConvFirst block over pairs of patches; launch with num_warps=4 (consumer 0), one
+        more warp group (consumer 1) and two loader warps."""
+        TILE_H: gl.constexpr = x_desc.block_type.shape[1]
+        TILE_W: gl.constexpr = x_desc.block_type.shape[2]
+        NP: gl.constexpr = C // 16
+        ROWS: gl.constexpr = TILE_H * TILE_W
+        tap_bufs = gl.allocate_shared_memory(x_desc.dtype, [2 * TAP_STAGES] + x_desc.block_type.shape,
+                                             x_desc.layout)
+        gw_bufs = gl.allocate_shared_memory(gw_desc.dtype, [TAP_STAGES] + gw_desc.block_type.shape, gw_desc.layout)
+        g_bufs = gl.allocate_shared_memory(x_desc.dtype, [2 * NP, ROWS, 16], gw_desc.layout)
+        we_bufs = gl.allocate_shared_memory(we_desc.dtype, [STAGES * NP] + we_desc.block_type.shape,
+                                            we_desc.layout)
+        wp_bufs = gl.allocate_shared_memory(wp_desc.dtype, [STAGES] + wp_desc.block_type.shape, wp_desc.layout)
+        tap_ready = gl.allocate_shared_memory(gl.int64, [TAP_STAGES, 1], mbarrier.MBarrierLayout())
+        tap_empty = gl.allocate_shared_memory(gl.int64, [TAP_STAGES, 1], mbarrier.MBarrierLayout())
+        w_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        w_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(TAP_STAGES):
+            mbarrier.init(tap_ready.index(i), count=1)
+            mbarrier.init(tap_empty.index(i), count=2)  # both consumers read every stage
+        for i in gl.static_range(STAGES):
+            mbarrier.init(w_ready.index(i), count=1)
+            mbarrier.init(w_empty.index(i), count=2)
+        fence_async_shared()
+        bufs = (tap_bufs, gw_bufs, g_bufs, we_bufs, wp_bufs)
+        bars = (tap_ready, tap_empty, w_ready, w_empty)
+        ptrs = (b_g_ptr, b_e_ptr, b_p_ptr, x_ptr, out_ptr)
+        dims = (n_patches, PPI, PW, H, W)
+        gl.warp_specialize([(_block_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 0, TILE_H, TILE_W)),
+                            (_block_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 1, TILE_H, TILE_W)),
+                            (_tap_loader, (x_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty, n_patches,
+                                           PPI, PW, C)),
+                            (_weight_loader, (we_desc, wp_desc, we_bufs, wp_bufs, w_ready, w_empty, n_patches, C,
+                                              HIDDEN))],
+                           [4, 1, 1], [CONSUMER_REGS, 24, 24])
+
+
+def ws_block_supported(channels: int, hidden: int) -> str | None:
+    """None when the kernel takes this block, else why not."""
+    if channels % 16 or not 16 <= channels <= 256:
+        return f"C={channels}: the warp-specialised block kernel takes C a multiple of 16 up to 256"
+    if hidden % 64:
+        return f"hidden width {hidden} is not a multiple of 64"
+    return None
+
+
+def ws_block_usable(x, w_taps, we_t, wp_t, out) -> str | None:
+    """None when the kernel can run on these tensors here, else why not: Gluon and a Hopper GPU, a supported
+    width, TMA's 16-byte alignment."""
+    from .gemm_ws import ws_available
+
+    if not ws_available(x.device):
+        return "it needs Gluon and a Hopper (sm_90) GPU"
+    why = ws_block_supported(x.shape[1], we_t.shape[1])
+    if why:
+        return why
+    if not all(t.data_ptr() % 16 == 0 for t in (x, w_taps, we_t, wp_t, out)):
+        return "TMA needs 16-byte aligned tensors"
+    return None
+
+
+def ws_smem_bytes(channels: int, config: dict, itemsize: int = 2) -> int:
+    """Shared memory of one program (barriers not counted)."""
+    rows = config["TILE_H"] * config["TILE_W"]
+    cpad, bh = next_pow2(channels), config["BH"]
+    taps = config["TAP_STAGES"] * (2 * rows * 16 + 16 * 16)
+    return (taps + 2 * rows * channels + config["STAGES"] * (channels * bh + bh * cpad)) * itemsize
+
+
+def ws_configs(channels: int) -> list[dict]:
+    """The candidate configs that fit in shared memory at this width."""
+    out = [{"TILE_H": th, "TILE_W": tw, "BH": bh, "STAGES": st, "TAP_STAGES": ts, "CONSUMER_REGS": 232,
+            "maxnreg": 168} for th, tw, bh, st, ts in WS_CONFIGS]
+    return [cf for cf in out if ws_smem_bytes(channels, cf) <= 220 * 1024]
+
+
+_SMS: dict = {}
+
+
+def launch_ws_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: dict):
+    """One launch into ``out``: ``x`` and ``out`` [N, C, H, W] channels_last, weights as packed by
+    :func:`convfirst.kernels.pack_block_params` (``w_taps`` [9, C, 16], ``we_t`` [C, HIDDEN], ``wp_t`` [HIDDEN, C]).
+    Inputs are checked by the caller."""
+    n, c, h, w = x.shape
+    hidden = we_t.shape[1]
+    th, tw, bh = config["TILE_H"], config["TILE_W"], config["BH"]
+    cpad = next_pow2(c)
+    x_nhwc = x.permute(0, 2, 3, 1)
+    x_desc = GluonDescriptor.from_tensor(x_nhwc, [1, th, tw, SLICE], _cached_layout((1, th, tw, SLICE), x.dtype))
+    gw_desc = GluonDescriptor.from_tensor(w_taps.reshape(9 * c, SLICE), [SLICE, SLICE],
+                                          _cached_layout((SLICE, SLICE), x.dtype))
+    we_desc = GluonDescriptor.from_tensor(we_t, [SLICE, bh], _cached_layout((SLICE, bh), x.dtype))
+    wp_desc = GluonDescriptor.from_tensor(wp_t, [bh, cpad], _cached_layout((bh, cpad), x.dtype))
+    if x.device not in _SMS:
+        _SMS[x.device] = torch.cuda.get_device_properties(x.device).multi_processor_count
+    pw = triton.cdiv(w, tw)
+    ppi = triton.cdiv(h, th) * pw
+    n_patches = n * ppi
+    grid = (max(1, min(_SMS[x.device], triton.cdiv(n_patches, 2))),)
+    return convfirst_ws_kernel[grid](x_desc, gw_desc, we_desc, wp_desc, b_g, b_e, b_p, x, out, n_patches, ppi, pw,
+                                     h, w, C=c, HIDDEN=hidden, STAGES=config["STAGES"],
+                                     TAP_STAGES=config["TAP_STAGES"], CONSUMER_REGS=config["CONSUMER_REGS"],
+                                     num_warps=4, maxnreg=config["maxnreg"])
+
+
+def ws_block_signature(dtype: str = "bf16", channels: int = 96, config: dict | None = None) -> dict:
+    """The kernel's argument types for an sm_90 compile without a GPU."""
+    config = config or ws_configs(channels)[0]
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float16
+    from triton.runtime.jit import mangle_type
+
+    def desc(shape):
+        t = torch.empty([8] * (len(shape) - 1) + [256], dtype=torch_dtype)
+        return mangle_type(GluonDescriptor.from_tensor(t, shape, _cached_layout(tuple(shape), torch_dtype)))
+
+    ptr = "*bf16" if dtype == "bf16" else "*fp16"
+    th, tw, bh = config["TILE_H"], config["TILE_W"], config["BH"]
+    return {"x_desc": desc([1, th, tw, SLICE]), "gw_desc": desc([SLICE, SLICE]), "we_desc": desc([SLICE, bh]),
+            "wp_desc": desc([bh, next_pow2(channels)]), "b_g_ptr": "*fp32", "b_e_ptr": "*fp32", "b_p_ptr": "*fp32",
+            "x_ptr": ptr, "out_ptr": ptr, "n_patches": "i32", "PPI": "i32", "PW": "i32", "H": "i32", "W": "i32",
+            "C": "constexpr", "HIDDEN": "constexpr", "STAGES": "constexpr", "TAP_STAGES": "constexpr",
+            "CONSUMER_REGS": "constexpr"}

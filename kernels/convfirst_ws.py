@@ -52,6 +52,13 @@ SLICE = 16
 #: Candidate configs: patch shape (TILE_H, TILE_W), hidden chunk BH, weight-ring STAGES, tap-ring TAP_STAGES.
 WS_CONFIGS = ((8, 8, 64, 2, 18), (8, 8, 32, 4, 18), (8, 8, 64, 2, 9), (8, 8, 32, 2, 9), (4, 16, 64, 2, 18),
               (4, 16, 32, 2, 9))
+#: Stages of grouped-conv output (both patches of a tile pair each) between the producer and the chain consumers.
+G_STAGES = 2
+#: Registers per thread: the chain consumers, the grouped-conv warp group (what is left of the 64 K registers of
+#: an SM after the two chain consumers and the two 24-register loader warps), and the launch's cap (14 warps).
+CHAIN_REGS = 208
+GCONV_REGS = 80
+LAUNCH_REGS = 144
 
 
 if HAVE_GLUON:
@@ -111,62 +118,88 @@ if HAVE_GLUON:
                 chunk += 1
 
     @gluon.jit
-    def _block_consumer(bufs, bars, ptrs, dims, C: gl.constexpr, HIDDEN: gl.constexpr, WHICH: gl.constexpr,
+    def _gconv_producer(tap_bufs, gw_bufs, g_bufs, tap_ready, tap_empty, g_ready, g_empty, b_g_ptr, n_patches,
+                        C: gl.constexpr):
+        """One warp group: the grouped conv of both patches of each tile pair, slice by slice, into a ring of
+        G_STAGES shared-memory stages that the chain consumers read (the two patches' products in flight
+        together, one tap behind the next)."""
+        ROWS: gl.constexpr = g_bufs.type.shape[1]
+        NP: gl.constexpr = C // 16
+        TAP_STAGES: gl.constexpr = gw_bufs.type.shape[0]
+        G_STAGES: gl.constexpr = g_bufs.type.shape[0] // (2 * NP)
+        g_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, 16, 16])
+        box_layout: gl.constexpr = g_bufs.type.layout
+        n_pairs = gl.cdiv(n_patches, 2)
+        k = 0
+        count = 0
+        for t in range(gl.program_id(0), n_pairs, gl.num_programs(0)):
+            gs = count % G_STAGES
+            mbarrier.wait(g_empty.index(gs), ((count // G_STAGES) & 1) ^ 1)  # fresh barriers pass
+            for p in range(NP):
+                b_g = gl.expand_dims(gl.load(b_g_ptr + p * 16 + gl.arange(0, 16, layout=gl.SliceLayout(0, g_layout)))
+                                     .to(gl.float32), 0)
+                acc0 = gl.zeros([ROWS, 16], gl.float32, g_layout)
+                acc1 = gl.zeros([ROWS, 16], gl.float32, g_layout)
+                for tap in gl.static_range(9):
+                    s = k % TAP_STAGES
+                    mbarrier.wait(tap_ready.index(s), (k // TAP_STAGES) & 1)
+                    box0 = tap_bufs.index(2 * s)._reinterpret(tap_bufs.dtype, [ROWS, 16], box_layout)
+                    box1 = tap_bufs.index(2 * s + 1)._reinterpret(tap_bufs.dtype, [ROWS, 16], box_layout)
+                    acc0 = warpgroup_mma(box0, gw_bufs.index(s), acc0, is_async=True)
+                    acc1 = warpgroup_mma(box1, gw_bufs.index(s), acc1, is_async=True)
+                    acc0, acc1 = warpgroup_mma_wait(2, deps=[acc0, acc1])
+                    if tap > 0:  # the tap before this one is done: its stage goes back to the loader
+                        mbarrier.arrive(tap_empty.index((k - 1) % TAP_STAGES), count=1)
+                    k += 1
+                acc0, acc1 = warpgroup_mma_wait(0, deps=[acc0, acc1])
+                mbarrier.arrive(tap_empty.index((k - 1) % TAP_STAGES), count=1)
+                g_bufs.index((gs * 2 + 0) * NP + p).store((acc0 + b_g).to(g_bufs.dtype))
+                g_bufs.index((gs * 2 + 1) * NP + p).store((acc1 + b_g).to(g_bufs.dtype))
+            fence_async_shared()  # the stores above are read by the consumers' wgmma (the async proxy)
+            gl.thread_barrier()  # every warp of the group has stored its rows before the stage is handed over
+            mbarrier.arrive(g_ready.index(gs), count=1)
+            count += 1
+
+    @gluon.jit
+    def _chain_consumer(bufs, bars, ptrs, dims, C: gl.constexpr, HIDDEN: gl.constexpr, WHICH: gl.constexpr,
                         TILE_H: gl.constexpr, TILE_W: gl.constexpr):
-        """One warp group: the grouped conv of its patch into shared memory, then both 1x1 products and the
-        epilogue, for patch ``2 t + WHICH`` of each of its program's tile pairs."""
-        tap_bufs, gw_bufs, g_bufs, we_bufs, wp_bufs = bufs
-        tap_ready, tap_empty, w_ready, w_empty = bars
-        b_g_ptr, b_e_ptr, b_p_ptr, x_ptr, out_ptr = ptrs
+        """One warp group: both 1x1 products of patch ``2 t + WHICH`` of each tile pair (its grouped-conv output
+        read from the ring), as in the pair kernel, and the epilogue."""
+        g_bufs, we_bufs, wp_bufs = bufs
+        g_ready, g_empty, w_ready, w_empty = bars
+        b_e_ptr, b_p_ptr, x_ptr, out_ptr = ptrs
         n_patches, PPI, PW, H, W = dims
         ROWS: gl.constexpr = TILE_H * TILE_W
         NP: gl.constexpr = C // 16
-        TAP_STAGES: gl.constexpr = gw_bufs.type.shape[0]
+        G_STAGES: gl.constexpr = g_bufs.type.shape[0] // (2 * NP)
         BH: gl.constexpr = wp_bufs.type.shape[1]
         CPAD: gl.constexpr = wp_bufs.type.shape[2]
         STAGES: gl.constexpr = wp_bufs.type.shape[0]
-        g_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, 16, 16])
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, BH, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, CPAD, 16])
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-        box_layout: gl.constexpr = g_bufs.type.layout
         n_pairs = gl.cdiv(n_patches, 2)
-        k = 0
         chunk = 0
+        count = 0
         for t in range(gl.program_id(0), n_pairs, gl.num_programs(0)):
-            # grouped 3x3: one 16-channel slice at a time, nine taps each, one product in flight behind the next
-            for p in range(NP):
-                b_g = gl.load(b_g_ptr + p * 16 + gl.arange(0, 16, layout=gl.SliceLayout(0, g_layout)))
-                acc = gl.zeros([ROWS, 16], gl.float32, g_layout)
-                for tap in gl.static_range(9):
-                    s = k % TAP_STAGES
-                    mbarrier.wait(tap_ready.index(s), (k // TAP_STAGES) & 1)
-                    box = tap_bufs.index(2 * s + WHICH)._reinterpret(tap_bufs.dtype, [ROWS, 16], box_layout)
-                    acc = warpgroup_mma(box, gw_bufs.index(s), acc, is_async=True)
-                    acc = warpgroup_mma_wait(1, deps=[acc])
-                    if tap > 0:  # the product before this one is done: its stage goes back to the loader
-                        mbarrier.arrive(tap_empty.index((k - 1) % TAP_STAGES), count=1)
-                    k += 1
-                acc = warpgroup_mma_wait(0, deps=[acc])
-                mbarrier.arrive(tap_empty.index((k - 1) % TAP_STAGES), count=1)
-                g = acc + gl.expand_dims(b_g.to(gl.float32), 0)
-                g_bufs.index(WHICH * NP + p).store(g.to(g_bufs.dtype))
-            fence_async_shared()
-            # the two 1x1 layers, as in the pair kernel
+            gs = count % G_STAGES
+            mbarrier.wait(g_ready.index(gs), (count // G_STAGES) & 1)
+            g0 = (gs * 2 + WHICH) * NP
             o = gl.zeros([ROWS, CPAD], gl.float32, o_layout)
             for j in range(0, HIDDEN, BH):
                 s = chunk % STAGES
                 b_e = gl.load(b_e_ptr + j + gl.arange(0, BH, layout=gl.SliceLayout(0, s_layout))).to(gl.float32)
                 mbarrier.wait(w_ready.index(s), (chunk // STAGES) & 1)
-                acc_s = gl.zeros([ROWS, BH], gl.float32, s_layout)
+                acc = gl.zeros([ROWS, BH], gl.float32, s_layout)
                 for kp in gl.static_range(NP):
-                    acc_s = warpgroup_mma(g_bufs.index(WHICH * NP + kp), we_bufs.index(s * NP + kp), acc_s,
-                                          is_async=True)
-                acc_s = warpgroup_mma_wait(0, deps=[acc_s])
-                pm = gl.convert_layout(_silu(acc_s + gl.expand_dims(b_e, 0)).to(g_bufs.dtype), p_layout)
+                    acc = warpgroup_mma(g_bufs.index(g0 + kp), we_bufs.index(s * NP + kp), acc, is_async=True)
+                acc = warpgroup_mma_wait(0, deps=[acc])
+                mbarrier.arrive(g_empty.index(gs), count=1, pred=j + BH >= HIDDEN)  # read for the last time
+                pm = gl.convert_layout(_silu(acc + gl.expand_dims(b_e, 0)).to(g_bufs.dtype), p_layout)
+                # synchronous, as in the pair kernel (an in-flight product here makes ptxas serialise the loop)
                 o = warpgroup_mma(pm, wp_bufs.index(s), o)
                 mbarrier.arrive(w_empty.index(s), count=1)
                 chunk += 1
@@ -185,13 +218,15 @@ if HAVE_GLUON:
             mask = gl.expand_dims(row_ok, 1) & gl.expand_dims(col_ok, 0)
             res = gl.load(x_ptr + offs, mask=mask, other=0.0).to(gl.float32)
             gl.store(out_ptr + offs, (o + b_p + res).to(out_ptr.dtype.element_ty), mask=mask)
+            count += 1
 
     @gluon.jit
     def convfirst_ws_kernel(x_desc, gw_desc, we_desc, wp_desc, b_g_ptr, b_e_ptr, b_p_ptr, x_ptr, out_ptr,
                             n_patches, PPI, PW, H, W, C: gl.constexpr, HIDDEN: gl.constexpr, STAGES: gl.constexpr,
-                            TAP_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr):
-        """Persistent fused ConvFirst block over pairs of patches; launch with num_warps=4 (consumer 0), one
-        more warp group (consumer 1) and two loader warps."""
+                            TAP_STAGES: gl.constexpr, G_STAGES: gl.constexpr, CHAIN_REGS: gl.constexpr,
+                            GCONV_REGS: gl.constexpr):
+        """Persistent fused ConvFirst block over pairs of patches; launch with num_warps=4 (chain consumer 0),
+        then chain consumer 1, the grouped-conv warp group and two loader warps."""
         TILE_H: gl.constexpr = x_desc.block_type.shape[1]
         TILE_W: gl.constexpr = x_desc.block_type.shape[2]
         NP: gl.constexpr = C // 16
@@ -199,38 +234,46 @@ if HAVE_GLUON:
         tap_bufs = gl.allocate_shared_memory(x_desc.dtype, [2 * TAP_STAGES] + x_desc.block_type.shape,
                                              x_desc.layout)
         gw_bufs = gl.allocate_shared_memory(gw_desc.dtype, [TAP_STAGES] + gw_desc.block_type.shape, gw_desc.layout)
-        g_bufs = gl.allocate_shared_memory(x_desc.dtype, [2 * NP, ROWS, 16], gw_desc.layout)
+        g_bufs = gl.allocate_shared_memory(x_desc.dtype, [G_STAGES * 2 * NP, ROWS, 16], gw_desc.layout)
         we_bufs = gl.allocate_shared_memory(we_desc.dtype, [STAGES * NP] + we_desc.block_type.shape,
                                             we_desc.layout)
         wp_bufs = gl.allocate_shared_memory(wp_desc.dtype, [STAGES] + wp_desc.block_type.shape, wp_desc.layout)
         tap_ready = gl.allocate_shared_memory(gl.int64, [TAP_STAGES, 1], mbarrier.MBarrierLayout())
         tap_empty = gl.allocate_shared_memory(gl.int64, [TAP_STAGES, 1], mbarrier.MBarrierLayout())
+        g_ready = gl.allocate_shared_memory(gl.int64, [G_STAGES, 1], mbarrier.MBarrierLayout())
+        g_empty = gl.allocate_shared_memory(gl.int64, [G_STAGES, 1], mbarrier.MBarrierLayout())
         w_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         w_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(TAP_STAGES):
             mbarrier.init(tap_ready.index(i), count=1)
-            mbarrier.init(tap_empty.index(i), count=2)  # both consumers read every stage
+            mbarrier.init(tap_empty.index(i), count=1)
+        for i in gl.static_range(G_STAGES):
+            mbarrier.init(g_ready.index(i), count=1)
+            mbarrier.init(g_empty.index(i), count=2)  # both chain consumers read every stage
         for i in gl.static_range(STAGES):
             mbarrier.init(w_ready.index(i), count=1)
             mbarrier.init(w_empty.index(i), count=2)
         fence_async_shared()
-        bufs = (tap_bufs, gw_bufs, g_bufs, we_bufs, wp_bufs)
-        bars = (tap_ready, tap_empty, w_ready, w_empty)
-        ptrs = (b_g_ptr, b_e_ptr, b_p_ptr, x_ptr, out_ptr)
+        bufs = (g_bufs, we_bufs, wp_bufs)
+        bars = (g_ready, g_empty, w_ready, w_empty)
+        ptrs = (b_e_ptr, b_p_ptr, x_ptr, out_ptr)
         dims = (n_patches, PPI, PW, H, W)
-        gl.warp_specialize([(_block_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 0, TILE_H, TILE_W)),
-                            (_block_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 1, TILE_H, TILE_W)),
+        gl.warp_specialize([(_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 0, TILE_H, TILE_W)),
+                            (_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 1, TILE_H, TILE_W)),
+                            (_gconv_producer, (tap_bufs, gw_bufs, g_bufs, tap_ready, tap_empty, g_ready, g_empty,
+                                               b_g_ptr, n_patches, C)),
                             (_tap_loader, (x_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty, n_patches,
                                            PPI, PW, C)),
                             (_weight_loader, (we_desc, wp_desc, we_bufs, wp_bufs, w_ready, w_empty, n_patches, C,
                                               HIDDEN))],
-                           [4, 1, 1], [CONSUMER_REGS, 24, 24])
+                           [4, 4, 1, 1], [CHAIN_REGS, GCONV_REGS, 24, 24])
 
 
 def ws_block_supported(channels: int, hidden: int) -> str | None:
     """None when the kernel takes this block, else why not."""
-    if channels % 16 or not 16 <= channels <= 256:
-        return f"C={channels}: the warp-specialised block kernel takes C a multiple of 16 up to 256"
+    if channels % 16 or not 16 <= channels <= 128:
+        return (f"C={channels}: the warp-specialised block kernel takes C a multiple of 16 up to 128 (its chain "
+                f"consumers' [64, C] fp32 accumulators must fit under the launch's {LAUNCH_REGS}-register cap)")
     if hidden % 64:
         return f"hidden width {hidden} is not a multiple of 64"
     return None
@@ -256,13 +299,12 @@ def ws_smem_bytes(channels: int, config: dict, itemsize: int = 2) -> int:
     rows = config["TILE_H"] * config["TILE_W"]
     cpad, bh = next_pow2(channels), config["BH"]
     taps = config["TAP_STAGES"] * (2 * rows * 16 + 16 * 16)
-    return (taps + 2 * rows * channels + config["STAGES"] * (channels * bh + bh * cpad)) * itemsize
+    return (taps + G_STAGES * 2 * rows * channels + config["STAGES"] * (channels * bh + bh * cpad)) * itemsize
 
 
 def ws_configs(channels: int) -> list[dict]:
     """The candidate configs that fit in shared memory at this width."""
-    out = [{"TILE_H": th, "TILE_W": tw, "BH": bh, "STAGES": st, "TAP_STAGES": ts, "CONSUMER_REGS": 232,
-            "maxnreg": 168} for th, tw, bh, st, ts in WS_CONFIGS]
+    out = [{"TILE_H": th, "TILE_W": tw, "BH": bh, "STAGES": st, "TAP_STAGES": ts} for th, tw, bh, st, ts in WS_CONFIGS]
     return [cf for cf in out if ws_smem_bytes(channels, cf) <= 220 * 1024]
 
 
@@ -291,8 +333,8 @@ def launch_ws_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: dict):
     grid = (max(1, min(_SMS[x.device], triton.cdiv(n_patches, 2))),)
     return convfirst_ws_kernel[grid](x_desc, gw_desc, we_desc, wp_desc, b_g, b_e, b_p, x, out, n_patches, ppi, pw,
                                      h, w, C=c, HIDDEN=hidden, STAGES=config["STAGES"],
-                                     TAP_STAGES=config["TAP_STAGES"], CONSUMER_REGS=config["CONSUMER_REGS"],
-                                     num_warps=4, maxnreg=config["maxnreg"])
+                                     TAP_STAGES=config["TAP_STAGES"], G_STAGES=G_STAGES, CHAIN_REGS=CHAIN_REGS,
+                                     GCONV_REGS=GCONV_REGS, num_warps=4, maxnreg=LAUNCH_REGS)
 
 
 def ws_block_signature(dtype: str = "bf16", channels: int = 96, config: dict | None = None) -> dict:
@@ -311,4 +353,4 @@ def ws_block_signature(dtype: str = "bf16", channels: int = 96, config: dict | N
             "wp_desc": desc([bh, next_pow2(channels)]), "b_g_ptr": "*fp32", "b_e_ptr": "*fp32", "b_p_ptr": "*fp32",
             "x_ptr": ptr, "out_ptr": ptr, "n_patches": "i32", "PPI": "i32", "PW": "i32", "H": "i32", "W": "i32",
             "C": "constexpr", "HIDDEN": "constexpr", "STAGES": "constexpr", "TAP_STAGES": "constexpr",
-            "CONSUMER_REGS": "constexpr"}
+            "G_STAGES": "constexpr", "CHAIN_REGS": "constexpr", "GCONV_REGS": "constexpr"}

@@ -55,10 +55,11 @@ WS_CONFIGS = ((8, 8, 64, 2, 18), (8, 8, 32, 4, 18), (8, 8, 64, 2, 9), (8, 8, 32,
 #: Stages of grouped-conv output (both patches of a tile pair each) between the producer and the chain consumers.
 G_STAGES = 2
 #: Registers per thread: the chain consumers, the grouped-conv warp group (what is left of the 64 K registers of
-#: an SM after the two chain consumers and the two 24-register loader warps), and the launch's cap (14 warps).
+#: an SM after the two chain consumers and the two 24-register loader warps), and the launch's cap (14 warps, padded
+#: to 16: 65536 / 512 = 128).
 CHAIN_REGS = 208
 GCONV_REGS = 80
-LAUNCH_REGS = 144
+LAUNCH_REGS = 128
 
 
 if HAVE_GLUON:

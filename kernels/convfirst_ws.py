@@ -120,7 +120,7 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _gconv_producer(tap_bufs, gw_bufs, g_bufs, tap_ready, tap_empty, g_ready, g_empty, b_g_ptr, n_patches,
-                        C: gl.constexpr):
+                        C: gl.constexpr, SKIP: gl.constexpr):
         """One warp group: the grouped conv of both patches of each tile pair, slice by slice, into a ring of
         G_STAGES shared-memory stages that the chain consumers read (the two patches' products in flight
         together, one tap behind the next)."""
@@ -147,9 +147,10 @@ if HAVE_GLUON:
                     mbarrier.wait(tap_ready.index(s), (k // TAP_STAGES) & 1)
                     box0 = tap_bufs.index(2 * s)._reinterpret(tap_bufs.dtype, [ROWS, 16], box_layout)
                     box1 = tap_bufs.index(2 * s + 1)._reinterpret(tap_bufs.dtype, [ROWS, 16], box_layout)
-                    acc0 = warpgroup_mma(box0, gw_bufs.index(s), acc0, is_async=True)
-                    acc1 = warpgroup_mma(box1, gw_bufs.index(s), acc1, is_async=True)
-                    acc0, acc1 = warpgroup_mma_wait(2, deps=[acc0, acc1])
+                    if SKIP % 2 == 0:
+                        acc0 = warpgroup_mma(box0, gw_bufs.index(s), acc0, is_async=True)
+                        acc1 = warpgroup_mma(box1, gw_bufs.index(s), acc1, is_async=True)
+                        acc0, acc1 = warpgroup_mma_wait(2, deps=[acc0, acc1])
                     if tap > 0:  # the tap before this one is done: its stage goes back to the loader
                         mbarrier.arrive(tap_empty.index((k - 1) % TAP_STAGES), count=1)
                     k += 1
@@ -164,7 +165,7 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _chain_consumer(bufs, bars, ptrs, dims, C: gl.constexpr, HIDDEN: gl.constexpr, WHICH: gl.constexpr,
-                        TILE_H: gl.constexpr, TILE_W: gl.constexpr):
+                        TILE_H: gl.constexpr, TILE_W: gl.constexpr, SKIP: gl.constexpr):
         """One warp group: both 1x1 products of patch ``2 t + WHICH`` of each tile pair (its grouped-conv output
         read from the ring), as in the pair kernel, and the epilogue."""
         g_bufs, we_bufs, wp_bufs = bufs
@@ -195,13 +196,15 @@ if HAVE_GLUON:
                 b_e = gl.load(b_e_ptr + j + gl.arange(0, BH, layout=gl.SliceLayout(0, s_layout))).to(gl.float32)
                 mbarrier.wait(w_ready.index(s), (chunk // STAGES) & 1)
                 acc = gl.zeros([ROWS, BH], gl.float32, s_layout)
-                for kp in gl.static_range(NP):
-                    acc = warpgroup_mma(g_bufs.index(g0 + kp), we_bufs.index(s * NP + kp), acc, is_async=True)
-                acc = warpgroup_mma_wait(0, deps=[acc])
+                if SKIP // 2 == 0:
+                    for kp in gl.static_range(NP):
+                        acc = warpgroup_mma(g_bufs.index(g0 + kp), we_bufs.index(s * NP + kp), acc, is_async=True)
+                    acc = warpgroup_mma_wait(0, deps=[acc])
                 mbarrier.arrive(g_empty.index(gs), count=1, pred=j + BH >= HIDDEN)  # read for the last time
-                pm = gl.convert_layout(_silu(acc + gl.expand_dims(b_e, 0)).to(g_bufs.dtype), p_layout)
-                # synchronous, as in the pair kernel (an in-flight product here makes ptxas serialise the loop)
-                o = warpgroup_mma(pm, wp_bufs.index(s), o)
+                if SKIP // 2 == 0:
+                    pm = gl.convert_layout(_silu(acc + gl.expand_dims(b_e, 0)).to(g_bufs.dtype), p_layout)
+                    # synchronous, as in the pair kernel (an in-flight product here makes ptxas serialise the loop)
+                    o = warpgroup_mma(pm, wp_bufs.index(s), o)
                 mbarrier.arrive(w_empty.index(s), count=1)
                 chunk += 1
             # epilogue: + b_p + x, stored through pointers (rows outside the image or past the last patch masked)
@@ -225,9 +228,12 @@ if HAVE_GLUON:
     def convfirst_ws_kernel(x_desc, gw_desc, we_desc, wp_desc, b_g_ptr, b_e_ptr, b_p_ptr, x_ptr, out_ptr,
                             n_patches, PPI, PW, H, W, C: gl.constexpr, HIDDEN: gl.constexpr, STAGES: gl.constexpr,
                             TAP_STAGES: gl.constexpr, G_STAGES: gl.constexpr, CHAIN_REGS: gl.constexpr,
-                            GCONV_REGS: gl.constexpr):
+                            GCONV_REGS: gl.constexpr, SKIP: gl.constexpr = 0):
         """Persistent fused ConvFirst block over pairs of patches; launch with num_warps=4 (chain consumer 0),
-        then chain consumer 1, the grouped-conv warp group and two loader warps."""
+        then chain consumer 1, the grouped-conv warp group and two loader warps.
+
+        ``SKIP`` is for profiling only (its outputs are wrong): 1 leaves out the grouped conv's products, 2 the
+        chain's products, 3 both; the copies and barriers stay, so the times show which part binds."""
         TILE_H: gl.constexpr = x_desc.block_type.shape[1]
         TILE_W: gl.constexpr = x_desc.block_type.shape[2]
         NP: gl.constexpr = C // 16
@@ -259,10 +265,10 @@ if HAVE_GLUON:
         bars = (g_ready, g_empty, w_ready, w_empty)
         ptrs = (b_e_ptr, b_p_ptr, x_ptr, out_ptr)
         dims = (n_patches, PPI, PW, H, W)
-        gl.warp_specialize([(_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 0, TILE_H, TILE_W)),
-                            (_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 1, TILE_H, TILE_W)),
+        gl.warp_specialize([(_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 0, TILE_H, TILE_W, SKIP)),
+                            (_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 1, TILE_H, TILE_W, SKIP)),
                             (_gconv_producer, (tap_bufs, gw_bufs, g_bufs, tap_ready, tap_empty, g_ready, g_empty,
-                                               b_g_ptr, n_patches, C)),
+                                               b_g_ptr, n_patches, C, SKIP)),
                             (_tap_loader, (x_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty, n_patches,
                                            PPI, PW, C)),
                             (_weight_loader, (we_desc, wp_desc, we_bufs, wp_bufs, w_ready, w_empty, n_patches, C,
@@ -335,7 +341,8 @@ def launch_ws_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: dict):
     return convfirst_ws_kernel[grid](x_desc, gw_desc, we_desc, wp_desc, b_g, b_e, b_p, x, out, n_patches, ppi, pw,
                                      h, w, C=c, HIDDEN=hidden, STAGES=config["STAGES"],
                                      TAP_STAGES=config["TAP_STAGES"], G_STAGES=G_STAGES, CHAIN_REGS=CHAIN_REGS,
-                                     GCONV_REGS=GCONV_REGS, num_warps=4, maxnreg=LAUNCH_REGS)
+                                     GCONV_REGS=GCONV_REGS, SKIP=config.get("SKIP", 0), num_warps=4,
+                                     maxnreg=LAUNCH_REGS)
 
 
 def ws_block_signature(dtype: str = "bf16", channels: int = 96, config: dict | None = None) -> dict:
@@ -354,4 +361,4 @@ def ws_block_signature(dtype: str = "bf16", channels: int = 96, config: dict | N
             "wp_desc": desc([bh, next_pow2(channels)]), "b_g_ptr": "*fp32", "b_e_ptr": "*fp32", "b_p_ptr": "*fp32",
             "x_ptr": ptr, "out_ptr": ptr, "n_patches": "i32", "PPI": "i32", "PW": "i32", "H": "i32", "W": "i32",
             "C": "constexpr", "HIDDEN": "constexpr", "STAGES": "constexpr", "TAP_STAGES": "constexpr",
-            "G_STAGES": "constexpr", "CHAIN_REGS": "constexpr", "GCONV_REGS": "constexpr"}
+            "G_STAGES": "constexpr", "CHAIN_REGS": "constexpr", "GCONV_REGS": "constexpr", "SKIP": "constexpr"}

@@ -47,11 +47,13 @@ if HAVE_GLUON:
 
     from .gemm_ws import _silu
 
-#: Channels per grouped-conv slice (one packed 16 x 16 block-diagonal weight) and per TMA box of x.
+#: Channels per grouped-conv slice (one packed 16 x 16 block-diagonal weight), and per TMA box of x (two slices:
+#: 64-byte rows; 16-channel boxes, 32-byte rows, made v8b twice as slow, bound by the copies).
 SLICE = 16
+BOX = 32
 #: Candidate configs: patch shape (TILE_H, TILE_W), hidden chunk BH, weight-ring STAGES, tap-ring TAP_STAGES.
-WS_CONFIGS = ((8, 8, 64, 2, 18), (8, 8, 32, 4, 18), (8, 8, 64, 2, 9), (8, 8, 32, 2, 9), (4, 16, 64, 2, 18),
-              (4, 16, 32, 2, 9))
+WS_CONFIGS = ((8, 8, 64, 2, 9), (8, 8, 64, 2, 6), (8, 8, 32, 4, 9), (8, 8, 32, 2, 12), (4, 16, 64, 2, 9),
+              (4, 16, 64, 2, 6))
 #: Stages of grouped-conv output (both patches of a tile pair each) between the producer and the chain consumers.
 G_STAGES = 2
 #: Registers per thread: the chain consumers, the grouped-conv warp group (what is left of the 64 K registers of
@@ -71,30 +73,34 @@ if HAVE_GLUON:
         return n, (rem // PW) * TILE_H, (rem % PW) * TILE_W
 
     @gluon.jit
-    def _tap_loader(x_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty, n_patches, PPI, PW,
+    def _tap_loader(x_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty, gw_ready, n_patches, PPI, PW,
                     C: gl.constexpr):
-        """One warp: for both patches of each tile pair, every (slice, tap) box of x and the tap's weight."""
+        """One warp: the grouped conv's weights once (every tap's 16 x 16 slices, kept for the program's life);
+        then for both patches of each tile pair, every (channel box, tap) box of x."""
         TILE_H: gl.constexpr = x_desc.block_type.shape[1]
         TILE_W: gl.constexpr = x_desc.block_type.shape[2]
-        TAP_STAGES: gl.constexpr = gw_bufs.type.shape[0]
-        nbytes: gl.constexpr = 2 * x_desc.block_type.nbytes + gw_desc.block_type.nbytes
+        BOX: gl.constexpr = x_desc.block_type.shape[3]
+        TAP_STAGES: gl.constexpr = tap_bufs.type.shape[0] // 2
+        mbarrier.expect(gw_ready, 9 * C * 16 * 2)
+        for i in range(9 * C // 16):
+            tma.async_copy_global_to_shared(gw_desc, [i * 16, 0], gw_ready, gw_bufs.index(i))
+        nbytes: gl.constexpr = 2 * x_desc.block_type.nbytes
         n_pairs = gl.cdiv(n_patches, 2)
         k = 0
         for t in range(gl.program_id(0), n_pairs, gl.num_programs(0)):
             # an odd last patch is loaded twice (its second copy's output is masked off)
             n0, h0, w0 = _patch_origin(2 * t, PPI, PW, TILE_H, TILE_W)
             n1, h1, w1 = _patch_origin(gl.minimum(2 * t + 1, n_patches - 1), PPI, PW, TILE_H, TILE_W)
-            for p in range(C // 16):
+            for q in range(C // BOX):
                 for tap in gl.static_range(9):
                     s = k % TAP_STAGES
                     mbarrier.wait(tap_empty.index(s), ((k // TAP_STAGES) & 1) ^ 1)  # fresh barriers pass
                     bar = tap_ready.index(s)
                     mbarrier.expect(bar, nbytes)
-                    tma.async_copy_global_to_shared(x_desc, [n0, h0 + tap // 3 - 1, w0 + tap % 3 - 1, p * 16], bar,
+                    tma.async_copy_global_to_shared(x_desc, [n0, h0 + tap // 3 - 1, w0 + tap % 3 - 1, q * BOX], bar,
                                                     tap_bufs.index(2 * s))
-                    tma.async_copy_global_to_shared(x_desc, [n1, h1 + tap // 3 - 1, w1 + tap % 3 - 1, p * 16], bar,
+                    tma.async_copy_global_to_shared(x_desc, [n1, h1 + tap // 3 - 1, w1 + tap % 3 - 1, q * BOX], bar,
                                                     tap_bufs.index(2 * s + 1))
-                    tma.async_copy_global_to_shared(gw_desc, [tap * C + p * 16, 0], bar, gw_bufs.index(s))
                     k += 1
 
     @gluon.jit
@@ -119,45 +125,56 @@ if HAVE_GLUON:
                 chunk += 1
 
     @gluon.jit
-    def _gconv_producer(tap_bufs, gw_bufs, g_bufs, tap_ready, tap_empty, g_ready, g_empty, b_g_ptr, n_patches,
-                        C: gl.constexpr, SKIP: gl.constexpr):
-        """One warp group: the grouped conv of both patches of each tile pair, slice by slice, into a ring of
-        G_STAGES shared-memory stages that the chain consumers read (the two patches' products in flight
-        together, one tap behind the next)."""
+    def _gconv_producer(tap_bufs, gw_bufs, g_bufs, tap_ready, tap_empty, gw_ready, g_ready, g_empty, b_g_ptr,
+                        n_patches, C: gl.constexpr, SKIP: gl.constexpr):
+        """One warp group: the grouped conv of both patches of each tile pair into a ring of G_STAGES
+        shared-memory stages that the chain consumers read. A tap box holds two 16-channel slices of a patch:
+        the four products of a tap (two patches x two slices) are in flight together, one tap behind the next."""
         ROWS: gl.constexpr = g_bufs.type.shape[1]
         NP: gl.constexpr = C // 16
-        TAP_STAGES: gl.constexpr = gw_bufs.type.shape[0]
+        BOX: gl.constexpr = 32
+        TAP_STAGES: gl.constexpr = tap_bufs.type.shape[0] // 2
         G_STAGES: gl.constexpr = g_bufs.type.shape[0] // (2 * NP)
         g_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, 16, 16])
-        box_layout: gl.constexpr = g_bufs.type.layout
+        box_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([ROWS, BOX], tap_bufs.dtype)
+        cols = gl.arange(0, 16, layout=gl.SliceLayout(0, g_layout))
         n_pairs = gl.cdiv(n_patches, 2)
+        mbarrier.wait(gw_ready, 0)
         k = 0
         count = 0
         for t in range(gl.program_id(0), n_pairs, gl.num_programs(0)):
             gs = count % G_STAGES
             mbarrier.wait(g_empty.index(gs), ((count // G_STAGES) & 1) ^ 1)  # fresh barriers pass
-            for p in range(NP):
-                b_g = gl.expand_dims(gl.load(b_g_ptr + p * 16 + gl.arange(0, 16, layout=gl.SliceLayout(0, g_layout)))
-                                     .to(gl.float32), 0)
-                acc0 = gl.zeros([ROWS, 16], gl.float32, g_layout)
-                acc1 = gl.zeros([ROWS, 16], gl.float32, g_layout)
+            for q in range(C // BOX):
+                a00 = gl.zeros([ROWS, 16], gl.float32, g_layout)  # patch 0, slice 2q
+                a01 = gl.zeros([ROWS, 16], gl.float32, g_layout)  # patch 0, slice 2q + 1
+                a10 = gl.zeros([ROWS, 16], gl.float32, g_layout)
+                a11 = gl.zeros([ROWS, 16], gl.float32, g_layout)
                 for tap in gl.static_range(9):
                     s = k % TAP_STAGES
                     mbarrier.wait(tap_ready.index(s), (k // TAP_STAGES) & 1)
-                    box0 = tap_bufs.index(2 * s)._reinterpret(tap_bufs.dtype, [ROWS, 16], box_layout)
-                    box1 = tap_bufs.index(2 * s + 1)._reinterpret(tap_bufs.dtype, [ROWS, 16], box_layout)
+                    box0 = tap_bufs.index(2 * s)._reinterpret(tap_bufs.dtype, [ROWS, BOX], box_layout)
+                    box1 = tap_bufs.index(2 * s + 1)._reinterpret(tap_bufs.dtype, [ROWS, BOX], box_layout)
+                    w0 = gw_bufs.index(tap * NP + 2 * q)
+                    w1 = gw_bufs.index(tap * NP + 2 * q + 1)
                     if SKIP % 2 == 0:
-                        acc0 = warpgroup_mma(box0, gw_bufs.index(s), acc0, is_async=True)
-                        acc1 = warpgroup_mma(box1, gw_bufs.index(s), acc1, is_async=True)
-                        acc0, acc1 = warpgroup_mma_wait(2, deps=[acc0, acc1])
+                        a00 = warpgroup_mma(box0.slice(0, 16, dim=1), w0, a00, is_async=True)
+                        a01 = warpgroup_mma(box0.slice(16, 16, dim=1), w1, a01, is_async=True)
+                        a10 = warpgroup_mma(box1.slice(0, 16, dim=1), w0, a10, is_async=True)
+                        a11 = warpgroup_mma(box1.slice(16, 16, dim=1), w1, a11, is_async=True)
+                        a00, a01, a10, a11 = warpgroup_mma_wait(4, deps=[a00, a01, a10, a11])
                     if tap > 0:  # the tap before this one is done: its stage goes back to the loader
                         mbarrier.arrive(tap_empty.index((k - 1) % TAP_STAGES), count=1)
                     k += 1
-                acc0, acc1 = warpgroup_mma_wait(0, deps=[acc0, acc1])
+                a00, a01, a10, a11 = warpgroup_mma_wait(0, deps=[a00, a01, a10, a11])
                 mbarrier.arrive(tap_empty.index((k - 1) % TAP_STAGES), count=1)
-                g_bufs.index((gs * 2 + 0) * NP + p).store((acc0 + b_g).to(g_bufs.dtype))
-                g_bufs.index((gs * 2 + 1) * NP + p).store((acc1 + b_g).to(g_bufs.dtype))
+                b0 = gl.expand_dims(gl.load(b_g_ptr + q * BOX + cols).to(gl.float32), 0)
+                b1 = gl.expand_dims(gl.load(b_g_ptr + q * BOX + 16 + cols).to(gl.float32), 0)
+                g_bufs.index((gs * 2 + 0) * NP + 2 * q).store((a00 + b0).to(g_bufs.dtype))
+                g_bufs.index((gs * 2 + 0) * NP + 2 * q + 1).store((a01 + b1).to(g_bufs.dtype))
+                g_bufs.index((gs * 2 + 1) * NP + 2 * q).store((a10 + b0).to(g_bufs.dtype))
+                g_bufs.index((gs * 2 + 1) * NP + 2 * q + 1).store((a11 + b1).to(g_bufs.dtype))
             fence_async_shared()  # the stores above are read by the consumers' wgmma (the async proxy)
             gl.thread_barrier()  # every warp of the group has stored its rows before the stage is handed over
             mbarrier.arrive(g_ready.index(gs), count=1)
@@ -240,7 +257,8 @@ if HAVE_GLUON:
         ROWS: gl.constexpr = TILE_H * TILE_W
         tap_bufs = gl.allocate_shared_memory(x_desc.dtype, [2 * TAP_STAGES] + x_desc.block_type.shape,
                                              x_desc.layout)
-        gw_bufs = gl.allocate_shared_memory(gw_desc.dtype, [TAP_STAGES] + gw_desc.block_type.shape, gw_desc.layout)
+        gw_bufs = gl.allocate_shared_memory(gw_desc.dtype, [9 * NP] + gw_desc.block_type.shape, gw_desc.layout)
+        gw_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         g_bufs = gl.allocate_shared_memory(x_desc.dtype, [G_STAGES * 2 * NP, ROWS, 16], gw_desc.layout)
         we_bufs = gl.allocate_shared_memory(we_desc.dtype, [STAGES * NP] + we_desc.block_type.shape,
                                             we_desc.layout)
@@ -251,6 +269,7 @@ if HAVE_GLUON:
         g_empty = gl.allocate_shared_memory(gl.int64, [G_STAGES, 1], mbarrier.MBarrierLayout())
         w_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         w_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(gw_ready, count=1)
         for i in gl.static_range(TAP_STAGES):
             mbarrier.init(tap_ready.index(i), count=1)
             mbarrier.init(tap_empty.index(i), count=1)
@@ -267,10 +286,10 @@ if HAVE_GLUON:
         dims = (n_patches, PPI, PW, H, W)
         gl.warp_specialize([(_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 0, TILE_H, TILE_W, SKIP)),
                             (_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 1, TILE_H, TILE_W, SKIP)),
-                            (_gconv_producer, (tap_bufs, gw_bufs, g_bufs, tap_ready, tap_empty, g_ready, g_empty,
-                                               b_g_ptr, n_patches, C, SKIP)),
-                            (_tap_loader, (x_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty, n_patches,
-                                           PPI, PW, C)),
+                            (_gconv_producer, (tap_bufs, gw_bufs, g_bufs, tap_ready, tap_empty, gw_ready, g_ready,
+                                               g_empty, b_g_ptr, n_patches, C, SKIP)),
+                            (_tap_loader, (x_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty, gw_ready,
+                                           n_patches, PPI, PW, C)),
                             (_weight_loader, (we_desc, wp_desc, we_bufs, wp_bufs, w_ready, w_empty, n_patches, C,
                                               HIDDEN))],
                            [4, 4, 1, 1], [CHAIN_REGS, GCONV_REGS, 24, 24])
@@ -278,8 +297,8 @@ if HAVE_GLUON:
 
 def ws_block_supported(channels: int, hidden: int) -> str | None:
     """None when the kernel takes this block, else why not."""
-    if channels % 16 or not 16 <= channels <= 128:
-        return (f"C={channels}: the warp-specialised block kernel takes C a multiple of 16 up to 128 (its chain "
+    if channels % BOX or not BOX <= channels <= 128:
+        return (f"C={channels}: the warp-specialised block kernel takes C a multiple of {BOX} up to 128 (its chain "
                 f"consumers' [64, C] fp32 accumulators must fit under the launch's {LAUNCH_REGS}-register cap)")
     if hidden % 64:
         return f"hidden width {hidden} is not a multiple of 64"
@@ -305,7 +324,7 @@ def ws_smem_bytes(channels: int, config: dict, itemsize: int = 2) -> int:
     """Shared memory of one program (barriers not counted)."""
     rows = config["TILE_H"] * config["TILE_W"]
     cpad, bh = next_pow2(channels), config["BH"]
-    taps = config["TAP_STAGES"] * (2 * rows * 16 + 16 * 16)
+    taps = config["TAP_STAGES"] * 2 * rows * BOX + 9 * channels * SLICE
     return (taps + G_STAGES * 2 * rows * channels + config["STAGES"] * (channels * bh + bh * cpad)) * itemsize
 
 
@@ -327,7 +346,7 @@ def launch_ws_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: dict):
     th, tw, bh = config["TILE_H"], config["TILE_W"], config["BH"]
     cpad = next_pow2(c)
     x_nhwc = x.permute(0, 2, 3, 1)
-    x_desc = GluonDescriptor.from_tensor(x_nhwc, [1, th, tw, SLICE], _cached_layout((1, th, tw, SLICE), x.dtype))
+    x_desc = GluonDescriptor.from_tensor(x_nhwc, [1, th, tw, BOX], _cached_layout((1, th, tw, BOX), x.dtype))
     gw_desc = GluonDescriptor.from_tensor(w_taps.reshape(9 * c, SLICE), [SLICE, SLICE],
                                           _cached_layout((SLICE, SLICE), x.dtype))
     we_desc = GluonDescriptor.from_tensor(we_t, [SLICE, bh], _cached_layout((SLICE, bh), x.dtype))
@@ -357,7 +376,7 @@ def ws_block_signature(dtype: str = "bf16", channels: int = 96, config: dict | N
 
     ptr = "*bf16" if dtype == "bf16" else "*fp16"
     th, tw, bh = config["TILE_H"], config["TILE_W"], config["BH"]
-    return {"x_desc": desc([1, th, tw, SLICE]), "gw_desc": desc([SLICE, SLICE]), "we_desc": desc([SLICE, bh]),
+    return {"x_desc": desc([1, th, tw, BOX]), "gw_desc": desc([SLICE, SLICE]), "we_desc": desc([SLICE, bh]),
             "wp_desc": desc([bh, next_pow2(channels)]), "b_g_ptr": "*fp32", "b_e_ptr": "*fp32", "b_p_ptr": "*fp32",
             "x_ptr": ptr, "out_ptr": ptr, "n_patches": "i32", "PPI": "i32", "PW": "i32", "H": "i32", "W": "i32",
             "C": "constexpr", "HIDDEN": "constexpr", "STAGES": "constexpr", "TAP_STAGES": "constexpr",

@@ -52,8 +52,8 @@ if HAVE_GLUON:
 SLICE = 16
 BOX = 32
 #: Candidate configs: patch shape (TILE_H, TILE_W), hidden chunk BH, weight-ring STAGES, tap-ring TAP_STAGES.
-WS_CONFIGS = ((8, 8, 64, 2, 9), (8, 8, 64, 2, 6), (8, 8, 32, 4, 9), (8, 8, 32, 2, 12), (4, 16, 64, 2, 9),
-              (4, 16, 64, 2, 6))
+WS_CONFIGS = ((8, 8, 64, 2, 3), (8, 8, 64, 2, 4), (8, 8, 32, 4, 3), (8, 8, 32, 2, 6), (4, 16, 64, 2, 3),
+              (4, 16, 64, 2, 4))
 #: Stages of grouped-conv output (both patches of a tile pair each) between the producer and the chain consumers.
 G_STAGES = 2
 #: Registers per thread: the chain consumers, the grouped-conv warp group (what is left of the 64 K registers of
@@ -73,18 +73,20 @@ if HAVE_GLUON:
         return n, (rem // PW) * TILE_H, (rem % PW) * TILE_W
 
     @gluon.jit
-    def _tap_loader(x_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty, gw_ready, n_patches, PPI, PW,
-                    C: gl.constexpr):
+    def _tap_loader(xm_desc, xt_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty, gw_ready, n_patches, PPI,
+                    PW, C: gl.constexpr):
         """One warp: the grouped conv's weights once (every tap's 16 x 16 slices, kept for the program's life);
-        then for both patches of each tile pair, every (channel box, tap) box of x."""
-        TILE_H: gl.constexpr = x_desc.block_type.shape[1]
-        TILE_W: gl.constexpr = x_desc.block_type.shape[2]
-        BOX: gl.constexpr = x_desc.block_type.shape[3]
+        then for both patches of each tile pair, per 32-channel box and kernel column dx, the patch's rows with
+        their halo (TILE_H + 2 rows, shifted by dx - 1 columns) as two copies: TILE_H rows and 2 rows."""
+        TILE_H: gl.constexpr = xm_desc.block_type.shape[1]
+        TILE_W: gl.constexpr = xm_desc.block_type.shape[2]
+        BOX: gl.constexpr = xm_desc.block_type.shape[3]
         TAP_STAGES: gl.constexpr = tap_bufs.type.shape[0] // 2
+        row_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([TILE_W, BOX], tap_bufs.dtype)
         mbarrier.expect(gw_ready, 9 * C * 16 * 2)
         for i in range(9 * C // 16):
             tma.async_copy_global_to_shared(gw_desc, [i * 16, 0], gw_ready, gw_bufs.index(i))
-        nbytes: gl.constexpr = 2 * x_desc.block_type.nbytes
+        nbytes: gl.constexpr = 2 * (xm_desc.block_type.nbytes + xt_desc.block_type.nbytes)
         n_pairs = gl.cdiv(n_patches, 2)
         k = 0
         for t in range(gl.program_id(0), n_pairs, gl.num_programs(0)):
@@ -92,15 +94,23 @@ if HAVE_GLUON:
             n0, h0, w0 = _patch_origin(2 * t, PPI, PW, TILE_H, TILE_W)
             n1, h1, w1 = _patch_origin(gl.minimum(2 * t + 1, n_patches - 1), PPI, PW, TILE_H, TILE_W)
             for q in range(C // BOX):
-                for tap in gl.static_range(9):
+                for dx in gl.static_range(3):
                     s = k % TAP_STAGES
                     mbarrier.wait(tap_empty.index(s), ((k // TAP_STAGES) & 1) ^ 1)  # fresh barriers pass
                     bar = tap_ready.index(s)
                     mbarrier.expect(bar, nbytes)
-                    tma.async_copy_global_to_shared(x_desc, [n0, h0 + tap // 3 - 1, w0 + tap % 3 - 1, q * BOX], bar,
-                                                    tap_bufs.index(2 * s))
-                    tma.async_copy_global_to_shared(x_desc, [n1, h1 + tap // 3 - 1, w1 + tap % 3 - 1, q * BOX], bar,
-                                                    tap_bufs.index(2 * s + 1))
+                    for c in gl.static_range(2):
+                        n = n0 if c == 0 else n1
+                        h = (h0 if c == 0 else h1) - 1
+                        w = (w0 if c == 0 else w1) + dx - 1
+                        buf = tap_bufs.index(2 * s + c)
+                        tma.async_copy_global_to_shared(xm_desc, [n, h, w, q * BOX], bar,
+                                                        buf._reinterpret(buf.dtype, xm_desc.block_type.shape,
+                                                                         xm_desc.layout))
+                        tail = buf._reinterpret(buf.dtype, buf.shape, row_layout).index(TILE_H)
+                        tma.async_copy_global_to_shared(xt_desc, [n, h + TILE_H, w, q * BOX], bar,
+                                                        tail._reinterpret(buf.dtype, xt_desc.block_type.shape,
+                                                                          xt_desc.layout))
                     k += 1
 
     @gluon.jit
@@ -125,14 +135,25 @@ if HAVE_GLUON:
                 chunk += 1
 
     @gluon.jit
+    def _rows_from(buf, dy, ROWS: gl.constexpr, layout: gl.constexpr):
+        """The [ROWS, BOX] view of a [rows, TILE_W, BOX] stage buffer that starts at image row ``dy`` (rows are
+        whole swizzle atoms, so the view is a valid wgmma operand; Gluon's ``slice`` only takes views at a
+        multiple of their own length, hence the two reinterpretations)."""
+        by_row = buf._reinterpret(buf.dtype, buf.shape, layout)  # the rank-2 layout, so that index() keeps it
+        return by_row.index(dy)._reinterpret(buf.dtype, [ROWS, buf.shape[2]], layout)
+
+    @gluon.jit
     def _gconv_producer(tap_bufs, gw_bufs, g_bufs, tap_ready, tap_empty, gw_ready, g_ready, g_empty, b_g_ptr,
                         n_patches, C: gl.constexpr, SKIP: gl.constexpr):
         """One warp group: the grouped conv of both patches of each tile pair into a ring of G_STAGES
-        shared-memory stages that the chain consumers read. A tap box holds two 16-channel slices of a patch:
-        the four products of a tap (two patches x two slices) are in flight together, one tap behind the next."""
+        shared-memory stages that the chain consumers read. A stage holds, per patch, TILE_H + 2 rows of 32
+        channels shifted by one kernel column; the tap of kernel row dy is the view that starts dy image rows
+        (dy * TILE_W pixels, whole swizzle atoms) further on. Per tap four products (two patches x two 16-channel
+        slices); a stage's twelve are in flight while the next stage's are issued."""
         ROWS: gl.constexpr = g_bufs.type.shape[1]
         NP: gl.constexpr = C // 16
-        BOX: gl.constexpr = 32
+        TILE_W: gl.constexpr = tap_bufs.type.shape[2]
+        BOX: gl.constexpr = tap_bufs.type.shape[3]
         TAP_STAGES: gl.constexpr = tap_bufs.type.shape[0] // 2
         G_STAGES: gl.constexpr = g_bufs.type.shape[0] // (2 * NP)
         g_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -151,20 +172,23 @@ if HAVE_GLUON:
                 a01 = gl.zeros([ROWS, 16], gl.float32, g_layout)  # patch 0, slice 2q + 1
                 a10 = gl.zeros([ROWS, 16], gl.float32, g_layout)
                 a11 = gl.zeros([ROWS, 16], gl.float32, g_layout)
-                for tap in gl.static_range(9):
+                for dx in gl.static_range(3):
                     s = k % TAP_STAGES
                     mbarrier.wait(tap_ready.index(s), (k // TAP_STAGES) & 1)
-                    box0 = tap_bufs.index(2 * s)._reinterpret(tap_bufs.dtype, [ROWS, BOX], box_layout)
-                    box1 = tap_bufs.index(2 * s + 1)._reinterpret(tap_bufs.dtype, [ROWS, BOX], box_layout)
-                    w0 = gw_bufs.index(tap * NP + 2 * q)
-                    w1 = gw_bufs.index(tap * NP + 2 * q + 1)
+                    for dy in gl.static_range(3):
+                        # rows dy .. dy + TILE_H of the stage: a view that starts dy * TILE_W pixels in
+                        v0 = _rows_from(tap_bufs.index(2 * s), dy, ROWS, box_layout)
+                        v1 = _rows_from(tap_bufs.index(2 * s + 1), dy, ROWS, box_layout)
+                        w0 = gw_bufs.index((dy * 3 + dx) * NP + 2 * q)
+                        w1 = gw_bufs.index((dy * 3 + dx) * NP + 2 * q + 1)
+                        if SKIP % 2 == 0:
+                            a00 = warpgroup_mma(v0.slice(0, 16, dim=1), w0, a00, is_async=True)
+                            a01 = warpgroup_mma(v0.slice(16, 16, dim=1), w1, a01, is_async=True)
+                            a10 = warpgroup_mma(v1.slice(0, 16, dim=1), w0, a10, is_async=True)
+                            a11 = warpgroup_mma(v1.slice(16, 16, dim=1), w1, a11, is_async=True)
                     if SKIP % 2 == 0:
-                        a00 = warpgroup_mma(box0.slice(0, 16, dim=1), w0, a00, is_async=True)
-                        a01 = warpgroup_mma(box0.slice(16, 16, dim=1), w1, a01, is_async=True)
-                        a10 = warpgroup_mma(box1.slice(0, 16, dim=1), w0, a10, is_async=True)
-                        a11 = warpgroup_mma(box1.slice(16, 16, dim=1), w1, a11, is_async=True)
-                        a00, a01, a10, a11 = warpgroup_mma_wait(4, deps=[a00, a01, a10, a11])
-                    if tap > 0:  # the tap before this one is done: its stage goes back to the loader
+                        a00, a01, a10, a11 = warpgroup_mma_wait(12, deps=[a00, a01, a10, a11])
+                    if dx > 0:  # the stage before this one is done: it goes back to the loader
                         mbarrier.arrive(tap_empty.index((k - 1) % TAP_STAGES), count=1)
                     k += 1
                 a00, a01, a10, a11 = warpgroup_mma_wait(0, deps=[a00, a01, a10, a11])
@@ -242,7 +266,7 @@ if HAVE_GLUON:
             count += 1
 
     @gluon.jit
-    def convfirst_ws_kernel(x_desc, gw_desc, we_desc, wp_desc, b_g_ptr, b_e_ptr, b_p_ptr, x_ptr, out_ptr,
+    def convfirst_ws_kernel(xm_desc, xt_desc, gw_desc, we_desc, wp_desc, b_g_ptr, b_e_ptr, b_p_ptr, x_ptr, out_ptr,
                             n_patches, PPI, PW, H, W, C: gl.constexpr, HIDDEN: gl.constexpr, STAGES: gl.constexpr,
                             TAP_STAGES: gl.constexpr, G_STAGES: gl.constexpr, CHAIN_REGS: gl.constexpr,
                             GCONV_REGS: gl.constexpr, SKIP: gl.constexpr = 0):
@@ -251,15 +275,18 @@ if HAVE_GLUON:
 
         ``SKIP`` is for profiling only (its outputs are wrong): 1 leaves out the grouped conv's products, 2 the
         chain's products, 3 both; the copies and barriers stay, so the times show which part binds."""
-        TILE_H: gl.constexpr = x_desc.block_type.shape[1]
-        TILE_W: gl.constexpr = x_desc.block_type.shape[2]
+        TILE_H: gl.constexpr = xm_desc.block_type.shape[1]
+        TILE_W: gl.constexpr = xm_desc.block_type.shape[2]
+        BOX: gl.constexpr = xm_desc.block_type.shape[3]
         NP: gl.constexpr = C // 16
         ROWS: gl.constexpr = TILE_H * TILE_W
-        tap_bufs = gl.allocate_shared_memory(x_desc.dtype, [2 * TAP_STAGES] + x_desc.block_type.shape,
-                                             x_desc.layout)
+        # per patch and stage: TILE_H + 2 rows (allocated as the next power of two) of TILE_W pixels x BOX channels
+        tap_bufs = gl.allocate_shared_memory(xm_desc.dtype, [2 * TAP_STAGES, 2 * TILE_H, TILE_W, BOX],
+                                             gl.NVMMASharedLayout.get_default_for([2 * TILE_H, TILE_W, BOX],
+                                                                                  xm_desc.dtype))
         gw_bufs = gl.allocate_shared_memory(gw_desc.dtype, [9 * NP] + gw_desc.block_type.shape, gw_desc.layout)
         gw_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        g_bufs = gl.allocate_shared_memory(x_desc.dtype, [G_STAGES * 2 * NP, ROWS, 16], gw_desc.layout)
+        g_bufs = gl.allocate_shared_memory(xm_desc.dtype, [G_STAGES * 2 * NP, ROWS, 16], gw_desc.layout)
         we_bufs = gl.allocate_shared_memory(we_desc.dtype, [STAGES * NP] + we_desc.block_type.shape,
                                             we_desc.layout)
         wp_bufs = gl.allocate_shared_memory(wp_desc.dtype, [STAGES] + wp_desc.block_type.shape, wp_desc.layout)
@@ -288,8 +315,8 @@ if HAVE_GLUON:
                             (_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 1, TILE_H, TILE_W, SKIP)),
                             (_gconv_producer, (tap_bufs, gw_bufs, g_bufs, tap_ready, tap_empty, gw_ready, g_ready,
                                                g_empty, b_g_ptr, n_patches, C, SKIP)),
-                            (_tap_loader, (x_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty, gw_ready,
-                                           n_patches, PPI, PW, C)),
+                            (_tap_loader, (xm_desc, xt_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty,
+                                           gw_ready, n_patches, PPI, PW, C)),
                             (_weight_loader, (we_desc, wp_desc, we_bufs, wp_bufs, w_ready, w_empty, n_patches, C,
                                               HIDDEN))],
                            [4, 4, 1, 1], [CHAIN_REGS, GCONV_REGS, 24, 24])
@@ -324,7 +351,7 @@ def ws_smem_bytes(channels: int, config: dict, itemsize: int = 2) -> int:
     """Shared memory of one program (barriers not counted)."""
     rows = config["TILE_H"] * config["TILE_W"]
     cpad, bh = next_pow2(channels), config["BH"]
-    taps = config["TAP_STAGES"] * 2 * rows * BOX + 9 * channels * SLICE
+    taps = config["TAP_STAGES"] * 2 * (2 * rows) * BOX + 9 * channels * SLICE
     return (taps + G_STAGES * 2 * rows * channels + config["STAGES"] * (channels * bh + bh * cpad)) * itemsize
 
 
@@ -346,7 +373,8 @@ def launch_ws_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: dict):
     th, tw, bh = config["TILE_H"], config["TILE_W"], config["BH"]
     cpad = next_pow2(c)
     x_nhwc = x.permute(0, 2, 3, 1)
-    x_desc = GluonDescriptor.from_tensor(x_nhwc, [1, th, tw, BOX], _cached_layout((1, th, tw, BOX), x.dtype))
+    xm_desc = GluonDescriptor.from_tensor(x_nhwc, [1, th, tw, BOX], _cached_layout((1, th, tw, BOX), x.dtype))
+    xt_desc = GluonDescriptor.from_tensor(x_nhwc, [1, 2, tw, BOX], _cached_layout((1, 2, tw, BOX), x.dtype))
     gw_desc = GluonDescriptor.from_tensor(w_taps.reshape(9 * c, SLICE), [SLICE, SLICE],
                                           _cached_layout((SLICE, SLICE), x.dtype))
     we_desc = GluonDescriptor.from_tensor(we_t, [SLICE, bh], _cached_layout((SLICE, bh), x.dtype))
@@ -357,7 +385,7 @@ def launch_ws_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: dict):
     ppi = triton.cdiv(h, th) * pw
     n_patches = n * ppi
     grid = (max(1, min(_SMS[x.device], triton.cdiv(n_patches, 2))),)
-    return convfirst_ws_kernel[grid](x_desc, gw_desc, we_desc, wp_desc, b_g, b_e, b_p, x, out, n_patches, ppi, pw,
+    return convfirst_ws_kernel[grid](xm_desc, xt_desc, gw_desc, we_desc, wp_desc, b_g, b_e, b_p, x, out, n_patches, ppi, pw,
                                      h, w, C=c, HIDDEN=hidden, STAGES=config["STAGES"],
                                      TAP_STAGES=config["TAP_STAGES"], G_STAGES=G_STAGES, CHAIN_REGS=CHAIN_REGS,
                                      GCONV_REGS=GCONV_REGS, SKIP=config.get("SKIP", 0), num_warps=4,
@@ -376,7 +404,7 @@ def ws_block_signature(dtype: str = "bf16", channels: int = 96, config: dict | N
 
     ptr = "*bf16" if dtype == "bf16" else "*fp16"
     th, tw, bh = config["TILE_H"], config["TILE_W"], config["BH"]
-    return {"x_desc": desc([1, th, tw, BOX]), "gw_desc": desc([SLICE, SLICE]), "we_desc": desc([SLICE, bh]),
+    return {"xm_desc": desc([1, th, tw, BOX]), "xt_desc": desc([1, 2, tw, BOX]), "gw_desc": desc([SLICE, SLICE]), "we_desc": desc([SLICE, bh]),
             "wp_desc": desc([bh, next_pow2(channels)]), "b_g_ptr": "*fp32", "b_e_ptr": "*fp32", "b_p_ptr": "*fp32",
             "x_ptr": ptr, "out_ptr": ptr, "n_patches": "i32", "PPI": "i32", "PW": "i32", "H": "i32", "W": "i32",
             "C": "constexpr", "HIDDEN": "constexpr", "STAGES": "constexpr", "TAP_STAGES": "constexpr",

@@ -52,8 +52,7 @@ if HAVE_GLUON:
 SLICE = 16
 BOX = 32
 #: Candidate configs: patch shape (TILE_H, TILE_W), hidden chunk BH, weight-ring STAGES, tap-ring TAP_STAGES.
-WS_CONFIGS = ((8, 8, 64, 2, 3), (8, 8, 64, 2, 4), (8, 8, 32, 4, 3), (8, 8, 32, 2, 6), (4, 16, 64, 2, 3),
-              (4, 16, 64, 2, 4))
+WS_CONFIGS = ((8, 8, 64, 2, 3), (8, 8, 64, 2, 4), (8, 8, 32, 4, 3), (4, 16, 64, 2, 3))
 #: Stages of grouped-conv output (both patches of a tile pair each) between the producer and the chain consumers.
 G_STAGES = 2
 #: Registers per thread: the chain consumers, the grouped-conv warp group (what is left of the 64 K registers of
@@ -206,11 +205,12 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _chain_consumer(bufs, bars, ptrs, dims, C: gl.constexpr, HIDDEN: gl.constexpr, WHICH: gl.constexpr,
-                        TILE_H: gl.constexpr, TILE_W: gl.constexpr, SKIP: gl.constexpr):
+                        TILE_H: gl.constexpr, TILE_W: gl.constexpr, PINGPONG: gl.constexpr, SKIP: gl.constexpr):
         """One warp group: both 1x1 products of patch ``2 t + WHICH`` of each tile pair (its grouped-conv output
-        read from the ring), as in the pair kernel, and the epilogue."""
+        read from the ring), as in the pair kernel, and the epilogue. With PINGPONG the two consumers take turns
+        issuing their first products (one's SiLU runs beside the other's products)."""
         g_bufs, we_bufs, wp_bufs = bufs
-        g_ready, g_empty, w_ready, w_empty = bars
+        g_ready, g_empty, w_ready, w_empty, order = bars
         b_e_ptr, b_p_ptr, x_ptr, out_ptr = ptrs
         n_patches, PPI, PW, H, W = dims
         ROWS: gl.constexpr = TILE_H * TILE_W
@@ -236,13 +236,17 @@ if HAVE_GLUON:
                 s = chunk % STAGES
                 b_e = gl.load(b_e_ptr + j + gl.arange(0, BH, layout=gl.SliceLayout(0, s_layout))).to(gl.float32)
                 mbarrier.wait(w_ready.index(s), (chunk // STAGES) & 1)
+                if PINGPONG:  # consumer 0's first wait passes on the fresh barrier
+                    mbarrier.wait(order.index(WHICH), (chunk & 1) ^ (1 - WHICH))
                 acc = gl.zeros([ROWS, BH], gl.float32, s_layout)
-                if SKIP // 2 == 0:
+                if SKIP % 4 < 2:
                     for kp in gl.static_range(NP):
                         acc = warpgroup_mma(g_bufs.index(g0 + kp), we_bufs.index(s * NP + kp), acc, is_async=True)
                     acc = warpgroup_mma_wait(0, deps=[acc])
+                if PINGPONG:
+                    mbarrier.arrive(order.index(1 - WHICH), count=1)
                 mbarrier.arrive(g_empty.index(gs), count=1, pred=j + BH >= HIDDEN)  # read for the last time
-                if SKIP // 2 == 0:
+                if SKIP % 4 < 2:
                     pm = gl.convert_layout(_silu(acc + gl.expand_dims(b_e, 0)).to(g_bufs.dtype), p_layout)
                     # synchronous, as in the pair kernel (an in-flight product here makes ptxas serialise the loop)
                     o = warpgroup_mma(pm, wp_bufs.index(s), o)
@@ -261,7 +265,7 @@ if HAVE_GLUON:
             b_p = gl.expand_dims(gl.load(b_p_ptr + cols, mask=col_ok, other=0.0).to(gl.float32), 0)
             offs = gl.expand_dims(pix.to(gl.int64) * C, 1) + gl.expand_dims(cols, 0)
             mask = gl.expand_dims(row_ok, 1) & gl.expand_dims(col_ok, 0)
-            res = gl.load(x_ptr + offs, mask=mask, other=0.0).to(gl.float32)
+            res = gl.load(x_ptr + offs, mask=mask & (SKIP < 4), other=0.0).to(gl.float32)
             gl.store(out_ptr + offs, (o + b_p + res).to(out_ptr.dtype.element_ty), mask=mask)
             count += 1
 
@@ -269,12 +273,13 @@ if HAVE_GLUON:
     def convfirst_ws_kernel(xm_desc, xt_desc, gw_desc, we_desc, wp_desc, b_g_ptr, b_e_ptr, b_p_ptr, x_ptr, out_ptr,
                             n_patches, PPI, PW, H, W, C: gl.constexpr, HIDDEN: gl.constexpr, STAGES: gl.constexpr,
                             TAP_STAGES: gl.constexpr, G_STAGES: gl.constexpr, CHAIN_REGS: gl.constexpr,
-                            GCONV_REGS: gl.constexpr, SKIP: gl.constexpr = 0):
+                            GCONV_REGS: gl.constexpr, PINGPONG: gl.constexpr, SKIP: gl.constexpr = 0):
         """Persistent fused ConvFirst block over pairs of patches; launch with num_warps=4 (chain consumer 0),
         then chain consumer 1, the grouped-conv warp group and two loader warps.
 
-        ``SKIP`` is for profiling only (its outputs are wrong): 1 leaves out the grouped conv's products, 2 the
-        chain's products, 3 both; the copies and barriers stay, so the times show which part binds."""
+        ``SKIP`` is for profiling only (its outputs are wrong): bit 1 leaves out the grouped conv's products, bit 2
+        the chain's products, bit 4 the residual's loads; the copies and barriers stay, so the times show which
+        part binds."""
         TILE_H: gl.constexpr = xm_desc.block_type.shape[1]
         TILE_W: gl.constexpr = xm_desc.block_type.shape[2]
         BOX: gl.constexpr = xm_desc.block_type.shape[3]
@@ -296,7 +301,10 @@ if HAVE_GLUON:
         g_empty = gl.allocate_shared_memory(gl.int64, [G_STAGES, 1], mbarrier.MBarrierLayout())
         w_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         w_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        order = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         mbarrier.init(gw_ready, count=1)
+        for i in gl.static_range(2):
+            mbarrier.init(order.index(i), count=1)
         for i in gl.static_range(TAP_STAGES):
             mbarrier.init(tap_ready.index(i), count=1)
             mbarrier.init(tap_empty.index(i), count=1)
@@ -308,11 +316,11 @@ if HAVE_GLUON:
             mbarrier.init(w_empty.index(i), count=2)
         fence_async_shared()
         bufs = (g_bufs, we_bufs, wp_bufs)
-        bars = (g_ready, g_empty, w_ready, w_empty)
+        bars = (g_ready, g_empty, w_ready, w_empty, order)
         ptrs = (b_e_ptr, b_p_ptr, x_ptr, out_ptr)
         dims = (n_patches, PPI, PW, H, W)
-        gl.warp_specialize([(_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 0, TILE_H, TILE_W, SKIP)),
-                            (_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 1, TILE_H, TILE_W, SKIP)),
+        gl.warp_specialize([(_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 0, TILE_H, TILE_W, PINGPONG, SKIP)),
+                            (_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 1, TILE_H, TILE_W, PINGPONG, SKIP)),
                             (_gconv_producer, (tap_bufs, gw_bufs, g_bufs, tap_ready, tap_empty, gw_ready, g_ready,
                                                g_empty, b_g_ptr, n_patches, C, SKIP)),
                             (_tap_loader, (xm_desc, xt_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty,
@@ -357,7 +365,8 @@ def ws_smem_bytes(channels: int, config: dict, itemsize: int = 2) -> int:
 
 def ws_configs(channels: int) -> list[dict]:
     """The candidate configs that fit in shared memory at this width."""
-    out = [{"TILE_H": th, "TILE_W": tw, "BH": bh, "STAGES": st, "TAP_STAGES": ts} for th, tw, bh, st, ts in WS_CONFIGS]
+    out = [{"TILE_H": th, "TILE_W": tw, "BH": bh, "STAGES": st, "TAP_STAGES": ts, "PINGPONG": pp}
+           for th, tw, bh, st, ts in WS_CONFIGS for pp in (False, True)]
     return [cf for cf in out if ws_smem_bytes(channels, cf) <= 220 * 1024]
 
 
@@ -388,7 +397,8 @@ def launch_ws_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: dict):
     return convfirst_ws_kernel[grid](xm_desc, xt_desc, gw_desc, we_desc, wp_desc, b_g, b_e, b_p, x, out, n_patches, ppi, pw,
                                      h, w, C=c, HIDDEN=hidden, STAGES=config["STAGES"],
                                      TAP_STAGES=config["TAP_STAGES"], G_STAGES=G_STAGES, CHAIN_REGS=CHAIN_REGS,
-                                     GCONV_REGS=GCONV_REGS, SKIP=config.get("SKIP", 0), num_warps=4,
+                                     GCONV_REGS=GCONV_REGS, PINGPONG=bool(config.get("PINGPONG")),
+                                     SKIP=config.get("SKIP", 0), num_warps=4,
                                      maxnreg=LAUNCH_REGS)
 
 
@@ -408,4 +418,5 @@ def ws_block_signature(dtype: str = "bf16", channels: int = 96, config: dict | N
             "wp_desc": desc([bh, next_pow2(channels)]), "b_g_ptr": "*fp32", "b_e_ptr": "*fp32", "b_p_ptr": "*fp32",
             "x_ptr": ptr, "out_ptr": ptr, "n_patches": "i32", "PPI": "i32", "PW": "i32", "H": "i32", "W": "i32",
             "C": "constexpr", "HIDDEN": "constexpr", "STAGES": "constexpr", "TAP_STAGES": "constexpr",
-            "G_STAGES": "constexpr", "CHAIN_REGS": "constexpr", "GCONV_REGS": "constexpr", "SKIP": "constexpr"}
+            "G_STAGES": "constexpr", "CHAIN_REGS": "constexpr", "GCONV_REGS": "constexpr", "PINGPONG": "constexpr",
+            "SKIP": "constexpr"}

@@ -52,7 +52,7 @@ if HAVE_GLUON:
 SLICE = 16
 BOX = 32
 #: Candidate configs: patch shape (TILE_H, TILE_W), hidden chunk BH, weight-ring STAGES, tap-ring TAP_STAGES.
-WS_CONFIGS = ((8, 8, 64, 2, 3), (8, 8, 64, 2, 4), (8, 8, 32, 4, 3), (4, 16, 64, 2, 3))
+WS_CONFIGS = ((8, 8, 64, 2, 3), (8, 8, 32, 2, 3), (4, 16, 64, 2, 3), (4, 16, 32, 2, 3))
 #: Stages of grouped-conv output (both patches of a tile pair each) between the producer and the chain consumers.
 G_STAGES = 2
 #: Registers per thread: the chain consumers, the grouped-conv warp group (what is left of the 64 K registers of
@@ -72,8 +72,8 @@ if HAVE_GLUON:
         return n, (rem // PW) * TILE_H, (rem % PW) * TILE_W
 
     @gluon.jit
-    def _tap_loader(xm_desc, xt_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty, gw_ready, n_patches, PPI,
-                    PW, C: gl.constexpr):
+    def _tap_loader(xm_desc, xt_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty, gw_ready, res_bufs,
+                    res_ready, res_empty, n_patches, PPI, PW, C: gl.constexpr, RES_SMEM: gl.constexpr):
         """One warp: the grouped conv's weights once (every tap's 16 x 16 slices, kept for the program's life);
         then for both patches of each tile pair, per 32-channel box and kernel column dx, the patch's rows with
         their halo (TILE_H + 2 rows, shifted by dx - 1 columns) as two copies: TILE_H rows and 2 rows."""
@@ -88,10 +88,22 @@ if HAVE_GLUON:
         nbytes: gl.constexpr = 2 * (xm_desc.block_type.nbytes + xt_desc.block_type.nbytes)
         n_pairs = gl.cdiv(n_patches, 2)
         k = 0
+        count = 0
         for t in range(gl.program_id(0), n_pairs, gl.num_programs(0)):
             # an odd last patch is loaded twice (its second copy's output is masked off)
             n0, h0, w0 = _patch_origin(2 * t, PPI, PW, TILE_H, TILE_W)
             n1, h1, w1 = _patch_origin(gl.minimum(2 * t + 1, n_patches - 1), PPI, PW, TILE_H, TILE_W)
+            # the residual (the patch itself, all channels) for each chain consumer's epilogue
+            for c in gl.static_range(2 if RES_SMEM else 0):
+                mbarrier.wait(res_empty.index(c), (count & 1) ^ 1)
+                mbarrier.expect(res_ready.index(c), (C // BOX) * xm_desc.block_type.nbytes)
+                for q in gl.static_range(C // BOX):
+                    dst = res_bufs.index(c).slice(q * BOX, BOX, dim=1)
+                    tma.async_copy_global_to_shared(xm_desc, [n0 if c == 0 else n1, h0 if c == 0 else h1,
+                                                              w0 if c == 0 else w1, q * BOX], res_ready.index(c),
+                                                    dst._reinterpret(dst.dtype, xm_desc.block_type.shape,
+                                                                     xm_desc.layout))
+            count += 1
             for q in range(C // BOX):
                 for dx in gl.static_range(3):
                     s = k % TAP_STAGES
@@ -205,12 +217,13 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _chain_consumer(bufs, bars, ptrs, dims, C: gl.constexpr, HIDDEN: gl.constexpr, WHICH: gl.constexpr,
-                        TILE_H: gl.constexpr, TILE_W: gl.constexpr, PINGPONG: gl.constexpr, SKIP: gl.constexpr):
+                        TILE_H: gl.constexpr, TILE_W: gl.constexpr, PINGPONG: gl.constexpr, RES_SMEM: gl.constexpr,
+                        SKIP: gl.constexpr):
         """One warp group: both 1x1 products of patch ``2 t + WHICH`` of each tile pair (its grouped-conv output
         read from the ring), as in the pair kernel, and the epilogue. With PINGPONG the two consumers take turns
         issuing their first products (one's SiLU runs beside the other's products)."""
-        g_bufs, we_bufs, wp_bufs = bufs
-        g_ready, g_empty, w_ready, w_empty, order = bars
+        g_bufs, we_bufs, wp_bufs, res_bufs = bufs
+        g_ready, g_empty, w_ready, w_empty, order, res_ready, res_empty = bars
         b_e_ptr, b_p_ptr, x_ptr, out_ptr = ptrs
         n_patches, PPI, PW, H, W = dims
         ROWS: gl.constexpr = TILE_H * TILE_W
@@ -265,7 +278,14 @@ if HAVE_GLUON:
             b_p = gl.expand_dims(gl.load(b_p_ptr + cols, mask=col_ok, other=0.0).to(gl.float32), 0)
             offs = gl.expand_dims(pix.to(gl.int64) * C, 1) + gl.expand_dims(cols, 0)
             mask = gl.expand_dims(row_ok, 1) & gl.expand_dims(col_ok, 0)
-            res = gl.load(x_ptr + offs, mask=mask & (SKIP < 4), other=0.0).to(gl.float32)
+            if RES_SMEM:  # copied by the tap loader while the products ran
+                mbarrier.wait(res_ready.index(WHICH), count & 1)
+                res = res_bufs.index(WHICH).load(o_layout).to(gl.float32)  # columns past C: not copied, masked
+                mbarrier.arrive(res_empty.index(WHICH), count=1)
+            else:
+                res = gl.load(x_ptr + offs, mask=mask, other=0.0).to(gl.float32)
+            if SKIP >= 4:
+                res = gl.zeros_like(res)
             gl.store(out_ptr + offs, (o + b_p + res).to(out_ptr.dtype.element_ty), mask=mask)
             count += 1
 
@@ -273,7 +293,8 @@ if HAVE_GLUON:
     def convfirst_ws_kernel(xm_desc, xt_desc, gw_desc, we_desc, wp_desc, b_g_ptr, b_e_ptr, b_p_ptr, x_ptr, out_ptr,
                             n_patches, PPI, PW, H, W, C: gl.constexpr, HIDDEN: gl.constexpr, STAGES: gl.constexpr,
                             TAP_STAGES: gl.constexpr, G_STAGES: gl.constexpr, CHAIN_REGS: gl.constexpr,
-                            GCONV_REGS: gl.constexpr, PINGPONG: gl.constexpr, SKIP: gl.constexpr = 0):
+                            GCONV_REGS: gl.constexpr, PINGPONG: gl.constexpr, RES_SMEM: gl.constexpr,
+                            SKIP: gl.constexpr = 0):
         """Persistent fused ConvFirst block over pairs of patches; launch with num_warps=4 (chain consumer 0),
         then chain consumer 1, the grouped-conv warp group and two loader warps.
 
@@ -285,6 +306,7 @@ if HAVE_GLUON:
         BOX: gl.constexpr = xm_desc.block_type.shape[3]
         NP: gl.constexpr = C // 16
         ROWS: gl.constexpr = TILE_H * TILE_W
+        CPAD: gl.constexpr = wp_desc.block_type.shape[1]
         # per patch and stage: TILE_H + 2 rows (allocated as the next power of two) of TILE_W pixels x BOX channels
         tap_bufs = gl.allocate_shared_memory(xm_desc.dtype, [2 * TAP_STAGES, 2 * TILE_H, TILE_W, BOX],
                                              gl.NVMMASharedLayout.get_default_for([2 * TILE_H, TILE_W, BOX],
@@ -302,9 +324,17 @@ if HAVE_GLUON:
         w_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         w_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         order = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        # each chain consumer's residual: [ROWS, CPAD] in BOX-wide column blocks (the boxes' own swizzle)
+        res_bufs = gl.allocate_shared_memory(xm_desc.dtype, [2, ROWS if RES_SMEM else 8, CPAD],
+                                             gl.NVMMASharedLayout(swizzle_byte_width=2 * BOX, element_bitwidth=16,
+                                                                  rank=2))
+        res_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        res_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         mbarrier.init(gw_ready, count=1)
         for i in gl.static_range(2):
             mbarrier.init(order.index(i), count=1)
+            mbarrier.init(res_ready.index(i), count=1)
+            mbarrier.init(res_empty.index(i), count=1)
         for i in gl.static_range(TAP_STAGES):
             mbarrier.init(tap_ready.index(i), count=1)
             mbarrier.init(tap_empty.index(i), count=1)
@@ -315,16 +345,17 @@ if HAVE_GLUON:
             mbarrier.init(w_ready.index(i), count=1)
             mbarrier.init(w_empty.index(i), count=2)
         fence_async_shared()
-        bufs = (g_bufs, we_bufs, wp_bufs)
-        bars = (g_ready, g_empty, w_ready, w_empty, order)
+        bufs = (g_bufs, we_bufs, wp_bufs, res_bufs)
+        bars = (g_ready, g_empty, w_ready, w_empty, order, res_ready, res_empty)
         ptrs = (b_e_ptr, b_p_ptr, x_ptr, out_ptr)
         dims = (n_patches, PPI, PW, H, W)
-        gl.warp_specialize([(_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 0, TILE_H, TILE_W, PINGPONG, SKIP)),
-                            (_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 1, TILE_H, TILE_W, PINGPONG, SKIP)),
+        gl.warp_specialize([(_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 0, TILE_H, TILE_W, PINGPONG, RES_SMEM, SKIP)),
+                            (_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 1, TILE_H, TILE_W, PINGPONG, RES_SMEM, SKIP)),
                             (_gconv_producer, (tap_bufs, gw_bufs, g_bufs, tap_ready, tap_empty, gw_ready, g_ready,
                                                g_empty, b_g_ptr, n_patches, C, SKIP)),
                             (_tap_loader, (xm_desc, xt_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty,
-                                           gw_ready, n_patches, PPI, PW, C)),
+                                           gw_ready, res_bufs, res_ready, res_empty, n_patches, PPI, PW, C,
+                                           RES_SMEM)),
                             (_weight_loader, (we_desc, wp_desc, we_bufs, wp_bufs, w_ready, w_empty, n_patches, C,
                                               HIDDEN))],
                            [4, 4, 1, 1], [CHAIN_REGS, GCONV_REGS, 24, 24])
@@ -360,13 +391,14 @@ def ws_smem_bytes(channels: int, config: dict, itemsize: int = 2) -> int:
     rows = config["TILE_H"] * config["TILE_W"]
     cpad, bh = next_pow2(channels), config["BH"]
     taps = config["TAP_STAGES"] * 2 * (2 * rows) * BOX + 9 * channels * SLICE
-    return (taps + G_STAGES * 2 * rows * channels + config["STAGES"] * (channels * bh + bh * cpad)) * itemsize
+    res = 2 * rows * cpad if config.get("RES_SMEM") else 0
+    return (taps + res + G_STAGES * 2 * rows * channels + config["STAGES"] * (channels * bh + bh * cpad)) * itemsize
 
 
 def ws_configs(channels: int) -> list[dict]:
     """The candidate configs that fit in shared memory at this width."""
-    out = [{"TILE_H": th, "TILE_W": tw, "BH": bh, "STAGES": st, "TAP_STAGES": ts, "PINGPONG": pp}
-           for th, tw, bh, st, ts in WS_CONFIGS for pp in (False, True)]
+    out = [{"TILE_H": th, "TILE_W": tw, "BH": bh, "STAGES": st, "TAP_STAGES": ts, "PINGPONG": True, "RES_SMEM": rs}
+           for th, tw, bh, st, ts in WS_CONFIGS for rs in (False, True)]
     return [cf for cf in out if ws_smem_bytes(channels, cf) <= 220 * 1024]
 
 
@@ -398,6 +430,7 @@ def launch_ws_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: dict):
                                      h, w, C=c, HIDDEN=hidden, STAGES=config["STAGES"],
                                      TAP_STAGES=config["TAP_STAGES"], G_STAGES=G_STAGES, CHAIN_REGS=CHAIN_REGS,
                                      GCONV_REGS=GCONV_REGS, PINGPONG=bool(config.get("PINGPONG")),
+                                     RES_SMEM=bool(config.get("RES_SMEM")),
                                      SKIP=config.get("SKIP", 0), num_warps=4,
                                      maxnreg=LAUNCH_REGS)
 
@@ -419,4 +452,4 @@ def ws_block_signature(dtype: str = "bf16", channels: int = 96, config: dict | N
             "x_ptr": ptr, "out_ptr": ptr, "n_patches": "i32", "PPI": "i32", "PW": "i32", "H": "i32", "W": "i32",
             "C": "constexpr", "HIDDEN": "constexpr", "STAGES": "constexpr", "TAP_STAGES": "constexpr",
             "G_STAGES": "constexpr", "CHAIN_REGS": "constexpr", "GCONV_REGS": "constexpr", "PINGPONG": "constexpr",
-            "SKIP": "constexpr"}
+            "RES_SMEM": "constexpr", "SKIP": "constexpr"}

@@ -120,6 +120,10 @@ def candidate_configs(channels: int, npix: int, forms=FORMS) -> list[dict]:
         from .convfirst_ws import ws_configs
 
         out += ws_configs(channels)
+        from .convfirst_ws import HALO_VIEWS
+
+        if HALO_VIEWS:  # the single-tap form as well, for the record
+            out += ws_configs(channels, halo=False)
     return out
 
 

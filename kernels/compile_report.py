@@ -99,6 +99,20 @@ def pair_ws_report(channels: int, config: dict) -> dict:
                                             maxnreg=config["maxnreg"]))
 
 
+def convfirst_ws_report(channels: int, config: dict) -> dict:
+    """The warp-specialised fused ConvFirst kernel (:mod:`convfirst_ws`) compiled for sm_90 at one width and
+    config: as :func:`gemm_ws_report`."""
+    from . import convfirst_ws
+
+    sig = convfirst_ws.ws_block_signature("bf16", channels, config)
+    consts = dict(C=channels, HIDDEN=4 * channels, STAGES=config["STAGES"], TAP_STAGES=config["TAP_STAGES"],
+                  G_STAGES=convfirst_ws.G_STAGES, CHAIN_REGS=convfirst_ws.CHAIN_REGS,
+                  GCONV_REGS=convfirst_ws.GCONV_REGS, PINGPONG=bool(config.get("PINGPONG")),
+                  HALO=bool(config.get("HALO", convfirst_ws.HALO_VIEWS)), SKIP=0)
+    return _gluon_report(compile_gluon_sm90(convfirst_ws.convfirst_ws_kernel, sig, consts, num_warps=4,
+                                            maxnreg=convfirst_ws.LAUNCH_REGS))
+
+
 @functools.cache
 def _shifted_view_probe():
     """A Gluon kernel that stages a [2 * ROWS, 16] tile in shared memory and loads ROWS rows of it from row OFFSET."""

@@ -602,6 +602,14 @@ def last_tuner():
     return _last_tuner
 
 
+_last_ws = None
+
+
+def last_ws_config() -> dict | None:
+    """The warp-specialised kernel's config if the last autotuned launch ran it (:func:`_ws_choice`), else None."""
+    return _last_ws
+
+
 #: Per shape where several kernels are candidates: the autotuner whose best config was fastest.
 _KERNEL_CHOICE: dict = {}
 
@@ -739,7 +747,8 @@ def launch_convfirst_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: di
             _last_tuner = _pick_tuner((c, hid, h, w, npix, str(x.dtype), len(tuners)), run_with, tuners)
         else:
             _last_tuner = tuners[0]
-        ws_config = _ws_choice(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, lambda: run_with(_last_tuner))
+        global _last_ws
+        ws_config = _last_ws = _ws_choice(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, lambda: run_with(_last_tuner))
         if ws_config is not None:
             from .convfirst_ws import launch_ws_block
 

@@ -51,8 +51,15 @@ if HAVE_GLUON:
 #: 64-byte rows; 16-channel boxes, 32-byte rows, made v8b twice as slow, bound by the copies).
 SLICE = 16
 BOX = 32
-#: Candidate configs: patch shape (TILE_H, TILE_W), hidden chunk BH, weight-ring STAGES, tap-ring TAP_STAGES.
-WS_CONFIGS = ((8, 8, 64, 2, 3), (8, 8, 32, 2, 3), (4, 16, 64, 2, 3), (4, 16, 32, 2, 3))
+#: Candidate configs: patch shape (TILE_H, TILE_W), hidden chunk BH, weight-ring STAGES, tap-ring TAP_STAGES (with
+#: HALO_VIEWS; twice as many single-tap stages without).
+WS_CONFIGS = ((8, 8, 64, 2, 3), (8, 8, 64, 2, 4), (8, 8, 32, 2, 3), (4, 16, 64, 2, 3))
+#: Whether the tap loader stages each patch's rows with their halo once per kernel column (three copies per
+#: 32-channel box instead of nine): the kernel rows are then views of the staged rows that start whole image rows
+#: in. Gluon's ``slice`` refuses such views, so they are taken by reinterpreting a row of the staged buffer to the
+#: patch's extent; Triton 3.6 (the GPU machine's) accepts that, 3.8's verifier refuses any reinterpretation of a
+#: subview. Elsewhere each tap is its own copy (v8c's form).
+HALO_VIEWS = tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 7)
 #: Stages of grouped-conv output (both patches of a tile pair each) between the producer and the chain consumers.
 G_STAGES = 2
 #: Registers per thread: the chain consumers, the grouped-conv warp group (what is left of the 64 K registers of
@@ -64,6 +71,9 @@ LAUNCH_REGS = 128
 
 
 if HAVE_GLUON:
+    # a barrier across the warps of a partition: ``thread_barrier`` in Triton 3.6, ``barrier`` from 3.7 on
+    _group_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
+
     @gluon.jit
     def _patch_origin(q, PPI, PW, TILE_H: gl.constexpr, TILE_W: gl.constexpr):
         """Image and top-left pixel of patch ``q`` (patches in row-major order within an image)."""
@@ -72,40 +82,29 @@ if HAVE_GLUON:
         return n, (rem // PW) * TILE_H, (rem % PW) * TILE_W
 
     @gluon.jit
-    def _tap_loader(xm_desc, xt_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty, gw_ready, res_bufs,
-                    res_ready, res_empty, n_patches, PPI, PW, C: gl.constexpr, RES_SMEM: gl.constexpr):
+    def _tap_loader(xm_desc, xt_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty, gw_ready, n_patches, PPI,
+                    PW, C: gl.constexpr, HALO: gl.constexpr):
         """One warp: the grouped conv's weights once (every tap's 16 x 16 slices, kept for the program's life);
-        then for both patches of each tile pair, per 32-channel box and kernel column dx, the patch's rows with
-        their halo (TILE_H + 2 rows, shifted by dx - 1 columns) as two copies: TILE_H rows and 2 rows."""
+        then for both patches of each tile pair and each 32-channel box: with HALO, per kernel column dx the
+        patch's rows with their halo (TILE_H + 2 rows, shifted by dx - 1 columns) as two copies of TILE_H rows
+        and 2 rows; without, each of the nine taps as one copy of the shifted patch."""
         TILE_H: gl.constexpr = xm_desc.block_type.shape[1]
         TILE_W: gl.constexpr = xm_desc.block_type.shape[2]
         BOX: gl.constexpr = xm_desc.block_type.shape[3]
         TAP_STAGES: gl.constexpr = tap_bufs.type.shape[0] // 2
-        row_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([TILE_W, BOX], tap_bufs.dtype)
         mbarrier.expect(gw_ready, 9 * C * 16 * 2)
-        for i in range(9 * C // 16):
-            tma.async_copy_global_to_shared(gw_desc, [i * 16, 0], gw_ready, gw_bufs.index(i))
-        nbytes: gl.constexpr = 2 * (xm_desc.block_type.nbytes + xt_desc.block_type.nbytes)
+        for j in range(9 * C // 16):
+            tma.async_copy_global_to_shared(gw_desc, [j * 16, 0], gw_ready, gw_bufs.index(j))
+        nbytes: gl.constexpr = 2 * (xm_desc.block_type.nbytes + (xt_desc.block_type.nbytes if HALO else 0))
+        row_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([TILE_W, BOX], tap_bufs.dtype)
         n_pairs = gl.cdiv(n_patches, 2)
         k = 0
-        count = 0
         for t in range(gl.program_id(0), n_pairs, gl.num_programs(0)):
             # an odd last patch is loaded twice (its second copy's output is masked off)
             n0, h0, w0 = _patch_origin(2 * t, PPI, PW, TILE_H, TILE_W)
             n1, h1, w1 = _patch_origin(gl.minimum(2 * t + 1, n_patches - 1), PPI, PW, TILE_H, TILE_W)
-            # the residual (the patch itself, all channels) for each chain consumer's epilogue
-            for c in gl.static_range(2 if RES_SMEM else 0):
-                mbarrier.wait(res_empty.index(c), (count & 1) ^ 1)
-                mbarrier.expect(res_ready.index(c), (C // BOX) * xm_desc.block_type.nbytes)
-                for q in gl.static_range(C // BOX):
-                    dst = res_bufs.index(c).slice(q * BOX, BOX, dim=1)
-                    tma.async_copy_global_to_shared(xm_desc, [n0 if c == 0 else n1, h0 if c == 0 else h1,
-                                                              w0 if c == 0 else w1, q * BOX], res_ready.index(c),
-                                                    dst._reinterpret(dst.dtype, xm_desc.block_type.shape,
-                                                                     xm_desc.layout))
-            count += 1
             for q in range(C // BOX):
-                for dx in gl.static_range(3):
+                for i in gl.static_range(3 if HALO else 9):  # kernel column dx (HALO) or tap
                     s = k % TAP_STAGES
                     mbarrier.wait(tap_empty.index(s), ((k // TAP_STAGES) & 1) ^ 1)  # fresh barriers pass
                     bar = tap_ready.index(s)
@@ -113,15 +112,21 @@ if HAVE_GLUON:
                     for c in gl.static_range(2):
                         n = n0 if c == 0 else n1
                         h = (h0 if c == 0 else h1) - 1
-                        w = (w0 if c == 0 else w1) + dx - 1
-                        buf = tap_bufs.index(2 * s + c)
-                        tma.async_copy_global_to_shared(xm_desc, [n, h, w, q * BOX], bar,
-                                                        buf._reinterpret(buf.dtype, xm_desc.block_type.shape,
-                                                                         xm_desc.layout))
-                        tail = buf._reinterpret(buf.dtype, buf.shape, row_layout).index(TILE_H)
-                        tma.async_copy_global_to_shared(xt_desc, [n, h + TILE_H, w, q * BOX], bar,
-                                                        tail._reinterpret(buf.dtype, xt_desc.block_type.shape,
-                                                                          xt_desc.layout))
+                        w = (w0 if c == 0 else w1) - 1
+                        if HALO:
+                            buf = tap_bufs.index(2 * s + c)
+                            w += i
+                            # Triton 3.6 takes these views of a subview (3.8's verifier refuses them)
+                            tma.async_copy_global_to_shared(xm_desc, [n, h, w, q * BOX], bar,
+                                                            buf._reinterpret(buf.dtype, xm_desc.block_type.shape,
+                                                                             xm_desc.layout))
+                            tail = buf._reinterpret(buf.dtype, buf.shape, row_layout).index(TILE_H)
+                            tma.async_copy_global_to_shared(xt_desc, [n, h + TILE_H, w, q * BOX], bar,
+                                                            tail._reinterpret(buf.dtype, xt_desc.block_type.shape,
+                                                                              xt_desc.layout))
+                        else:
+                            tma.async_copy_global_to_shared(xm_desc, [n, h + i // 3, w + i % 3, q * BOX], bar,
+                                                            tap_bufs.index(2 * s + c))
                     k += 1
 
     @gluon.jit
@@ -155,7 +160,7 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _gconv_producer(tap_bufs, gw_bufs, g_bufs, tap_ready, tap_empty, gw_ready, g_ready, g_empty, b_g_ptr,
-                        n_patches, C: gl.constexpr, SKIP: gl.constexpr):
+                        n_patches, C: gl.constexpr, HALO: gl.constexpr, SKIP: gl.constexpr):
         """One warp group: the grouped conv of both patches of each tile pair into a ring of G_STAGES
         shared-memory stages that the chain consumers read. A stage holds, per patch, TILE_H + 2 rows of 32
         channels shifted by one kernel column; the tap of kernel row dy is the view that starts dy image rows
@@ -163,14 +168,15 @@ if HAVE_GLUON:
         slices); a stage's twelve are in flight while the next stage's are issued."""
         ROWS: gl.constexpr = g_bufs.type.shape[1]
         NP: gl.constexpr = C // 16
-        TILE_W: gl.constexpr = tap_bufs.type.shape[2]
-        BOX: gl.constexpr = tap_bufs.type.shape[3]
+        BOX: gl.constexpr = tap_bufs.type.shape[-1]
         TAP_STAGES: gl.constexpr = tap_bufs.type.shape[0] // 2
         G_STAGES: gl.constexpr = g_bufs.type.shape[0] // (2 * NP)
         g_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, 16, 16])
         box_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([ROWS, BOX], tap_bufs.dtype)
         cols = gl.arange(0, 16, layout=gl.SliceLayout(0, g_layout))
+        # without HALO: each stage buffer as [ROWS, BOX] (the parent reinterpreted, then indexed)
+        flat = tap_bufs._reinterpret(tap_bufs.dtype, [tap_bufs.type.shape[0], ROWS, BOX], box_layout)
         n_pairs = gl.cdiv(n_patches, 2)
         mbarrier.wait(gw_ready, 0)
         k = 0
@@ -183,23 +189,28 @@ if HAVE_GLUON:
                 a01 = gl.zeros([ROWS, 16], gl.float32, g_layout)  # patch 0, slice 2q + 1
                 a10 = gl.zeros([ROWS, 16], gl.float32, g_layout)
                 a11 = gl.zeros([ROWS, 16], gl.float32, g_layout)
-                for dx in gl.static_range(3):
+                for i in gl.static_range(3 if HALO else 9):  # kernel column dx (HALO) or tap
                     s = k % TAP_STAGES
                     mbarrier.wait(tap_ready.index(s), (k // TAP_STAGES) & 1)
-                    for dy in gl.static_range(3):
-                        # rows dy .. dy + TILE_H of the stage: a view that starts dy * TILE_W pixels in
-                        v0 = _rows_from(tap_bufs.index(2 * s), dy, ROWS, box_layout)
-                        v1 = _rows_from(tap_bufs.index(2 * s + 1), dy, ROWS, box_layout)
-                        w0 = gw_bufs.index((dy * 3 + dx) * NP + 2 * q)
-                        w1 = gw_bufs.index((dy * 3 + dx) * NP + 2 * q + 1)
+                    for dy in gl.static_range(3 if HALO else 1):
+                        if HALO:  # the kernel row's view: dy image rows into the staged rows
+                            tap = dy * 3 + i
+                            v0 = _rows_from(tap_bufs.index(2 * s), dy, ROWS, box_layout)
+                            v1 = _rows_from(tap_bufs.index(2 * s + 1), dy, ROWS, box_layout)
+                        else:
+                            tap = i
+                            v0 = flat.index(2 * s)
+                            v1 = flat.index(2 * s + 1)
+                        w0 = gw_bufs.index(tap * NP + 2 * q)
+                        w1 = gw_bufs.index(tap * NP + 2 * q + 1)
                         if SKIP % 2 == 0:
                             a00 = warpgroup_mma(v0.slice(0, 16, dim=1), w0, a00, is_async=True)
                             a01 = warpgroup_mma(v0.slice(16, 16, dim=1), w1, a01, is_async=True)
                             a10 = warpgroup_mma(v1.slice(0, 16, dim=1), w0, a10, is_async=True)
                             a11 = warpgroup_mma(v1.slice(16, 16, dim=1), w1, a11, is_async=True)
-                    if SKIP % 2 == 0:
-                        a00, a01, a10, a11 = warpgroup_mma_wait(12, deps=[a00, a01, a10, a11])
-                    if dx > 0:  # the stage before this one is done: it goes back to the loader
+                    if SKIP % 2 == 0:  # this stage's products stay in flight, the stage before's are done
+                        a00, a01, a10, a11 = warpgroup_mma_wait(12 if HALO else 4, deps=[a00, a01, a10, a11])
+                    if i > 0:  # the stage before this one goes back to the loader
                         mbarrier.arrive(tap_empty.index((k - 1) % TAP_STAGES), count=1)
                     k += 1
                 a00, a01, a10, a11 = warpgroup_mma_wait(0, deps=[a00, a01, a10, a11])
@@ -211,19 +222,18 @@ if HAVE_GLUON:
                 g_bufs.index((gs * 2 + 1) * NP + 2 * q).store((a10 + b0).to(g_bufs.dtype))
                 g_bufs.index((gs * 2 + 1) * NP + 2 * q + 1).store((a11 + b1).to(g_bufs.dtype))
             fence_async_shared()  # the stores above are read by the consumers' wgmma (the async proxy)
-            gl.thread_barrier()  # every warp of the group has stored its rows before the stage is handed over
+            _group_barrier()  # every warp of the group has stored its rows before the stage is handed over
             mbarrier.arrive(g_ready.index(gs), count=1)
             count += 1
 
     @gluon.jit
     def _chain_consumer(bufs, bars, ptrs, dims, C: gl.constexpr, HIDDEN: gl.constexpr, WHICH: gl.constexpr,
-                        TILE_H: gl.constexpr, TILE_W: gl.constexpr, PINGPONG: gl.constexpr, RES_SMEM: gl.constexpr,
-                        SKIP: gl.constexpr):
+                        TILE_H: gl.constexpr, TILE_W: gl.constexpr, PINGPONG: gl.constexpr, SKIP: gl.constexpr):
         """One warp group: both 1x1 products of patch ``2 t + WHICH`` of each tile pair (its grouped-conv output
         read from the ring), as in the pair kernel, and the epilogue. With PINGPONG the two consumers take turns
         issuing their first products (one's SiLU runs beside the other's products)."""
-        g_bufs, we_bufs, wp_bufs, res_bufs = bufs
-        g_ready, g_empty, w_ready, w_empty, order, res_ready, res_empty = bars
+        g_bufs, we_bufs, wp_bufs = bufs
+        g_ready, g_empty, w_ready, w_empty, order = bars
         b_e_ptr, b_p_ptr, x_ptr, out_ptr = ptrs
         n_patches, PPI, PW, H, W = dims
         ROWS: gl.constexpr = TILE_H * TILE_W
@@ -278,12 +288,7 @@ if HAVE_GLUON:
             b_p = gl.expand_dims(gl.load(b_p_ptr + cols, mask=col_ok, other=0.0).to(gl.float32), 0)
             offs = gl.expand_dims(pix.to(gl.int64) * C, 1) + gl.expand_dims(cols, 0)
             mask = gl.expand_dims(row_ok, 1) & gl.expand_dims(col_ok, 0)
-            if RES_SMEM:  # copied by the tap loader while the products ran
-                mbarrier.wait(res_ready.index(WHICH), count & 1)
-                res = res_bufs.index(WHICH).load(o_layout).to(gl.float32)  # columns past C: not copied, masked
-                mbarrier.arrive(res_empty.index(WHICH), count=1)
-            else:
-                res = gl.load(x_ptr + offs, mask=mask, other=0.0).to(gl.float32)
+            res = gl.load(x_ptr + offs, mask=mask, other=0.0).to(gl.float32)
             if SKIP >= 4:
                 res = gl.zeros_like(res)
             gl.store(out_ptr + offs, (o + b_p + res).to(out_ptr.dtype.element_ty), mask=mask)
@@ -293,7 +298,7 @@ if HAVE_GLUON:
     def convfirst_ws_kernel(xm_desc, xt_desc, gw_desc, we_desc, wp_desc, b_g_ptr, b_e_ptr, b_p_ptr, x_ptr, out_ptr,
                             n_patches, PPI, PW, H, W, C: gl.constexpr, HIDDEN: gl.constexpr, STAGES: gl.constexpr,
                             TAP_STAGES: gl.constexpr, G_STAGES: gl.constexpr, CHAIN_REGS: gl.constexpr,
-                            GCONV_REGS: gl.constexpr, PINGPONG: gl.constexpr, RES_SMEM: gl.constexpr,
+                            GCONV_REGS: gl.constexpr, PINGPONG: gl.constexpr, HALO: gl.constexpr,
                             SKIP: gl.constexpr = 0):
         """Persistent fused ConvFirst block over pairs of patches; launch with num_warps=4 (chain consumer 0),
         then chain consumer 1, the grouped-conv warp group and two loader warps.
@@ -307,10 +312,13 @@ if HAVE_GLUON:
         NP: gl.constexpr = C // 16
         ROWS: gl.constexpr = TILE_H * TILE_W
         CPAD: gl.constexpr = wp_desc.block_type.shape[1]
-        # per patch and stage: TILE_H + 2 rows (allocated as the next power of two) of TILE_W pixels x BOX channels
-        tap_bufs = gl.allocate_shared_memory(xm_desc.dtype, [2 * TAP_STAGES, 2 * TILE_H, TILE_W, BOX],
-                                             gl.NVMMASharedLayout.get_default_for([2 * TILE_H, TILE_W, BOX],
-                                                                                  xm_desc.dtype))
+        if HALO:  # per patch and stage: TILE_H + 2 rows (allocated as 2 TILE_H) of TILE_W pixels x BOX channels
+            tap_bufs = gl.allocate_shared_memory(xm_desc.dtype, [2 * TAP_STAGES, 2 * TILE_H, TILE_W, BOX],
+                                                 gl.NVMMASharedLayout.get_default_for([2 * TILE_H, TILE_W, BOX],
+                                                                                      xm_desc.dtype))
+        else:  # per patch and stage: one tap's box
+            tap_bufs = gl.allocate_shared_memory(xm_desc.dtype, [2 * TAP_STAGES] + xm_desc.block_type.shape,
+                                                 xm_desc.layout)
         gw_bufs = gl.allocate_shared_memory(gw_desc.dtype, [9 * NP] + gw_desc.block_type.shape, gw_desc.layout)
         gw_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         g_bufs = gl.allocate_shared_memory(xm_desc.dtype, [G_STAGES * 2 * NP, ROWS, 16], gw_desc.layout)
@@ -324,17 +332,9 @@ if HAVE_GLUON:
         w_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         w_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         order = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        # each chain consumer's residual: [ROWS, CPAD] in BOX-wide column blocks (the boxes' own swizzle)
-        res_bufs = gl.allocate_shared_memory(xm_desc.dtype, [2, ROWS if RES_SMEM else 8, CPAD],
-                                             gl.NVMMASharedLayout(swizzle_byte_width=2 * BOX, element_bitwidth=16,
-                                                                  rank=2))
-        res_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        res_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         mbarrier.init(gw_ready, count=1)
         for i in gl.static_range(2):
             mbarrier.init(order.index(i), count=1)
-            mbarrier.init(res_ready.index(i), count=1)
-            mbarrier.init(res_empty.index(i), count=1)
         for i in gl.static_range(TAP_STAGES):
             mbarrier.init(tap_ready.index(i), count=1)
             mbarrier.init(tap_empty.index(i), count=1)
@@ -345,17 +345,16 @@ if HAVE_GLUON:
             mbarrier.init(w_ready.index(i), count=1)
             mbarrier.init(w_empty.index(i), count=2)
         fence_async_shared()
-        bufs = (g_bufs, we_bufs, wp_bufs, res_bufs)
-        bars = (g_ready, g_empty, w_ready, w_empty, order, res_ready, res_empty)
+        bufs = (g_bufs, we_bufs, wp_bufs)
+        bars = (g_ready, g_empty, w_ready, w_empty, order)
         ptrs = (b_e_ptr, b_p_ptr, x_ptr, out_ptr)
         dims = (n_patches, PPI, PW, H, W)
-        gl.warp_specialize([(_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 0, TILE_H, TILE_W, PINGPONG, RES_SMEM, SKIP)),
-                            (_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 1, TILE_H, TILE_W, PINGPONG, RES_SMEM, SKIP)),
+        gl.warp_specialize([(_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 0, TILE_H, TILE_W, PINGPONG, SKIP)),
+                            (_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 1, TILE_H, TILE_W, PINGPONG, SKIP)),
                             (_gconv_producer, (tap_bufs, gw_bufs, g_bufs, tap_ready, tap_empty, gw_ready, g_ready,
-                                               g_empty, b_g_ptr, n_patches, C, SKIP)),
+                                               g_empty, b_g_ptr, n_patches, C, HALO, SKIP)),
                             (_tap_loader, (xm_desc, xt_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty,
-                                           gw_ready, res_bufs, res_ready, res_empty, n_patches, PPI, PW, C,
-                                           RES_SMEM)),
+                                           gw_ready, n_patches, PPI, PW, C, HALO)),
                             (_weight_loader, (we_desc, wp_desc, we_bufs, wp_bufs, w_ready, w_empty, n_patches, C,
                                               HIDDEN))],
                            [4, 4, 1, 1], [CHAIN_REGS, GCONV_REGS, 24, 24])
@@ -390,15 +389,17 @@ def ws_smem_bytes(channels: int, config: dict, itemsize: int = 2) -> int:
     """Shared memory of one program (barriers not counted)."""
     rows = config["TILE_H"] * config["TILE_W"]
     cpad, bh = next_pow2(channels), config["BH"]
-    taps = config["TAP_STAGES"] * 2 * (2 * rows) * BOX + 9 * channels * SLICE
-    res = 2 * rows * cpad if config.get("RES_SMEM") else 0
-    return (taps + res + G_STAGES * 2 * rows * channels + config["STAGES"] * (channels * bh + bh * cpad)) * itemsize
+    stage_rows = 2 * rows if config.get("HALO", HALO_VIEWS) else rows  # HALO: TILE_H + 2 rows, allocated as 2 TILE_H
+    taps = config["TAP_STAGES"] * 2 * stage_rows * BOX + 9 * channels * SLICE
+    return (taps + G_STAGES * 2 * rows * channels + config["STAGES"] * (channels * bh + bh * cpad)) * itemsize
 
 
-def ws_configs(channels: int) -> list[dict]:
-    """The candidate configs that fit in shared memory at this width."""
-    out = [{"TILE_H": th, "TILE_W": tw, "BH": bh, "STAGES": st, "TAP_STAGES": ts, "PINGPONG": True, "RES_SMEM": rs}
-           for th, tw, bh, st, ts in WS_CONFIGS for rs in (False, True)]
+def ws_configs(channels: int, halo: bool | None = None) -> list[dict]:
+    """The candidate configs that fit in shared memory at this width, in the form ``halo`` (default: HALO_VIEWS,
+    what this Triton compiles)."""
+    halo = HALO_VIEWS if halo is None else halo
+    out = [{"TILE_H": th, "TILE_W": tw, "BH": bh, "STAGES": st, "TAP_STAGES": ts if halo else 2 * ts,
+            "PINGPONG": True, "HALO": halo} for th, tw, bh, st, ts in WS_CONFIGS]
     return [cf for cf in out if ws_smem_bytes(channels, cf) <= 220 * 1024]
 
 
@@ -430,7 +431,7 @@ def launch_ws_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: dict):
                                      h, w, C=c, HIDDEN=hidden, STAGES=config["STAGES"],
                                      TAP_STAGES=config["TAP_STAGES"], G_STAGES=G_STAGES, CHAIN_REGS=CHAIN_REGS,
                                      GCONV_REGS=GCONV_REGS, PINGPONG=bool(config.get("PINGPONG")),
-                                     RES_SMEM=bool(config.get("RES_SMEM")),
+                                     HALO=bool(config.get("HALO", HALO_VIEWS)),
                                      SKIP=config.get("SKIP", 0), num_warps=4,
                                      maxnreg=LAUNCH_REGS)
 
@@ -452,4 +453,4 @@ def ws_block_signature(dtype: str = "bf16", channels: int = 96, config: dict | N
             "x_ptr": ptr, "out_ptr": ptr, "n_patches": "i32", "PPI": "i32", "PW": "i32", "H": "i32", "W": "i32",
             "C": "constexpr", "HIDDEN": "constexpr", "STAGES": "constexpr", "TAP_STAGES": "constexpr",
             "G_STAGES": "constexpr", "CHAIN_REGS": "constexpr", "GCONV_REGS": "constexpr", "PINGPONG": "constexpr",
-            "RES_SMEM": "constexpr", "SKIP": "constexpr"}
+            "HALO": "constexpr", "SKIP": "constexpr"}

@@ -360,11 +360,39 @@ print(json.dumps([dict(cf, C=c, **cr.pair_ws_report(c, cf)) for c in (64, 128, 2
         assert pair_ws.pair_smem_bytes(r["C"], r) <= r["smem"] <= 227 * 1024, name
 
 
+def test_ws_block_kernel_compiles_without_spills_or_serialised_wgmma():
+    """The warp-specialised fused ConvFirst kernel (v8, :mod:`convfirst_ws`) compiled for sm_90 (no GPU) at C = 32,
+    64, 96 and 128, every candidate config: wgmma products and TMA copies, no spills under the launch's 128
+    registers, no wgmma serialised by ptxas (note C7512), the partitions given their registers and shared memory
+    as accounted, within the SM's 227 KB."""
+    code = r"""
+import json
+from convfirst.kernels import compile_report as cr, convfirst_ws
+print(json.dumps([dict(cf, C=c, **cr.convfirst_ws_report(c, cf)) for c in (32, 64, 96, 128)
+                  for cf in convfirst_ws.ws_configs(c)]))
+"""
+    from convfirst.kernels import convfirst_ws
+
+    if not convfirst_ws.HAVE_GLUON:
+        pytest.skip("this Triton has no Gluon")
+    rows = _compile_outside_interpreter(code)
+    assert len(rows) == sum(len(convfirst_ws.ws_configs(c)) for c in (32, 64, 96, 128)) >= 10
+    for r in rows:
+        name = f"C={r['C']} {r['TILE_H']}x{r['TILE_W']} BH={r['BH']} TAP_STAGES={r['TAP_STAGES']}"
+        assert r["wgmma"] > 0 and r["tma_copies"] >= 4, name
+        assert not r["wgmma_serialized"], f"{name}: ptxas serialised the wgmma instructions (C7512)"
+        assert r["spill_bytes"] == 0 and r["regs"] <= convfirst_ws.LAUNCH_REGS, name
+        assert {24, convfirst_ws.GCONV_REGS, convfirst_ws.CHAIN_REGS} <= set(r["setmaxnreg"]), name
+        assert convfirst_ws.ws_smem_bytes(r["C"], r) <= r["smem"] <= 227 * 1024, name
+
+
 def test_gluon_takes_no_shared_memory_view_shifted_by_a_pixel():
     """The limit that keeps the fused blocks' halo from being staged once (``NOTES_convfirst.md``): a Gluon view of
     a staged tile may start only at a multiple of its own length. Views at rows 0 and 64 compile (the probe kernel
-    itself is sound); the one-pixel and 17-pixel shifts a 3x3 tap needs do not. Should a Triton release lift the
-    restriction, this test fails and the notes' plan becomes possible."""
+    itself is sound); the one-pixel and 17-pixel shifts a 3x3 tap needs do not. The warp-specialised kernel (v8)
+    works around it for the kernel rows only: a shift by whole image rows of a patch starts on a swizzle atom, and
+    it takes that view by reinterpreting a row of the staged buffer; the kernel columns stay separate copies.
+    Should a Triton release lift the restriction, this test fails and the column shifts can be views too."""
     from convfirst.kernels import gemm_ws
 
     if not gemm_ws.HAVE_GLUON:

@@ -234,6 +234,8 @@ def tuned_config(block: str) -> str:
     """The autotuned config our kernel for ``block`` used last ('' if not tuned yet)."""
     from convfirst.kernels import convfirst_fused, gconv, mbconv_fused
 
+    if block == "convfirst" and convfirst_fused.last_ws_config() is not None:  # the Gluon kernel (v8) ran
+        return "WS," + ",".join(f"{k}={v}" for k, v in convfirst_fused.last_ws_config().items())
     tuner = {"convfirst": convfirst_fused.last_tuner(), "mbconv": mbconv_fused._tuned,
              "gconv": gconv._tuned_gconv}[block]
     cfg = getattr(tuner, "best_config", None) if tuner is not None else None

@@ -1,31 +1,30 @@
 """The whole ConvFirst block as one warp-specialised Hopper kernel (Gluon), v8 of ``NOTES_convfirst.md``:
 grouped 3x3 gw8 + bias -> 1x1 expand + bias -> SiLU -> 1x1 project + bias -> + x, NHWC, one launch.
 
-Why: the Triton kernels (v4-v6) are bound by the latency of their nine tap loads per tile, not by bytes or
-tensor work (``NOTES_convfirst.md``): each program waits for a tap's copy, runs its small products, then waits
-for the next, and only three or four programs share an SM. Here the copies are issued by warps that do nothing
-else, into a ring that runs ahead of the products, so the consumers' waits are covered by the copies of later
-taps; and the two 1x1 layers run as in the pair kernel (:mod:`pair_ws`), the hidden activation in registers.
+Why: the Triton kernels (v4-v6) are bound by the latency of their nine tap loads per tile (``NOTES_convfirst.md``):
+a program waits for a tap's copy, runs its small products, then waits for the next, and only three or four
+programs share an SM. Here each kind of work has warps of its own, joined by rings of shared-memory stages::
 
-One program per SM walks pairs of 8 x 8 patches (``TILE_H x TILE_W`` pixels of one image); consumer warp group
-``c`` of the program takes patch ``2 t + c`` of tile pair ``t``::
+    tap loader (1 warp)        per 32-channel box of both patches of a tile pair: with HALO, per kernel column dx
+                               the patch's TILE_H + 2 rows shifted by dx - 1 (two TMA copies, borders zero-filled
+                               by the copy engine); without, each of the nine taps as one copy
+    grouped conv (4 warps)     per tap four wgmma (two patches x two 16-channel slices, 16 x 16 block-diagonal
+                               weights kept on chip), + b_g -> bf16 -> a two-stage ring of g
+    weight loader (1 warp)     chunks of BH hidden channels of We ([16, BH] boxes) and Wp ([BH, CPAD])
+    chain consumers (4 warps   per patch (64 pixels) and chunk j, as in the pair kernel (:mod:`pair_ws`):
+      x 2)                         S = g @ We[:, j]; P = silu(S + b_e[j]) in registers; O += P @ Wp[j, :]
+                               out = O + b_p + x, stored through pointers (masked at the image border)
 
-    tap loader (1 warp):     for each 16-channel slice p and tap (dy, dx): TMA box x[n, h0+dy-1.., w0+dx-1..,
-                             16p:16p+16] of both patches (borders zero-filled by the copy engine) and the tap's
-                             16 x 16 block-diagonal weight, into a ring of TAP_STAGES stages
-    weight loader (1 warp):  chunks of BH hidden channels of We (C/16 boxes [16, BH]) and Wp ([BH, CPAD])
-    consumer (4 warps x 2):  g_p = sum over taps of box @ W_tap,p (wgmma, [64, 16] fp32), + b_g -> bf16 ->
-                             shared memory, for each slice p; then for each chunk j:
-                                 S = sum_p g_p @ We[16p.., j]  (wgmma)
-                                 P = silu(S + b_e[j]) -> bf16 in registers
-                                 O += P @ Wp[j, :]             (wgmma, O [64, CPAD] fp32 in registers)
-                             out = O + b_p + x, stored through pointers (masked at the image border)
+A program walks pairs of TILE_H x TILE_W patches of one image (8 x 8 or 4 x 16), one per chain consumer. With
+HALO the kernel rows of a tap are views of the staged rows that start whole image rows in (whole swizzle atoms):
+Gluon's ``slice`` refuses such views, and Triton 3.6 takes them as a reinterpreted row of the staged buffer,
+which 3.8's verifier refuses (:data:`HALO_VIEWS` picks the form this Triton compiles). The projecting weight's
+box is CPAD = next power of two >= C columns wide; the copy engine zero-fills the columns past C. The chain's
+[64, CPAD] fp32 accumulator must fit under the launch's 128-register cap (16 warps), so C <= 128.
 
-The grouped conv runs on 16 x 16 slices (two groups of 8): half of each product is zeros, as in the Triton
-kernels. The projecting weight's box is CPAD = next power of two >= C columns wide; the columns past C are
-zero-filled by the copy engine, so C = 96 or 192 runs with a 128- or 256-wide accumulator (C <= 256, the pair
-kernel's register limit). As in the pair kernel the projecting product is synchronous (left in flight, ptxas
-serialises the loop's wgmma for want of registers).
+Measured (H100, batch 256, ``NOTES_convfirst.md`` v8): 64@56 0.249 ms, 96@56 0.429 ms, 128@28 0.178 ms against
+0.272, 0.533 and 0.214 for the best Triton kernel; the launcher times both at a shape's first call and keeps the
+faster (:func:`convfirst_fused._ws_choice`).
 
 Gluon runs only on a GPU: on the CPU the tests compile this kernel for sm_90 and read its PTX; on the GPU they
 check its values against the fp32 reference.

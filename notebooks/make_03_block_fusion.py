@@ -88,6 +88,17 @@ autotunes both forms (and the persistent one of the notes) per shape and keeps t
 patch form wins at 56 x 56 (a 56-wide image is exactly 7 x 7 patches); at 28 x 28 the 8 x 8 patches overhang the
 image by 30% and the run-of-pixels form stays faster.
 
+**The same block with warps that only copy (v8, Gluon).** A third form (`kernels/convfirst_ws.py`) splits a
+program into five partitions: a warp that issues the input copies, a warp that issues the weight copies, a warp
+group that runs the grouped conv, and two warp groups that run the 1x1 chain, joined by rings of shared-memory
+stages with a barrier per stage. A program walks pairs of 8 x 8 (or 4 x 16) patches, one per chain warp group,
+so each weight chunk read from L2 serves 128 pixels. Per 32-channel box and kernel column the input warp copies
+the patch's rows with their halo once (10 rows for an 8-row patch); the three kernel rows are views of those rows
+that start whole image rows in. The grouped conv writes g to shared memory; each chain warp group then runs
+S = g @ We_j, P = SiLU(S + b) in registers and O += P @ Wp_j, as the pair kernel of the later stages does, and adds
+bias and residual. Its [64, C] fp32 accumulator limits it to C <= 128. The launcher times it against the best
+Triton form at each shape's first call and keeps the faster.
+
 **MBConv.** The grouped conv runs on the *expanded* tensor, so each tile needs the expansion of its halo,
 shifted in space, and registers cannot be shifted. Recomputing the expansion per tap would cost 9x the
 expand arithmetic; instead, per hidden slice the program expands its tile *and* its halo rows (the 2W + 2
@@ -194,7 +205,7 @@ on the GPU machine). Five versions of the fused kernels are recorded: **v2**; **
 on the hardware tanh and makes the channel and hidden widths compile-time constants; **v5**, the ConvFirst
 kernel as persistent programs that load the two 1x1 weight matrices once and keep them in shared memory for
 all their tiles (a candidate where those weights take 40-64 KB, C = 48 and 64: there the launcher autotunes
-both kernels and keeps the faster); **v6**, the 8 x 8 patches moved by TMA, which the models run at 56 x 56;
+both kernels and keeps the faster); **v6**, the 8 x 8 patches moved by TMA, which the models ran at 56 x 56 until v8;
 and **v6c**, v6 with both channel parts of 96@56 in one tap loop (the default). Columns: time (µs),
 instructions executed (millions of warp instructions), the share of cycles a scheduler issued an
 instruction, SM / L2 / DRAM / tensor-pipe throughput as % of peak, the three largest stall reasons in
@@ -297,19 +308,58 @@ sequence. At late stages (C = 384, 768) the fused ConvFirst kernel's [pixels, C]
 fit in registers at any useful tile size, and those blocks are compute-bound anyway: fusion has little to
 save there.
 
-**What would close the gaps** (notes in `kernels/NOTES_*.md`): more work in flight per SM rather than fewer
-bytes, since v5 removed most of the weight traffic and gained little, and v6 most of the address work. That
-means the input (or expanded) halo tile staged once in shared memory with the 9 shifted views fed to the
-tensor cores from there (one copy per tile instead of nine; v6 still makes nine, because plain Triton cannot
-take a shifted view of a shared-memory tile, and neither can Gluon: its views of a staged tile may start only
-at a multiple of their own length, checked by compiling for sm_90 with Triton 3.6 and 3.8,
-`python -m convfirst.kernels.compile_report gluon-shift`), and a warp-specialised pipeline in which one warp
-group loads and convolves the next tile while another runs the current tile's 1x1 work, sharing one resident copy of the
-weights; for MBConv, 2D tiles and a rolling halo buffer. These need explicit shared-memory and warp-group
-control with shared-memory reads at per-row addresses (CUTLASS/CuTe or PTX). A Gluon kernel is in the repository for the
+**What the Triton forms left open** (notes in `kernels/NOTES_*.md`): more work in flight per SM rather than fewer
+bytes, since v5 removed most of the weight traffic and gained little, and v6 most of the address work: a
+warp-specialised pipeline in which warps that only copy run ahead of the products, and the input halo staged
+once. v8, below, is that pipeline. Gluon's views of a staged tile may still start only at a multiple of their own
+length (checked by compiling for sm_90 with Triton 3.6 and 3.8, `python -m convfirst.kernels.compile_report
+gluon-shift`), so v8 stages the halo once per kernel column, not once per tile, and takes the kernel rows as
+reinterpreted views, which Triton 3.6 compiles and 3.8 refuses (there v8 makes one copy per tap). For MBConv the
+same would need 2D tiles and a rolling halo buffer. A Gluon kernel is in the repository for the
 1x1 matmuls (below); it shows the register limit that shapes such designs on Hopper: an accumulator lives in
 the registers of the warp group that issues the products, so overlapping one tile's epilogue with the next
 tile's products costs a second accumulator."""),
+    new_markdown_cell("""### v8: warps that only copy
+
+Each version of the warp-specialised kernel was compiled for sm_90 on the CPU first and then checked and timed
+on the H100, every config against the fp32 reference (`python -m convfirst.kernels.compare_forms --forms ws`;
+rows in `data/convfirst_forms_<gpu>.csv`, the form names the version). The table gives the best config of each
+version per shape (ms, batch 256) beside the best Triton form timed in the first run; the notes give each
+version's prediction."""),
+    new_code_cell('''forms = load_measurements(recorded_file("convfirst_forms", gpu))
+ws_versions = ["ws-v8-one-group", "ws-v8b-gconv-group", "ws-v8c-32ch-boxes", "ws-v8d-halo", "ws-v8e-pingpong",
+               "ws-v8f-res-smem", "ws", "ws-taps"]
+first_run = forms[forms["form"] == "ws-v8-one-group"]["commit"].iloc[0] if (forms["form"] == "ws-v8-one-group").any() else None
+mask = forms["form"].isin(ws_versions) | ((forms["form"] == "tma") & (forms["commit"] == first_run))
+best = (forms[mask].dropna(subset=["ms"]).assign(shape=lambda d: d["C"].astype(str) + "@" + d["H"].astype(str))
+        .groupby(["form", "shape"])["ms"].min().unstack("shape"))
+best = best.reindex([f for f in ["tma"] + ws_versions if f in best.index])
+best.index = [("v6c (Triton, same run as v8)" if f == "tma" else f) for f in best.index]
+display(best.round(3))'''),
+    new_markdown_cell("""The first version gave each chain warp group its own grouped conv; the two then waited on the same stages in
+lockstep, both in their many small grouped-conv products while the tensor cores had no 1x1 work, and it was
+slower than the Triton form everywhere. With the grouped conv in a warp group of its own (v8b) the time did not
+move when every product was left out: the copies bound it, 2 KB boxes of 32-byte rows. Boxes of 32 channels
+(v8c), the halo staged once per kernel column (v8d) and the chain warp groups taking turns (v8e) brought it below
+the Triton forms at 64@56 and 96@56 (and below the run-of-pixels kernel at 128@28 in the block benchmark); copying the residual into shared memory as well (v8f) was slower and was removed.
+
+Which part binds the kept kernel is read by leaving each part's products out in turn, the copies and barriers
+kept (`python -m convfirst.kernels.profile_ws`, `data/convfirst_ws_parts_<gpu>.csv`; the outputs are then
+wrong on purpose, only the times count):"""),
+    new_code_cell('''parts = load_measurements(recorded_file("convfirst_ws_parts", gpu))
+parts = parts[parts["config"].str.contains("'HALO': True")] if parts["config"].str.contains("'HALO': True").any() else parts
+parts = parts.assign(shape=parts["C"].astype(str) + "@" + parts["H"].astype(str))
+table = parts.pivot_table(index="shape", columns="left_out", values="ms")
+display(table.round(3))
+for shape, row in table.iterrows():
+    print(f"{shape}: with every product left out the kernel keeps {row['all products'] / row['nothing']:.0%} of its "
+          f"time; leaving out the grouped conv's products saves {1 - row['grouped conv products'] / row['nothing']:.0%}, "
+          f"the 1x1 chain's {1 - row['1x1 chain products'] / row['nothing']:.0%}")'''),
+    new_markdown_cell("""So v8 is bound by its copies and the waits around them, no longer by the products: per pair of patches at 96@56
+it reads about 90 KB of input rows and 144 KB of weight chunks through L2, and the weights are the larger share.
+The next step would halve those weight bytes, by letting two SMs of a cluster share each chunk (TMA multicast) or
+by covering 256 pixels per chunk, which the 128-register limit of a 16-warp program rules out at C >= 96. The
+same limit keeps v8 from C = 192 (ConvFirstNet-T's 28 x 28 stage), where the run-of-pixels kernel stays."""),
     new_markdown_cell("""### The grouped conv at every stage shape
 
 Where a model runs a block unfused (the 14 x 14 and 7 x 7 stages) its grouped conv is this kernel, so it was

@@ -353,6 +353,23 @@ if path.exists():
     display(table.round(3))
 else:
     print(f"no comparison of the sequence paths recorded for {gpu}")"""),
+    new_markdown_cell("""### The early stages on the warp-specialised block kernel
+
+The fused blocks of the 56 x 56 and 28 x 28 stages have a third kernel form since commit f817fee: a Gluon kernel
+whose warps only copy, only run the grouped conv or only run the 1x1 chain (`kernels/convfirst_ws.py`; chapter 3
+and `kernels/NOTES_convfirst.md`, v8). It takes C <= 128, so in ConvFirstNet-H the 64@56 and 128@28 stages and in
+ConvFirstNet-T the 96@56 stage; T's 192@28 stage keeps the Triton kernel. The launcher times it against the best
+Triton form per shape and keeps the faster. Both models with and without it in one process
+(`data/ws_block_model_<gpu>.csv`, batch 256):"""),
+    new_code_cell("""path = data_path(f"ws_block_model_{gpu}.csv")
+if path.exists():
+    wsb = _load(path)
+    wsb["cuda_graphs"] = wsb["cuda_graphs"].astype(str).str.lower().isin(["true", "1"])
+    table = wsb.pivot_table(index=["commit", "model", "batch", "cuda_graphs"], columns="ws_block", values="ms")
+    table["on / off"] = table["on"] / table["off"]
+    display(table.round(3))
+else:
+    print(f"no comparison with and without the warp-specialised block kernel recorded for {gpu}")"""),
     new_markdown_cell("""## The same comparison on a second GPU
 
 The family plan was also run on an H200 (same Hopper SMs as the H100, 1.4x its memory bandwidth; chapter 3

@@ -52,7 +52,8 @@ SLICE = 16
 BOX = 32
 #: Candidate configs: patch shape (TILE_H, TILE_W), hidden chunk BH, weight-ring STAGES, tap-ring TAP_STAGES (with
 #: HALO_VIEWS; twice as many single-tap stages without).
-WS_CONFIGS = ((8, 8, 64, 2, 3), (8, 8, 64, 2, 4), (8, 8, 32, 2, 3), (4, 16, 64, 2, 3))
+WS_CONFIGS = ((8, 8, 64, 2, 3), (8, 8, 64, 2, 4), (8, 8, 32, 2, 3), (4, 16, 64, 2, 3), (8, 8, 64, 3, 3), (8, 8, 64, 4, 3),
+              (4, 16, 64, 3, 3))
 #: Whether the tap loader stages each patch's rows with their halo once per kernel column (three copies per
 #: 32-channel box instead of nine): the kernel rows are then views of the staged rows that start whole image rows
 #: in. Gluon's ``slice`` refuses such views, so they are taken by reinterpreting a row of the staged buffer to the

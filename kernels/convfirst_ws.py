@@ -44,7 +44,7 @@ if HAVE_GLUON:
                                                                    warpgroup_mma, warpgroup_mma_wait)
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
 
-    from .gemm_ws import _silu
+    from .pair_ws import hidden_chain
 
 #: Channels per grouped-conv slice (one packed 16 x 16 block-diagonal weight), and per TMA box of x (two slices:
 #: 64-byte rows; 16-channel boxes, 32-byte rows, made v8b twice as slow, bound by the copies).
@@ -241,7 +241,6 @@ if HAVE_GLUON:
         G_STAGES: gl.constexpr = g_bufs.type.shape[0] // (2 * NP)
         BH: gl.constexpr = wp_bufs.type.shape[1]
         CPAD: gl.constexpr = wp_bufs.type.shape[2]
-        STAGES: gl.constexpr = wp_bufs.type.shape[0]
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, BH, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -253,28 +252,10 @@ if HAVE_GLUON:
         for t in range(gl.program_id(0), n_pairs, gl.num_programs(0)):
             gs = count % G_STAGES
             mbarrier.wait(g_ready.index(gs), (count // G_STAGES) & 1)
-            g0 = (gs * 2 + WHICH) * NP
             o = gl.zeros([ROWS, CPAD], gl.float32, o_layout)
-            for j in range(0, HIDDEN, BH):
-                s = chunk % STAGES
-                b_e = gl.load(b_e_ptr + j + gl.arange(0, BH, layout=gl.SliceLayout(0, s_layout))).to(gl.float32)
-                mbarrier.wait(w_ready.index(s), (chunk // STAGES) & 1)
-                if PINGPONG:  # consumer 0's first wait passes on the fresh barrier
-                    mbarrier.wait(order.index(WHICH), (chunk & 1) ^ (1 - WHICH))
-                acc = gl.zeros([ROWS, BH], gl.float32, s_layout)
-                if SKIP % 4 < 2:
-                    for kp in gl.static_range(NP):
-                        acc = warpgroup_mma(g_bufs.index(g0 + kp), we_bufs.index(s * NP + kp), acc, is_async=True)
-                    acc = warpgroup_mma_wait(0, deps=[acc])
-                if PINGPONG:
-                    mbarrier.arrive(order.index(1 - WHICH), count=1)
-                mbarrier.arrive(g_empty.index(gs), count=1, pred=j + BH >= HIDDEN)  # read for the last time
-                if SKIP % 4 < 2:
-                    pm = gl.convert_layout(_silu(acc + gl.expand_dims(b_e, 0)).to(g_bufs.dtype), p_layout)
-                    # synchronous, as in the pair kernel (an in-flight product here makes ptxas serialise the loop)
-                    o = warpgroup_mma(pm, wp_bufs.index(s), o)
-                mbarrier.arrive(w_empty.index(s), count=1)
-                chunk += 1
+            o, chunk = hidden_chain(g_bufs, (gs * 2 + WHICH) * NP, NP, we_bufs, wp_bufs, w_ready, w_empty, order,
+                                    g_empty.index(gs), b_e_ptr, o, chunk, HIDDEN, WHICH, PINGPONG, SKIP % 4 < 2,
+                                    s_layout, p_layout)
             # epilogue: + b_p + x, stored through pointers (rows outside the image or past the last patch masked)
             q = 2 * t + WHICH
             n, h0, w0 = _patch_origin(q, PPI, PW, TILE_H, TILE_W)

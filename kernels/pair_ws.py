@@ -89,6 +89,43 @@ if HAVE_GLUON:
             count += 1
 
     @gluon.jit
+    def hidden_chain(a_bufs, a0, NA: gl.constexpr, we_bufs, wp_bufs, w_ready, w_empty, order, a_empty, b_e_ptr, o,
+                     chunk, HIDDEN: gl.constexpr, WHICH: gl.constexpr, PINGPONG: gl.constexpr,
+                     PRODUCTS: gl.constexpr, s_layout: gl.constexpr, p_layout: gl.constexpr):
+        """One row tile's pass over the hidden channels, chunk by chunk from the weight ring: S = A @ We_j (A the NA
+        pieces ``a_bufs[a0:a0 + NA]``), P = silu(S + b_e[j]) in registers, O += P @ Wp_j. Returns (O, the ring's
+        chunk counter). ``a_empty`` is arrived on once A has been read for the last time. With PINGPONG the two
+        consumers take turns issuing their first products (``order``). Without PRODUCTS (profiling) the products
+        and SiLU are left out and the waits and arrivals kept. Shared by the pair kernel and the fused block kernel
+        (:mod:`convfirst_ws`)."""
+        BH: gl.constexpr = wp_bufs.type.shape[1]
+        STAGES: gl.constexpr = wp_bufs.type.shape[0]
+        ROWS: gl.constexpr = a_bufs.type.shape[1]
+        for j in range(0, HIDDEN, BH):
+            s = chunk % STAGES
+            # the chunk's bias is read before the products are issued: its load latency hides behind them
+            b_e = gl.load(b_e_ptr + j + gl.arange(0, BH, layout=gl.SliceLayout(0, s_layout))).to(gl.float32)
+            mbarrier.wait(w_ready.index(s), (chunk // STAGES) & 1)
+            if PINGPONG:  # consumer 0's first wait passes on the fresh barrier
+                mbarrier.wait(order.index(WHICH), (chunk & 1) ^ (1 - WHICH))
+            acc = gl.zeros([ROWS, BH], gl.float32, s_layout)
+            if PRODUCTS:
+                for k in gl.static_range(NA):
+                    acc = warpgroup_mma(a_bufs.index(a0 + k), we_bufs.index(s * NA + k), acc, is_async=True)
+                acc = warpgroup_mma_wait(0, deps=[acc])
+            if PINGPONG:
+                mbarrier.arrive(order.index(1 - WHICH), count=1)
+            mbarrier.arrive(a_empty, count=1, pred=j + BH >= HIDDEN)  # A read for the last time
+            if PRODUCTS:
+                p = gl.convert_layout(_silu(acc + gl.expand_dims(b_e, 0)).to(a_bufs.dtype), p_layout)
+                # synchronous: left in flight, its register operand p would have to stay live beside the next
+                # chunk's accumulator, and ptxas then serialises every wgmma of the loop for want of registers
+                o = warpgroup_mma(p, wp_bufs.index(s), o)
+            mbarrier.arrive(w_empty.index(s), count=1)  # both of the chunk's products are done with its stage
+            chunk += 1
+        return o, chunk
+
+    @gluon.jit
     def _pair_consumer(bufs, bars, ptrs, M, HIDDEN: gl.constexpr, C: gl.constexpr, WHICH: gl.constexpr,
                        PINGPONG: gl.constexpr):
         """One warp group: 64 rows of each of its program's tiles through both products and the epilogue. With
@@ -101,7 +138,6 @@ if HAVE_GLUON:
         ROWS: gl.constexpr = y_bufs.type.shape[1]
         KC: gl.constexpr = y_bufs.type.shape[0] // 2
         BH: gl.constexpr = wp_bufs.type.shape[1]
-        STAGES: gl.constexpr = wp_bufs.type.shape[0]
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, BH, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -113,27 +149,9 @@ if HAVE_GLUON:
         for tile in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
             mbarrier.wait(y_ready.index(WHICH), count & 1)
             o = gl.zeros([ROWS, C], gl.float32, o_layout)
-            for j in range(0, HIDDEN, BH):
-                s = chunk % STAGES
-                # the chunk's bias is read before the products are issued: its load latency hides behind them
-                b_e = gl.load(b_e_ptr + j + gl.arange(0, BH, layout=gl.SliceLayout(0, s_layout))).to(gl.float32)
-                mbarrier.wait(w_ready.index(s), (chunk // STAGES) & 1)
-                if PINGPONG:  # consumer 0's first wait passes on the fresh barrier
-                    mbarrier.wait(order.index(WHICH), (chunk & 1) ^ (1 - WHICH))
-                acc = gl.zeros([ROWS, BH], gl.float32, s_layout)
-                for kc in gl.static_range(KC):
-                    acc = warpgroup_mma(y_bufs.index(WHICH * KC + kc), we_bufs.index(s * KC + kc), acc,
-                                        is_async=True)
-                acc = warpgroup_mma_wait(0, deps=[acc])
-                if PINGPONG:
-                    mbarrier.arrive(order.index(1 - WHICH), count=1)
-                mbarrier.arrive(y_empty.index(WHICH), count=1, pred=j + BH >= HIDDEN)  # rows read for the last time
-                p = gl.convert_layout(_silu(acc + gl.expand_dims(b_e, 0)).to(y_bufs.dtype), p_layout)
-                # synchronous: left in flight, its register operand p would have to stay live beside the next
-                # chunk's accumulator, and ptxas then serialises every wgmma of the loop for want of registers
-                o = warpgroup_mma(p, wp_bufs.index(s), o)
-                mbarrier.arrive(w_empty.index(s), count=1)  # both of the chunk's products are done with its stage
-                chunk += 1
+            o, chunk = hidden_chain(y_bufs, WHICH * KC, KC, we_bufs, wp_bufs, w_ready, w_empty, order,
+                                    y_empty.index(WHICH), b_e_ptr, o, chunk, HIDDEN, WHICH, PINGPONG, True, s_layout,
+                                    p_layout)
             # the epilogue's indices and bias are built here, not kept live through the main loop (64 registers)
             cols = gl.arange(0, C, layout=gl.SliceLayout(0, o_layout))
             r = tile * 2 * ROWS + WHICH * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, o_layout))

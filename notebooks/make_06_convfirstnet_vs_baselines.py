@@ -297,15 +297,23 @@ run's commit 329e9ea, `auto` also ran the Gluon kernel eagerly, which on that ho
 graphs slower: what led to the eager rule). At 7187ddc the eager calls of both forms launch the same kernels, so their rows without graphs differ
 only by the host (at batch 1 the model is bound by host time, and the `auto` pass ran first in its process;
 the cause of its slower batch-1 rows was not isolated)."""),
-    new_code_cell("""path = data_path(f"gemm_form_model_{gpu}.csv")
-if path.exists():
+    new_code_cell("""def show_ab(name, column, a, b, batch=None):
+    \"\"\"A recorded comparison of two paths in one process (data/<name>_<gpu>.csv): ms per commit, model, batch
+    and CUDA graphs, one column per value of ``column``, and the ratio a / b.\"\"\"
+    path = data_path(f"{name}_{gpu}.csv")
+    if not path.exists():
+        print(f"no {name} comparison recorded for {gpu}")
+        return
     ab = _load(path)
     ab["cuda_graphs"] = ab["cuda_graphs"].astype(str).str.lower().isin(["true", "1"])
-    table = ab.pivot_table(index=["commit", "model", "batch", "cuda_graphs"], columns="gemm_form", values="ms")
-    table["auto / tma"] = table["auto"] / table["tma"]
+    if batch is not None:
+        ab = ab[ab["batch"] == batch]
+    table = ab.pivot_table(index=["commit", "model", "batch", "cuda_graphs"], columns=column, values="ms")
+    table[f"{a} / {b}"] = table[a] / table[b]
     display(table.round(3))
-else:
-    print(f"no A/B of the GEMM forms recorded for {gpu}")"""),
+
+
+show_ab("gemm_form_model", "gemm_form", "auto", "tma")"""),
     new_markdown_cell("""### Both 1x1 layers in one launch: the pair kernel
 
 In a ConvFirst block the two 1x1 layers are adjacent (expand, SiLU, project, residual), so their E*C-wide hidden
@@ -343,16 +351,7 @@ if _data_path(f"gemm_{gpu}.csv").exists():
         display(pair.pivot_table(index="name", columns=["C", "H"], values="ms").round(4))
     else:
         print(f"no pair-kernel comparison recorded for {gpu}")
-path = data_path(f"sequence_gemm_model_{gpu}.csv")
-if path.exists():
-    sq = _load(path)
-    sq["cuda_graphs"] = sq["cuda_graphs"].astype(str).str.lower().isin(["true", "1"])
-    sq = sq[sq["batch"] == big]
-    table = sq.pivot_table(index=["commit", "model", "batch", "cuda_graphs"], columns="sequence_gemm", values="ms")
-    table["pair / triton"] = table["pair"] / table["triton"]
-    display(table.round(3))
-else:
-    print(f"no comparison of the sequence paths recorded for {gpu}")"""),
+show_ab("sequence_gemm_model", "sequence_gemm", "pair", "triton", batch=big)"""),
     new_markdown_cell("""### The early stages on the warp-specialised block kernel
 
 The fused blocks of the 56 x 56 and 28 x 28 stages have a third kernel form since commit f817fee: a Gluon kernel
@@ -361,15 +360,7 @@ and `kernels/NOTES_convfirst.md`, v8). It takes C <= 128, so in ConvFirstNet-H t
 ConvFirstNet-T the 96@56 stage; T's 192@28 stage keeps the Triton kernel. The launcher times it against the best
 Triton form per shape and keeps the faster. Both models with and without it in one process
 (`data/ws_block_model_<gpu>.csv`, batch 256):"""),
-    new_code_cell("""path = data_path(f"ws_block_model_{gpu}.csv")
-if path.exists():
-    wsb = _load(path)
-    wsb["cuda_graphs"] = wsb["cuda_graphs"].astype(str).str.lower().isin(["true", "1"])
-    table = wsb.pivot_table(index=["commit", "model", "batch", "cuda_graphs"], columns="ws_block", values="ms")
-    table["on / off"] = table["on"] / table["off"]
-    display(table.round(3))
-else:
-    print(f"no comparison with and without the warp-specialised block kernel recorded for {gpu}")"""),
+    new_code_cell("""show_ab("ws_block_model", "ws_block", "on", "off")"""),
     new_markdown_cell("""## The same comparison on a second GPU
 
 The family plan was also run on an H200 (same Hopper SMs as the H100, 1.4x its memory bandwidth; chapter 3

@@ -117,11 +117,9 @@ def candidate_configs(channels: int, npix: int, forms=FORMS) -> list[dict]:
         kept += convfirst_fused._prune_tma(convfirst_fused._tma_configs(), dict(named, H=side, W=side))
     out = [launch_kwargs(cf) for cf in kept]
     if "ws" in forms and applies("ws", channels):
-        from .convfirst_ws import ws_configs
+        from .convfirst_ws import HALO_VIEWS, ws_configs
 
         out += ws_configs(channels)
-        from .convfirst_ws import HALO_VIEWS
-
         if HALO_VIEWS:  # the single-tap form as well, for the record
             out += ws_configs(channels, halo=False)
     return out
@@ -134,8 +132,8 @@ def parse_configs(text: str) -> list[dict]:
     configs = json.loads(text)
     if not isinstance(configs, list) or not all(isinstance(c, dict) and ("BLOCK_M" in c or "TILE_H" in c)
                                                 and ("BLOCK_H" in c or "TAP_STAGES" in c) for c in configs):
-        raise SystemExit(f"--configs: expected a JSON list of dicts with BLOCK_M (or TILE_H, TILE_W) and BLOCK_H, "
-                         f"got {text!r}")
+        raise SystemExit(f"--configs: expected a JSON list of dicts with BLOCK_M (or TILE_H, TILE_W) and BLOCK_H (or, "
+                         f"for the warp-specialised form, TAP_STAGES), got {text!r}")
     out = []
     for c in configs:
         if "TILE_H" in c:  # a v6 patch or a v8 config

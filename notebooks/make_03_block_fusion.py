@@ -107,9 +107,9 @@ pixels before and after the run), writes that slice to a small per-program scrat
 grouped conv, then projects. The cost is recomputing the expansion of the halo rows and the scratch traffic
 through L2.
 
-The figure shows, on a 56-wide image, one 64-pixel ConvFirst tile of each form and the input pixels its 9 taps read: a run of pixels (left) and an 8 x 8 patch (right)."""),
+The figure shows, on a 56-wide image, one 64-pixel ConvFirst tile of each form and the input pixels its 9 taps read: a run of pixels (left), an 8 x 8 patch (middle), and for v8 the one copy it makes per kernel column, here the left one (right): the patch's 10 rows shifted one pixel left, whose three kernel rows are the views starting 0, 1 and 2 image rows in."""),
     new_code_cell('''W_img, rows_shown = 56, 12
-fig, (ax_run, ax_patch) = plt.subplots(1, 2, figsize=(12, 3.2))
+fig, (ax_run, ax_patch, ax_ws) = plt.subplots(1, 3, figsize=(15, 3.2))
 
 def draw(ax, in_tile, in_halo, title):
     for r in range(rows_shown):
@@ -130,6 +130,8 @@ h0, w0 = 2, 16                               # an 8 x 8 patch
 patch = lambda r, c: h0 <= r < h0 + 8 and w0 <= c < w0 + 8
 draw(ax_patch, patch, lambda r, c: h0 - 1 <= r <= h0 + 8 and w0 - 1 <= c <= w0 + 8,
      "8 x 8 patch (v6): one TMA box per tap; the 10 x 10 halo (light)")
+draw(ax_ws, patch, lambda r, c: h0 - 1 <= r <= h0 + 8 and w0 - 1 <= c <= w0 + 6,
+     "8 x 8 patch (v8): one copy per kernel column, dx = -1 shown (light)")
 plt.tight_layout(); plt.show()'''),
     new_markdown_cell("""## Bytes moved: fused vs unfused
 

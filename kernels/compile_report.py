@@ -105,8 +105,10 @@ def convfirst_ws_report(channels: int, config: dict) -> dict:
     from . import convfirst_ws
 
     sig = convfirst_ws.ws_block_signature("bf16", channels, config)
-    consts = dict(C=channels, HIDDEN=4 * channels, STAGES=config["STAGES"], TAP_STAGES=config["TAP_STAGES"],
-                  G_STAGES=convfirst_ws.G_STAGES, CHAIN_REGS=convfirst_ws.CHAIN_REGS,
+    ca, cb = split_channels(channels)
+    consts = dict(C=channels, CA=ca, CB=cb, HIDDEN=4 * channels, STAGES=config["STAGES"],
+                  TAP_STAGES=config["TAP_STAGES"], G_STAGES=config.get("G_STAGES", convfirst_ws.G_STAGES),
+                  CHAIN_REGS=convfirst_ws.CHAIN_REGS,
                   GCONV_REGS=convfirst_ws.GCONV_REGS, PINGPONG=bool(config.get("PINGPONG")),
                   HALO=bool(config.get("HALO", convfirst_ws.HALO_VIEWS)), SKIP=0)
     return _gluon_report(compile_gluon_sm90(convfirst_ws.convfirst_ws_kernel, sig, consts, num_warps=4,

@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from ._common import next_pow2
+from ._common import next_pow2, split_channels
 from .gemm_ws import HAVE_GLUON, _cached_layout
 
 if HAVE_GLUON:
@@ -54,14 +54,23 @@ BOX = 32
 #: HALO_VIEWS; twice as many single-tap stages without).
 WS_CONFIGS = ((8, 8, 64, 2, 3), (8, 8, 64, 2, 4), (8, 8, 32, 2, 3), (4, 16, 64, 2, 3), (8, 8, 64, 3, 3), (8, 8, 64, 4, 3),
               (4, 16, 64, 3, 3))
+#: Candidates where the accumulators are wider than 128 columns (C = 160, 192): 32-wide hidden chunks (a 64-wide
+#: chunk's S and P beside [64, 192] of accumulators spill under the 128-register cap) and one stage of grouped-conv
+#: output (two do not fit in shared memory beside the resident grouped-conv weights).
+WIDE_CONFIGS = ((8, 8, 32, 2, 3), (4, 16, 32, 2, 3), (8, 8, 32, 2, 2))
 #: Whether the tap loader stages each patch's rows with their halo once per kernel column (three copies per
 #: 32-channel box instead of nine): the kernel rows are then views of the staged rows that start whole image rows
 #: in. Gluon's ``slice`` refuses such views, so they are taken by reinterpreting a row of the staged buffer to the
 #: patch's extent; Triton 3.6 (the GPU machine's) accepts that, 3.8's verifier refuses any reinterpretation of a
 #: subview. Elsewhere each tap is its own copy (v8c's form).
 HALO_VIEWS = tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 7)
-#: Stages of grouped-conv output (both patches of a tile pair each) between the producer and the chain consumers.
+#: Stages of grouped-conv output (both patches of a tile pair each) between the producer and the chain consumers
+#: (one where two do not fit in shared memory).
 G_STAGES = 2
+#: Accumulator columns a chain consumer can hold (:func:`split_channels` widths summed) under the launch's cap.
+MAX_WIDTH = 192
+#: Shared memory a config may take (of the 227 KB of an H100 SM; barriers and alignment need the rest).
+SMEM_LIMIT = 220 * 1024
 #: Registers per thread: the chain consumers, the grouped-conv warp group (what is left of the 64 K registers of
 #: an SM after the two chain consumers and the two 24-register loader warps), and the launch's cap (14 warps, padded
 #: to 16: 65536 / 512 = 128).
@@ -227,24 +236,50 @@ if HAVE_GLUON:
             count += 1
 
     @gluon.jit
-    def _chain_consumer(bufs, bars, ptrs, dims, C: gl.constexpr, HIDDEN: gl.constexpr, WHICH: gl.constexpr,
-                        TILE_H: gl.constexpr, TILE_W: gl.constexpr, PINGPONG: gl.constexpr, SKIP: gl.constexpr):
+    def _store_columns(o, col0, q, b_p_ptr, x_ptr, out_ptr, dims, C: gl.constexpr, TILE_H: gl.constexpr,
+                       TILE_W: gl.constexpr, SKIP: gl.constexpr):
+        """The epilogue of one accumulator holding output columns ``col0 ...``: + b_p + x, stored through pointers
+        (rows outside the image or past the last patch and columns past C masked)."""
+        n_patches, PPI, PW, H, W = dims
+        ROWS: gl.constexpr = TILE_H * TILE_W
+        WIDTH: gl.constexpr = o.type.shape[1]
+        n, h0, w0 = _patch_origin(q, PPI, PW, TILE_H, TILE_W)
+        cols = col0 + gl.arange(0, WIDTH, layout=gl.SliceLayout(0, o.type.layout))
+        r = gl.arange(0, ROWS, layout=gl.SliceLayout(1, o.type.layout))
+        hh = h0 + r // TILE_W
+        ww = w0 + r % TILE_W
+        row_ok = (hh < H) & (ww < W) & (q < n_patches)
+        pix = (n * H + hh) * W + ww
+        col_ok = cols < C
+        b_p = gl.expand_dims(gl.load(b_p_ptr + cols, mask=col_ok, other=0.0).to(gl.float32), 0)
+        offs = gl.expand_dims(pix.to(gl.int64) * C, 1) + gl.expand_dims(cols, 0)
+        mask = gl.expand_dims(row_ok, 1) & gl.expand_dims(col_ok, 0)
+        res = gl.load(x_ptr + offs, mask=mask, other=0.0).to(gl.float32)
+        if SKIP >= 4:
+            res = gl.zeros_like(res)
+        gl.store(out_ptr + offs, (o + b_p + res).to(out_ptr.dtype.element_ty), mask=mask)
+
+    @gluon.jit
+    def _chain_consumer(bufs, bars, ptrs, dims, C: gl.constexpr, CA: gl.constexpr, CB: gl.constexpr,
+                        HIDDEN: gl.constexpr, WHICH: gl.constexpr, TILE_H: gl.constexpr, TILE_W: gl.constexpr,
+                        PINGPONG: gl.constexpr, SKIP: gl.constexpr):
         """One warp group: both 1x1 products of patch ``2 t + WHICH`` of each tile pair (its grouped-conv output
-        read from the ring), as in the pair kernel, and the epilogue. With PINGPONG the two consumers take turns
-        issuing their first products (one's SiLU runs beside the other's products)."""
+        read from the ring), as in the pair kernel, and the epilogue. The output columns are held as one [64, CA]
+        accumulator, or as [64, CA] and [64, CB] where C is not a power of two (C = 96 as 64 + 32, 192 as
+        128 + 64). With PINGPONG the two consumers take turns issuing their first products (one's SiLU runs beside
+        the other's products)."""
         g_bufs, we_bufs, wp_bufs = bufs
         g_ready, g_empty, w_ready, w_empty, order = bars
         b_e_ptr, b_p_ptr, x_ptr, out_ptr = ptrs
-        n_patches, PPI, PW, H, W = dims
+        n_patches = dims[0]
         ROWS: gl.constexpr = TILE_H * TILE_W
         NP: gl.constexpr = C // 16
         G_STAGES: gl.constexpr = g_bufs.type.shape[0] // (2 * NP)
         BH: gl.constexpr = wp_bufs.type.shape[1]
-        CPAD: gl.constexpr = wp_bufs.type.shape[2]
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, BH, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, CPAD, 16])
+                                                           instr_shape=[16, CA, 16])
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         n_pairs = gl.cdiv(n_patches, 2)
         chunk = 0
@@ -252,32 +287,25 @@ if HAVE_GLUON:
         for t in range(gl.program_id(0), n_pairs, gl.num_programs(0)):
             gs = count % G_STAGES
             mbarrier.wait(g_ready.index(gs), (count // G_STAGES) & 1)
-            o = gl.zeros([ROWS, CPAD], gl.float32, o_layout)
-            o, chunk = hidden_chain(g_bufs, (gs * 2 + WHICH) * NP, NP, we_bufs, wp_bufs, w_ready, w_empty, order,
-                                    g_empty.index(gs), b_e_ptr, o, chunk, HIDDEN, WHICH, PINGPONG, SKIP % 4 < 2,
-                                    s_layout, p_layout)
-            # epilogue: + b_p + x, stored through pointers (rows outside the image or past the last patch masked)
+            o = gl.zeros([ROWS, CA], gl.float32, o_layout)
+            if CB > 0:
+                o2 = gl.zeros([ROWS, CB], gl.float32,
+                              gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, CB, 16]))
+            else:
+                o2 = o
+            o, o2, chunk = hidden_chain(g_bufs, (gs * 2 + WHICH) * NP, NP, we_bufs, wp_bufs, w_ready, w_empty, order,
+                                        g_empty.index(gs), b_e_ptr, o, o2, chunk, HIDDEN, WHICH, PINGPONG,
+                                        SKIP % 4 < 2, s_layout, p_layout, CB)
             q = 2 * t + WHICH
-            n, h0, w0 = _patch_origin(q, PPI, PW, TILE_H, TILE_W)
-            cols = gl.arange(0, CPAD, layout=gl.SliceLayout(0, o_layout))
-            r = gl.arange(0, ROWS, layout=gl.SliceLayout(1, o_layout))
-            hh = h0 + r // TILE_W
-            ww = w0 + r % TILE_W
-            row_ok = (hh < H) & (ww < W) & (q < n_patches)
-            pix = (n * H + hh) * W + ww
-            col_ok = cols < C
-            b_p = gl.expand_dims(gl.load(b_p_ptr + cols, mask=col_ok, other=0.0).to(gl.float32), 0)
-            offs = gl.expand_dims(pix.to(gl.int64) * C, 1) + gl.expand_dims(cols, 0)
-            mask = gl.expand_dims(row_ok, 1) & gl.expand_dims(col_ok, 0)
-            res = gl.load(x_ptr + offs, mask=mask, other=0.0).to(gl.float32)
-            if SKIP >= 4:
-                res = gl.zeros_like(res)
-            gl.store(out_ptr + offs, (o + b_p + res).to(out_ptr.dtype.element_ty), mask=mask)
+            _store_columns(o, 0, q, b_p_ptr, x_ptr, out_ptr, dims, C, TILE_H, TILE_W, SKIP)
+            if CB > 0:
+                _store_columns(o2, CA, q, b_p_ptr, x_ptr, out_ptr, dims, C, TILE_H, TILE_W, SKIP)
             count += 1
 
     @gluon.jit
     def convfirst_ws_kernel(xm_desc, xt_desc, gw_desc, we_desc, wp_desc, b_g_ptr, b_e_ptr, b_p_ptr, x_ptr, out_ptr,
-                            n_patches, PPI, PW, H, W, C: gl.constexpr, HIDDEN: gl.constexpr, STAGES: gl.constexpr,
+                            n_patches, PPI, PW, H, W, C: gl.constexpr, CA: gl.constexpr, CB: gl.constexpr,
+                            HIDDEN: gl.constexpr, STAGES: gl.constexpr,
                             TAP_STAGES: gl.constexpr, G_STAGES: gl.constexpr, CHAIN_REGS: gl.constexpr,
                             GCONV_REGS: gl.constexpr, PINGPONG: gl.constexpr, HALO: gl.constexpr,
                             SKIP: gl.constexpr = 0):
@@ -330,8 +358,10 @@ if HAVE_GLUON:
         bars = (g_ready, g_empty, w_ready, w_empty, order)
         ptrs = (b_e_ptr, b_p_ptr, x_ptr, out_ptr)
         dims = (n_patches, PPI, PW, H, W)
-        gl.warp_specialize([(_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 0, TILE_H, TILE_W, PINGPONG, SKIP)),
-                            (_chain_consumer, (bufs, bars, ptrs, dims, C, HIDDEN, 1, TILE_H, TILE_W, PINGPONG, SKIP)),
+        gl.warp_specialize([(_chain_consumer, (bufs, bars, ptrs, dims, C, CA, CB, HIDDEN, 0, TILE_H, TILE_W, PINGPONG,
+                                               SKIP)),
+                            (_chain_consumer, (bufs, bars, ptrs, dims, C, CA, CB, HIDDEN, 1, TILE_H, TILE_W, PINGPONG,
+                                               SKIP)),
                             (_gconv_producer, (tap_bufs, gw_bufs, g_bufs, tap_ready, tap_empty, gw_ready, g_ready,
                                                g_empty, b_g_ptr, n_patches, C, HALO, SKIP)),
                             (_tap_loader, (xm_desc, xt_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty,
@@ -343,9 +373,10 @@ if HAVE_GLUON:
 
 def ws_block_supported(channels: int, hidden: int) -> str | None:
     """None when the kernel takes this block, else why not."""
-    if channels % BOX or not BOX <= channels <= 128:
-        return (f"C={channels}: the warp-specialised block kernel takes C a multiple of {BOX} up to 128 (its chain "
-                f"consumers' [64, C] fp32 accumulators must fit under the launch's {LAUNCH_REGS}-register cap)")
+    if channels % BOX or channels < BOX or sum(split_channels(channels)) > MAX_WIDTH:
+        return (f"C={channels}: the warp-specialised block kernel takes C a multiple of {BOX} held in at most "
+                f"{MAX_WIDTH} accumulator columns (96, 128, 160, 192; its chain consumers' [64, C] fp32 accumulators "
+                f"must fit under the launch's {LAUNCH_REGS}-register cap)")
     if hidden % 64:
         return f"hidden width {hidden} is not a multiple of 64"
     return None
@@ -372,16 +403,19 @@ def ws_smem_bytes(channels: int, config: dict, itemsize: int = 2) -> int:
     cpad, bh = next_pow2(channels), config["BH"]
     stage_rows = 2 * rows if config.get("HALO", HALO_VIEWS) else rows  # HALO: TILE_H + 2 rows, allocated as 2 TILE_H
     taps = config["TAP_STAGES"] * 2 * stage_rows * BOX + 9 * channels * SLICE
-    return (taps + G_STAGES * 2 * rows * channels + config["STAGES"] * (channels * bh + bh * cpad)) * itemsize
+    g = config.get("G_STAGES", G_STAGES) * 2 * rows * channels
+    return (taps + g + config["STAGES"] * (channels * bh + bh * cpad)) * itemsize
 
 
 def ws_configs(channels: int, halo: bool | None = None) -> list[dict]:
     """The candidate configs that fit in shared memory at this width, in the form ``halo`` (default: HALO_VIEWS,
     what this Triton compiles)."""
     halo = HALO_VIEWS if halo is None else halo
+    wide = sum(split_channels(channels)) > 128
     out = [{"TILE_H": th, "TILE_W": tw, "BH": bh, "STAGES": st, "TAP_STAGES": ts if halo else 2 * ts,
-            "PINGPONG": True, "HALO": halo} for th, tw, bh, st, ts in WS_CONFIGS]
-    return [cf for cf in out if ws_smem_bytes(channels, cf) <= 220 * 1024]
+            "G_STAGES": 1 if wide else G_STAGES, "PINGPONG": True, "HALO": halo}
+           for th, tw, bh, st, ts in (WIDE_CONFIGS if wide else WS_CONFIGS)]
+    return [cf for cf in out if ws_smem_bytes(channels, cf) <= SMEM_LIMIT]
 
 
 _SMS: dict = {}
@@ -395,6 +429,7 @@ def launch_ws_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: dict):
     hidden = we_t.shape[1]
     th, tw, bh = config["TILE_H"], config["TILE_W"], config["BH"]
     cpad = next_pow2(c)
+    ca, cb = split_channels(c)
     x_nhwc = x.permute(0, 2, 3, 1)
     xm_desc = GluonDescriptor.from_tensor(x_nhwc, [1, th, tw, BOX], _cached_layout((1, th, tw, BOX), x.dtype))
     xt_desc = GluonDescriptor.from_tensor(x_nhwc, [1, 2, tw, BOX], _cached_layout((1, 2, tw, BOX), x.dtype))
@@ -409,8 +444,9 @@ def launch_ws_block(x, w_taps, b_g, we_t, b_e, wp_t, b_p, out, config: dict):
     n_patches = n * ppi
     grid = (max(1, min(_SMS[x.device], triton.cdiv(n_patches, 2))),)
     return convfirst_ws_kernel[grid](xm_desc, xt_desc, gw_desc, we_desc, wp_desc, b_g, b_e, b_p, x, out, n_patches, ppi, pw,
-                                     h, w, C=c, HIDDEN=hidden, STAGES=config["STAGES"],
-                                     TAP_STAGES=config["TAP_STAGES"], G_STAGES=G_STAGES, CHAIN_REGS=CHAIN_REGS,
+                                     h, w, C=c, CA=ca, CB=cb, HIDDEN=hidden,
+                                     STAGES=config["STAGES"], TAP_STAGES=config["TAP_STAGES"],
+                                     G_STAGES=config.get("G_STAGES", G_STAGES), CHAIN_REGS=CHAIN_REGS,
                                      GCONV_REGS=GCONV_REGS, PINGPONG=bool(config.get("PINGPONG")),
                                      HALO=bool(config.get("HALO", HALO_VIEWS)),
                                      SKIP=config.get("SKIP", 0), num_warps=4,
@@ -432,6 +468,6 @@ def ws_block_signature(dtype: str = "bf16", channels: int = 96, config: dict | N
     return {"xm_desc": desc([1, th, tw, BOX]), "xt_desc": desc([1, 2, tw, BOX]), "gw_desc": desc([SLICE, SLICE]), "we_desc": desc([SLICE, bh]),
             "wp_desc": desc([bh, next_pow2(channels)]), "b_g_ptr": "*fp32", "b_e_ptr": "*fp32", "b_p_ptr": "*fp32",
             "x_ptr": ptr, "out_ptr": ptr, "n_patches": "i32", "PPI": "i32", "PW": "i32", "H": "i32", "W": "i32",
-            "C": "constexpr", "HIDDEN": "constexpr", "STAGES": "constexpr", "TAP_STAGES": "constexpr",
+            "C": "constexpr", "CA": "constexpr", "CB": "constexpr", "HIDDEN": "constexpr", "STAGES": "constexpr", "TAP_STAGES": "constexpr",
             "G_STAGES": "constexpr", "CHAIN_REGS": "constexpr", "GCONV_REGS": "constexpr", "PINGPONG": "constexpr",
             "HALO": "constexpr", "SKIP": "constexpr"}

@@ -90,13 +90,16 @@ if HAVE_GLUON:
 
     @gluon.jit
     def hidden_chain(a_bufs, a0, NA: gl.constexpr, we_bufs, wp_bufs, w_ready, w_empty, order, a_empty, b_e_ptr, o,
-                     chunk, HIDDEN: gl.constexpr, WHICH: gl.constexpr, PINGPONG: gl.constexpr,
-                     PRODUCTS: gl.constexpr, s_layout: gl.constexpr, p_layout: gl.constexpr):
+                     o2, chunk, HIDDEN: gl.constexpr, WHICH: gl.constexpr, PINGPONG: gl.constexpr,
+                     PRODUCTS: gl.constexpr, s_layout: gl.constexpr, p_layout: gl.constexpr, CB: gl.constexpr = 0):
         """One row tile's pass over the hidden channels, chunk by chunk from the weight ring: S = A @ We_j (A the NA
-        pieces ``a_bufs[a0:a0 + NA]``), P = silu(S + b_e[j]) in registers, O += P @ Wp_j. Returns (O, the ring's
-        chunk counter). ``a_empty`` is arrived on once A has been read for the last time. With PINGPONG the two
-        consumers take turns issuing their first products (``order``). Without PRODUCTS (profiling) the products
-        and SiLU are left out and the waits and arrivals kept. Shared by the pair kernel and the fused block kernel
+        pieces ``a_bufs[a0:a0 + NA]``), P = silu(S + b_e[j]) in registers, O += P @ Wp_j. Returns (O, O2, the
+        ring's chunk counter). With CB > 0 the output columns are held as two accumulators of power-of-two widths,
+        O [rows, CA] and O2 [rows, CB] (C = 96 as 64 + 32, 192 as 128 + 64: no product on padding columns, and
+        fewer registers than one [rows, next_pow2(C)] accumulator); with CB = 0, O2 is passed through untouched.
+        ``a_empty`` is arrived on once A has been read for the last time. With PINGPONG the two consumers take
+        turns issuing their first products (``order``). Without PRODUCTS (profiling) the products and SiLU are
+        left out and the waits and arrivals kept. Shared by the pair kernel and the fused block kernel
         (:mod:`convfirst_ws`)."""
         BH: gl.constexpr = wp_bufs.type.shape[1]
         STAGES: gl.constexpr = wp_bufs.type.shape[0]
@@ -120,10 +123,18 @@ if HAVE_GLUON:
                 p = gl.convert_layout(_silu(acc + gl.expand_dims(b_e, 0)).to(a_bufs.dtype), p_layout)
                 # synchronous: left in flight, its register operand p would have to stay live beside the next
                 # chunk's accumulator, and ptxas then serialises every wgmma of the loop for want of registers
-                o = warpgroup_mma(p, wp_bufs.index(s), o)
+                if CB == 0:
+                    o = warpgroup_mma(p, wp_bufs.index(s), o)
+                else:
+                    CA: gl.constexpr = o.type.shape[1]
+                    p2_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o2.type.layout, k_width=2)
+                    wp = wp_bufs.index(s)
+                    o = warpgroup_mma(p, wp.slice(0, CA, dim=1), o, is_async=True)
+                    o2 = warpgroup_mma(gl.convert_layout(p, p2_layout), wp.slice(CA, CB, dim=1), o2, is_async=True)
+                    o, o2 = warpgroup_mma_wait(0, deps=[o, o2])
             mbarrier.arrive(w_empty.index(s), count=1)  # both of the chunk's products are done with its stage
             chunk += 1
-        return o, chunk
+        return o, o2, chunk
 
     @gluon.jit
     def _pair_consumer(bufs, bars, ptrs, M, HIDDEN: gl.constexpr, C: gl.constexpr, WHICH: gl.constexpr,
@@ -149,9 +160,9 @@ if HAVE_GLUON:
         for tile in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
             mbarrier.wait(y_ready.index(WHICH), count & 1)
             o = gl.zeros([ROWS, C], gl.float32, o_layout)
-            o, chunk = hidden_chain(y_bufs, WHICH * KC, KC, we_bufs, wp_bufs, w_ready, w_empty, order,
-                                    y_empty.index(WHICH), b_e_ptr, o, chunk, HIDDEN, WHICH, PINGPONG, True, s_layout,
-                                    p_layout)
+            o, _, chunk = hidden_chain(y_bufs, WHICH * KC, KC, we_bufs, wp_bufs, w_ready, w_empty, order,
+                                       y_empty.index(WHICH), b_e_ptr, o, o, chunk, HIDDEN, WHICH, PINGPONG, True,
+                                       s_layout, p_layout)
             # the epilogue's indices and bias are built here, not kept live through the main loop (64 registers)
             cols = gl.arange(0, C, layout=gl.SliceLayout(0, o_layout))
             r = tile * 2 * ROWS + WHICH * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, o_layout))

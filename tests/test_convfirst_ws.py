@@ -19,14 +19,18 @@ DEVICE = "cuda" if ON_GPU else "cpu"
 
 
 def test_widths_it_takes_and_configs_that_fit():
-    assert convfirst_ws.ws_block_supported(96, 384) is None
-    assert convfirst_ws.ws_block_supported(32, 128) is None
-    assert "up to 128" in convfirst_ws.ws_block_supported(192, 768)
+    for c in (32, 64, 96, 128, 160, 192):
+        assert convfirst_ws.ws_block_supported(c, 4 * c) is None
+    for c in (224, 256, 384):  # accumulators of 256 columns do not fit under the register cap
+        assert "at most 192 accumulator columns" in convfirst_ws.ws_block_supported(c, 4 * c)
     assert "multiple of 32" in convfirst_ws.ws_block_supported(48, 192)
     assert "multiple of 64" in convfirst_ws.ws_block_supported(64, 224)
-    for c in (32, 64, 96, 128):
+    for c in (32, 64, 96, 128, 160, 192):
         configs = convfirst_ws.ws_configs(c)
         assert configs and all(convfirst_ws.ws_smem_bytes(c, cf) <= 220 * 1024 for cf in configs)
+    # past 128 accumulator columns: 32-wide hidden chunks and one stage of grouped-conv output
+    assert {(cf["BH"], cf["G_STAGES"]) for cf in convfirst_ws.ws_configs(192)} == {(32, 1)}
+    assert {cf["G_STAGES"] for c in (32, 64, 96, 128) for cf in convfirst_ws.ws_configs(c)} == {2}
     # the accounting grows with every buffer it counts
     cf = dict(convfirst_ws.ws_configs(64)[0])
     more = dict(cf, TAP_STAGES=cf["TAP_STAGES"] + 1)
@@ -74,7 +78,9 @@ def test_the_choice_is_timed_once_per_shape_and_not_in_a_capture(monkeypatch):
 SHAPES = [(BlockShape("convfirst", 64, 56, 56), 2), (BlockShape("convfirst", 96, 56, 56), 3),
           (BlockShape("convfirst", 128, 28, 28), 2), (BlockShape("convfirst", 32, 56, 56), 1),
           (BlockShape("convfirst", 64, 13, 11), 1), (BlockShape("convfirst", 96, 9, 15), 1),
-          (BlockShape("convfirst", 128, 29, 31), 1), (BlockShape("convfirst", 96, 7, 7), 1)]
+          (BlockShape("convfirst", 128, 29, 31), 1), (BlockShape("convfirst", 96, 7, 7), 1),
+          (BlockShape("convfirst", 192, 28, 28), 2), (BlockShape("convfirst", 192, 11, 13), 1),
+          (BlockShape("convfirst", 160, 14, 14), 1)]
 
 
 @pytest.mark.skipif(not WS_HERE, reason="the warp-specialised kernel runs only on a Hopper GPU")

@@ -361,14 +361,14 @@ print(json.dumps([dict(cf, C=c, **cr.pair_ws_report(c, cf)) for c in (64, 128, 2
 
 
 def test_ws_block_kernel_compiles_without_spills_or_serialised_wgmma():
-    """The warp-specialised fused ConvFirst kernel (v8, :mod:`convfirst_ws`) compiled for sm_90 (no GPU) at C = 32,
-    64, 96 and 128, every candidate config: wgmma products and TMA copies, no spills under the launch's 128
+    """The warp-specialised fused ConvFirst kernel (v8, :mod:`convfirst_ws`) compiled for sm_90 (no GPU) at C = 32 to
+    192, every candidate config: wgmma products and TMA copies, no spills under the launch's 128
     registers, no wgmma serialised by ptxas (note C7512), the partitions given their registers and shared memory
     as accounted, within the SM's 227 KB."""
     code = r"""
 import json
 from convfirst.kernels import compile_report as cr, convfirst_ws
-print(json.dumps([dict(cf, C=c, **cr.convfirst_ws_report(c, cf)) for c in (32, 64, 96, 128)
+print(json.dumps([dict(cf, C=c, **cr.convfirst_ws_report(c, cf)) for c in (32, 64, 96, 128, 160, 192)
                   for cf in convfirst_ws.ws_configs(c)]))
 """
     from convfirst.kernels import convfirst_ws
@@ -376,7 +376,7 @@ print(json.dumps([dict(cf, C=c, **cr.convfirst_ws_report(c, cf)) for c in (32, 6
     if not convfirst_ws.HAVE_GLUON:
         pytest.skip("this Triton has no Gluon")
     rows = _compile_outside_interpreter(code)
-    assert len(rows) == sum(len(convfirst_ws.ws_configs(c)) for c in (32, 64, 96, 128)) >= 10
+    assert len(rows) == sum(len(convfirst_ws.ws_configs(c)) for c in (32, 64, 96, 128, 160, 192)) >= 10
     for r in rows:
         name = f"C={r['C']} {r['TILE_H']}x{r['TILE_W']} BH={r['BH']} TAP_STAGES={r['TAP_STAGES']}"
         assert r["wgmma"] > 0 and r["tma_copies"] >= 4, name

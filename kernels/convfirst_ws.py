@@ -19,12 +19,15 @@ A program walks pairs of TILE_H x TILE_W patches of one image (8 x 8 or 4 x 16),
 HALO the kernel rows of a tap are views of the staged rows that start whole image rows in (whole swizzle atoms):
 Gluon's ``slice`` refuses such views, and Triton 3.6 takes them as a reinterpreted row of the staged buffer,
 which 3.8's verifier refuses (:data:`HALO_VIEWS` picks the form this Triton compiles). The projecting weight's
-box is CPAD = next power of two >= C columns wide; the copy engine zero-fills the columns past C. The chain's
-[64, CPAD] fp32 accumulator must fit under the launch's 128-register cap (16 warps), so C <= 128.
+box is CPAD = next power of two >= C columns wide; the copy engine zero-fills the columns past C. The chain holds
+the output columns as one [64, C] fp32 accumulator, or, where C is not a power of two, as two of power-of-two
+widths (96 = 64 + 32, 192 = 128 + 64; :func:`split_channels`), each with its own product on a column slice of the
+Wp stage. They must fit under the launch's 128-register cap (16 warps), so C <= 192; past 128 columns the hidden
+chunk is 32 wide and the grouped-conv ring one stage deep (:data:`WIDE_CONFIGS`).
 
-Measured (H100, batch 256, ``NOTES_convfirst.md`` v8): 64@56 0.249 ms, 96@56 0.429 ms, 128@28 0.178 ms against
-0.272, 0.533 and 0.214 for the best Triton kernel; the launcher times both at a shape's first call and keeps the
-faster (:func:`convfirst_fused._ws_choice`).
+Measured (H100, batch 256, ``NOTES_convfirst.md`` v8, v8g): 64@56 0.249 ms, 96@56 0.407 ms, 128@28 0.178 ms,
+192@28 0.398 ms against 0.272, 0.533, 0.214 and 0.468 for the best Triton kernel; the launcher times both at a
+shape's first call and keeps the faster (:func:`convfirst_fused._ws_choice`).
 
 Gluon runs only on a GPU: on the CPU the tests compile this kernel for sm_90 and read its PTX; on the GPU they
 check its values against the fp32 reference.

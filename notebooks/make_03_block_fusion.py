@@ -96,8 +96,9 @@ so each weight chunk read from L2 serves 128 pixels. Per 32-channel box and kern
 the patch's rows with their halo once (10 rows for an 8-row patch); the three kernel rows are views of those rows
 that start whole image rows in. The grouped conv writes g to shared memory; each chain warp group then runs
 S = g @ We_j, P = SiLU(S + b) in registers and O += P @ Wp_j, as the pair kernel of the later stages does, and adds
-bias and residual. Its [64, C] fp32 accumulator limits it to C <= 128. The launcher times it against the best
-Triton form at each shape's first call and keeps the faster.
+bias and residual. Its fp32 accumulators, [64, C] or, where C is not a power of two, [64, 128] + [64, 64] at
+C = 192 (two power-of-two widths), must fit under the 128-register cap of a 16-warp program, which limits it to
+C <= 192. The launcher times it against the best Triton form at each shape's first call and keeps the faster.
 
 **MBConv.** The grouped conv runs on the *expanded* tensor, so each tile needs the expansion of its halo,
 shifted in space, and registers cannot be shifted. Recomputing the expansion per tap would cost 9x the
@@ -330,7 +331,7 @@ version per shape (ms, batch 256) beside the best Triton form timed in the first
 version's prediction."""),
     new_code_cell('''forms = load_measurements(recorded_file("convfirst_forms", gpu))
 ws_versions = ["ws-v8-one-group", "ws-v8b-gconv-group", "ws-v8c-32ch-boxes", "ws-v8d-halo", "ws-v8e-pingpong",
-               "ws-v8f-res-smem", "ws", "ws-taps"]
+               "ws-v8f-res-smem", "ws", "ws-taps", "ws-v8g", "ws-v8g-taps"]
 first_run = forms[forms["form"] == "ws-v8-one-group"]["commit"].iloc[0] if (forms["form"] == "ws-v8-one-group").any() else None
 mask = forms["form"].isin(ws_versions) | ((forms["form"] == "tma") & (forms["commit"] == first_run))
 best = (forms[mask].dropna(subset=["ms"]).assign(shape=lambda d: d["C"].astype(str) + "@" + d["H"].astype(str))
@@ -360,8 +361,27 @@ for shape, row in table.iterrows():
     new_markdown_cell("""So v8 is bound by its copies and the waits around them, no longer by the products: per pair of patches at 96@56
 it reads about 90 KB of input rows and 144 KB of weight chunks through L2, and the weights are the larger share.
 The next step would halve those weight bytes, by letting two SMs of a cluster share each chunk (TMA multicast) or
-by covering 256 pixels per chunk, which the 128-register limit of a 16-warp program rules out at C >= 96. The
-same limit keeps v8 from C = 192 (ConvFirstNet-T's 28 x 28 stage), where the run-of-pixels kernel stays."""),
+by covering 256 pixels per chunk, which the 128-register limit of a 16-warp program rules out at C >= 96.
+
+The same limit kept v8 from C = 192 (ConvFirstNet-T's 28 x 28 stage) while it held the output columns as one
+[64, 256] accumulator, zero-padded past C: 128 registers for the accumulator alone. v8g holds them as two
+accumulators of power-of-two widths (192 = 128 + 64, 96 = 64 + 32), each with its own product on a column slice
+of the staged weight: 96 registers at C = 192, and no products on padding columns at C = 96. At C = 192 the
+hidden chunk must then be 32 wide and the grouped-conv ring one stage deep (two do not fit in shared memory);
+what each of those costs, measured at narrower widths in the same run, is the second table (rows
+`ws-v8g-g-stages`)."""),
+    new_code_cell('''v8g = forms[forms["form"].isin(["ws-v8g", "ws-v8g-taps"])].dropna(subset=["ms"])
+if len(v8g):
+    best_v8g = v8g.sort_values("ms").groupby(["C", "H"], as_index=False).first()
+    before = forms[forms["form"].isin(["ws", "ws-taps"])].dropna(subset=["ms"]).groupby(["C", "H"])["ms"].min()
+    best_v8g["v8 as kept before (ms)"] = [before.get((c, h), float("nan")) for c, h in zip(best_v8g["C"], best_v8g["H"])]
+    display(best_v8g[["C", "H", "ms", "v8 as kept before (ms)", "config", "commit"]].round(4))
+stages = forms[forms["form"] == "ws-v8g-g-stages"].dropna(subset=["ms"])
+if len(stages):
+    stages = stages.assign(G_STAGES=stages["config"].str.extract(r"'G_STAGES': (\d)")[0],
+                           BH=stages["config"].str.extract(r"'BH': (\d+)")[0],
+                           shape=stages["C"].astype(str) + "@" + stages["H"].astype(str))
+    display(stages.pivot_table(index=["shape", "BH"], columns="G_STAGES", values="ms").round(4))'''),
     new_markdown_cell("""### The grouped conv at every stage shape
 
 Where a model runs a block unfused (the 14 x 14 and 7 x 7 stages) its grouped conv is this kernel, so it was

@@ -194,6 +194,18 @@ of ConvNeXt-T's arithmetic at least 4x. `met` is empty where the run has no fuse
 target is missed, the next two sections show where the time goes and which kernels hold the model back."""),
     new_code_cell("""targets = bm.speed_targets(runs, big)
 display(targets.round({"measured": 3}))"""),
+    new_markdown_cell("""$E$ divides by the $P$ measured in the same run, and $P$ is not the same on every machine of one GPU
+model: the runs below, all of the equal-shape control at the anchor's commit on an H100, measured $P$ a tenth
+apart. So the same latency gives a different $E$ on each; the target table reads the anchor run only."""),
+    new_code_cell("""from convfirst.records import load_measurements
+
+same = load_measurements(data_path(f"model_bench_{gpu}.csv"))
+anchor_commit = str(runs.iloc[0]["commit"])
+ctrl = same[(same["model"] == bm.CONTROL_MODEL) & same["variant"].isin(["fused"]) & (same["batch"] == big)
+            & same["commit"].astype(str).eq(anchor_commit) & same["cuda_graphs"].astype(bool)]
+display(ctrl[["date", "ms", "peak_tflops", "efficiency"]].assign(
+    efficiency=lambda d: (100 * d["efficiency"]).round(1)).rename(
+    columns={"peak_tflops": "P measured (TFLOP/s)", "efficiency": "E (%)"}).round(3).reset_index(drop=True))"""),
     new_markdown_cell("""## Where the time goes: the waterline of the equal-shape control
 
 The waterline (chapter 5) stacks the roofline floor of every kernel of one forward pass in execution order;
@@ -356,10 +368,11 @@ show_ab("sequence_gemm_model", "sequence_gemm", "pair", "triton", batch=big)""")
 
 The fused blocks of the 56 x 56 and 28 x 28 stages have a third kernel form since commit f817fee: a Gluon kernel
 whose warps only copy, only run the grouped conv or only run the 1x1 chain (`kernels/convfirst_ws.py`; chapter 3
-and `kernels/NOTES_convfirst.md`, v8). It takes C <= 128, so in ConvFirstNet-H the 64@56 and 128@28 stages and in
-ConvFirstNet-T the 96@56 stage; T's 192@28 stage keeps the Triton kernel. The launcher times it against the best
-Triton form per shape and keeps the faster. Both models with and without it in one process
-(`data/ws_block_model_<gpu>.csv`, batch 256):"""),
+and `kernels/NOTES_convfirst.md`, v8). It takes C <= 128 since f817fee and C <= 192 since b07647e (v8g: the
+output columns as two accumulators of power-of-two widths), so in ConvFirstNet-H the 64@56 and 128@28 stages and
+in ConvFirstNet-T the 96@56 and, since v8g, the 192@28 stage. The launcher times it against the best Triton form
+per shape and keeps the faster. Both models with and without it in one process at f817fee, before v8g, when T's
+192@28 stage still ran the Triton kernel (`data/ws_block_model_<gpu>.csv`, batch 256):"""),
     new_code_cell("""show_ab("ws_block_model", "ws_block", "on", "off")"""),
     new_markdown_cell("""## The same comparison on a second GPU
 

@@ -377,9 +377,9 @@ if HAVE_GLUON:
 def ws_block_supported(channels: int, hidden: int) -> str | None:
     """None when the kernel takes this block, else why not."""
     if channels % BOX or channels < BOX or sum(split_channels(channels)) > MAX_WIDTH:
-        return (f"C={channels}: the warp-specialised block kernel takes C a multiple of {BOX} held in at most "
-                f"{MAX_WIDTH} accumulator columns (96, 128, 160, 192; its chain consumers' [64, C] fp32 accumulators "
-                f"must fit under the launch's {LAUNCH_REGS}-register cap)")
+        return (f"C={channels}: the warp-specialised block kernel takes C a multiple of {BOX} from {BOX} to "
+                f"{MAX_WIDTH} (its chain consumers' fp32 accumulators, the C columns held as at most two "
+                f"power-of-two parts, must fit under the launch's {LAUNCH_REGS}-register cap)")
     if hidden % 64:
         return f"hidden width {hidden} is not a multiple of 64"
     return None

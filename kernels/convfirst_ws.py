@@ -47,7 +47,7 @@ if HAVE_GLUON:
                                                                    warpgroup_mma, warpgroup_mma_wait)
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
 
-    from .pair_ws import hidden_chain
+    from .pair_ws import hidden_chain, load_weight_chunks
 
 #: Channels per grouped-conv slice (one packed 16 x 16 block-diagonal weight), and per TMA box of x (two slices:
 #: 64-byte rows; 16-channel boxes, 32-byte rows, made v8b twice as slow, bound by the copies).
@@ -145,22 +145,10 @@ if HAVE_GLUON:
     def _weight_loader(we_desc, wp_desc, we_bufs, wp_bufs, w_ready, w_empty, n_patches, C: gl.constexpr,
                        HIDDEN: gl.constexpr):
         """One warp: per tile pair, every hidden chunk's expanding and projecting weights, STAGES chunks ahead."""
-        BH: gl.constexpr = wp_desc.block_type.shape[0]
-        STAGES: gl.constexpr = wp_bufs.type.shape[0]
-        NP: gl.constexpr = C // 16
-        nbytes: gl.constexpr = NP * we_desc.block_type.nbytes + wp_desc.block_type.nbytes
         n_pairs = gl.cdiv(n_patches, 2)
         chunk = 0
         for t in range(gl.program_id(0), n_pairs, gl.num_programs(0)):
-            for j in range(0, HIDDEN, BH):
-                s = chunk % STAGES
-                mbarrier.wait(w_empty.index(s), ((chunk // STAGES) & 1) ^ 1)
-                bar = w_ready.index(s)
-                mbarrier.expect(bar, nbytes)
-                for p in gl.static_range(NP):
-                    tma.async_copy_global_to_shared(we_desc, [p * 16, j], bar, we_bufs.index(s * NP + p))
-                tma.async_copy_global_to_shared(wp_desc, [j, 0], bar, wp_bufs.index(s))
-                chunk += 1
+            chunk = load_weight_chunks(we_desc, wp_desc, we_bufs, wp_bufs, w_ready, w_empty, chunk, HIDDEN)
 
     @gluon.jit
     def _rows_from(buf, dy, ROWS: gl.constexpr, layout: gl.constexpr):

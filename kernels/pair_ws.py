@@ -56,16 +56,35 @@ PAIR_CONFIGS = ((64, 2), (32, 4))
 
 if HAVE_GLUON:
     @gluon.jit
+    def load_weight_chunks(we_desc, wp_desc, we_bufs, wp_bufs, w_ready, w_empty, chunk, HIDDEN: gl.constexpr):
+        """One row tile's weights into the ring, chunk by chunk of BH hidden channels: We[:, j] as the pieces of
+        rows that ``we_desc``'s box covers, and Wp[j, :], each stage once its consumers have released it. Returns the
+        ring's chunk counter. Shared by the loaders of the pair kernel and the fused block kernel
+        (:mod:`convfirst_ws`)."""
+        BH: gl.constexpr = wp_desc.block_type.shape[0]
+        STAGES: gl.constexpr = wp_bufs.type.shape[0]
+        PIECES: gl.constexpr = we_bufs.type.shape[0] // STAGES
+        PIECE_ROWS: gl.constexpr = we_desc.block_type.shape[0]
+        nbytes: gl.constexpr = PIECES * we_desc.block_type.nbytes + wp_desc.block_type.nbytes
+        for j in range(0, HIDDEN, BH):
+            s = chunk % STAGES
+            mbarrier.wait(w_empty.index(s), ((chunk // STAGES) & 1) ^ 1)  # a fresh barrier passes the first wait
+            bar = w_ready.index(s)
+            mbarrier.expect(bar, nbytes)
+            for p in gl.static_range(PIECES):
+                tma.async_copy_global_to_shared(we_desc, [p * PIECE_ROWS, j], bar, we_bufs.index(s * PIECES + p))
+            tma.async_copy_global_to_shared(wp_desc, [j, 0], bar, wp_bufs.index(s))
+            chunk += 1
+        return chunk
+
+    @gluon.jit
     def _pair_loader(y_desc, we_desc, wp_desc, y_bufs, we_bufs, wp_bufs, y_ready, y_empty, w_ready, w_empty, M,
                      HIDDEN: gl.constexpr):
         """One warp: per row tile, both consumers' input rows (when their previous rows are released), then every
         chunk's expanding and projecting weights into the ring, STAGES chunks ahead of the products."""
         ROWS: gl.constexpr = y_desc.block_type.shape[0]
         KC: gl.constexpr = y_bufs.type.shape[0] // 2
-        BH: gl.constexpr = wp_desc.block_type.shape[0]
-        STAGES: gl.constexpr = wp_bufs.type.shape[0]
         y_bytes: gl.constexpr = KC * y_desc.block_type.nbytes
-        w_bytes: gl.constexpr = KC * we_desc.block_type.nbytes + wp_desc.block_type.nbytes
         PIECE: gl.constexpr = y_desc.block_type.shape[1]
         n_tiles = gl.cdiv(M, 2 * ROWS)
         chunk = 0
@@ -77,15 +96,7 @@ if HAVE_GLUON:
                 for kc in gl.static_range(KC):
                     tma.async_copy_global_to_shared(y_desc, [tile * 2 * ROWS + c * ROWS, kc * PIECE],
                                                     y_ready.index(c), y_bufs.index(c * KC + kc))
-            for j in range(0, HIDDEN, BH):
-                s = chunk % STAGES
-                mbarrier.wait(w_empty.index(s), ((chunk // STAGES) & 1) ^ 1)
-                bar = w_ready.index(s)
-                mbarrier.expect(bar, w_bytes)
-                for kc in gl.static_range(KC):
-                    tma.async_copy_global_to_shared(we_desc, [kc * PIECE, j], bar, we_bufs.index(s * KC + kc))
-                tma.async_copy_global_to_shared(wp_desc, [j, 0], bar, wp_bufs.index(s))
-                chunk += 1
+            chunk = load_weight_chunks(we_desc, wp_desc, we_bufs, wp_bufs, w_ready, w_empty, chunk, HIDDEN)
             count += 1
 
     @gluon.jit

@@ -80,7 +80,7 @@ from convfirst import bench_models as bm
 from convfirst import plotting
 from convfirst.analysis import ideal_time_s
 from convfirst.params import check_choice, check_choices, check_positive_int, check_positive_ints, resolve_mode, show_mode
-from convfirst.records import data_path, load_cited
+from convfirst.records import data_path, load_cited, load_measurements
 
 mode = resolve_mode(mode)
 check_choice("plan", plan, ["budget", "full"])
@@ -197,9 +197,7 @@ display(targets.round({"measured": 3}))"""),
     new_markdown_cell("""$E$ divides by the $P$ measured in the same run, and $P$ is not the same on every machine of one GPU
 model: the runs below, all of the equal-shape control at the anchor's commit on an H100, measured $P$ a tenth
 apart. So the same latency gives a different $E$ on each; the target table reads the anchor run only."""),
-    new_code_cell("""from convfirst.records import load_measurements
-
-same = load_measurements(data_path(f"model_bench_{gpu}.csv"))
+    new_code_cell("""same = load_measurements(data_path(f"model_bench_{gpu}.csv"))
 anchor_commit = str(runs.iloc[0]["commit"])
 ctrl = same[(same["model"] == bm.CONTROL_MODEL) & same["variant"].isin(["fused"]) & (same["batch"] == big)
             & same["commit"].astype(str).eq(anchor_commit) & same["cuda_graphs"].astype(bool)]

@@ -29,7 +29,7 @@ from convfirst.bench_blocks import TOLERANCE, BlockCase, BlockShape, relative_er
 from convfirst.provenance import with_provenance
 from convfirst.timing import bench_ms, l2_rotation_count
 
-from . import gconv
+from . import gconv, gconv_ws
 from ._common import LAST_COMPILED, launch_kwargs, packed_taps_rows
 from .compare_forms import run_log
 
@@ -40,9 +40,17 @@ TIME_SHAPES = ("64@56", "96@56", "128@28", "192@28", "256@14", "384@14", "512@7"
 
 
 def candidate_configs(channels: int, height: int, width: int, batch: int) -> list[dict]:
-    """The candidates that the autotuner's pruning keeps at this shape, as launch keyword dicts."""
+    """The candidates that the autotuner's pruning keeps at this shape, as launch keyword dicts, then the
+    warp-specialised form's configs where it can run here (:mod:`gconv_ws`)."""
     named = {"C16": packed_taps_rows(channels), "NPIX": batch * height * width}
-    return [launch_kwargs(cf) for cf in gconv._prune_gconv(gconv._gconv_configs(), named)]
+    configs = [launch_kwargs(cf) for cf in gconv._prune_gconv(gconv._gconv_configs(), named)]
+    if gconv_ws.HAVE_GLUON and torch.cuda.is_available() and gconv_ws.ws_available(torch.device("cuda")):
+        configs += gconv_ws.ws_gconv_configs(channels)
+    return configs
+
+
+def form_of(config: dict) -> str:
+    return "ws" if "TAP_STAGES" in config else "pixels"
 
 
 def parse_shape(text: str) -> BlockShape:
@@ -72,7 +80,7 @@ def main() -> int:
         for config in candidate_configs(c, h, w, n):
             err = relative_error(case.launch_poisoned(x, config), ref)
             ok = err < TOLERANCE["bfloat16"]
-            checks.append({"shape": f"{c}@{h}x{w}", "batch": n, "form": "pixels", "config": str(config),
+            checks.append({"shape": f"{c}@{h}x{w}", "batch": n, "form": form_of(config), "config": str(config),
                            "rel_err": err, "passed": ok})
             log(f"check {c}@{h}x{w} N={n} rel_err={err:.2e} {'ok' if ok else 'FAILED'} {config}")
         del case
@@ -100,11 +108,12 @@ def main() -> int:
                 log("out of time for config timing")
                 break
             row = {"block": "gconv", "C": shape.C, "H": shape.H, "W": shape.W, "batch": batch, "dtype": "bfloat16",
-                   "layout": "channels_last", "form": "pixels", "config": str(config), "cuda_graph": True}
+                   "layout": "channels_last", "form": form_of(config), "config": str(config), "cuda_graph": True}
             try:
                 err = relative_error(case.launch_poisoned(x0, config), ref)
                 k = LAST_COMPILED["gconv"]
-                row.update(rel_err=err, regs=k.n_regs, spills=k.n_spills, smem=k.metadata.shared)
+                row.update(rel_err=err, regs=getattr(k, "n_regs", None), spills=getattr(k, "n_spills", None),
+                           smem=k.metadata.shared)
                 if err < TOLERANCE["bfloat16"]:
                     def fn(x, config=config, buf=buf, p=p):
                         return gconv.launch_grouped_conv3x3(x, p["w_taps"], p["b_g"], buf, config=config)

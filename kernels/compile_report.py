@@ -84,7 +84,9 @@ def _gluon_report(kernel) -> dict:
     TMA-copy and mbarrier-wait counts of the PTX and the register counts its partitions are given."""
     ptx = kernel.asm["ptx"]
     return {**ptxas_report(ptx), "smem": kernel.metadata.shared, "wgmma": ptx.count("wgmma.mma_async"),
-            "tma_copies": ptx.count("cp.async.bulk.tensor"), "mbarrier_waits": ptx.count("mbarrier.try_wait"),
+            "tma_copies": ptx.count("cp.async.bulk.tensor"),
+            "tma_stores": len(re.findall(r"cp\.async\.bulk\.tensor\.\dd\.global\.shared", ptx)),
+            "mbarrier_waits": ptx.count("mbarrier.try_wait"),
             "setmaxnreg": sorted({int(v) for v in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)})}
 
 
@@ -113,6 +115,19 @@ def convfirst_ws_report(channels: int, config: dict) -> dict:
                   HALO=bool(config.get("HALO", convfirst_ws.HALO_VIEWS)), SKIP=0)
     return _gluon_report(compile_gluon_sm90(convfirst_ws.convfirst_ws_kernel, sig, consts, num_warps=4,
                                             maxnreg=convfirst_ws.LAUNCH_REGS))
+
+
+def gconv_ws_report(channels: int, config: dict, silu: bool = False) -> dict:
+    """The warp-specialised grouped conv (:mod:`gconv_ws`) compiled for sm_90 at one width and config: as
+    :func:`gemm_ws_report`."""
+    from . import gconv_ws
+
+    sig = gconv_ws.ws_gconv_signature("bf16", config, channels)
+    consts = dict(C=channels, CS=gconv_ws.channel_range(channels), TAP_STAGES=config["TAP_STAGES"],
+                  OUT_STAGES=config["OUT_STAGES"], HALO=bool(config.get("HALO", gconv_ws.HALO_VIEWS)), SILU=silu,
+                  CONSUMER_REGS=gconv_ws.CONSUMER_REGS, LOADER_REGS=gconv_ws.LOADER_REGS)
+    return _gluon_report(compile_gluon_sm90(gconv_ws.gconv_ws_kernel, sig, consts, num_warps=4,
+                                            maxnreg=gconv_ws.LAUNCH_REGS))
 
 
 @functools.cache

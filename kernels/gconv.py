@@ -10,12 +10,15 @@ Bytes per pixel (bf16): read C*2, write C*2, so at C=96@56x56, N=256 the floor i
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (LAST_COMPILED, LAUNCH_OPTIONS, autotuning, check_activation, check_same_device, check_shape,
-                      check_weight_dtype, interpreting, launch_options, next_pow2, packed_taps_rows)
+from ._common import (LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, autotuning, check_activation,
+                      check_same_device, check_shape, check_weight_dtype, interpreting, launch_options, next_pow2,
+                      packed_taps_rows, pick_fastest)
 from .activation import silu
 
 
@@ -166,14 +169,51 @@ def check_gconv_inputs(x: torch.Tensor, w_taps: torch.Tensor, bias: torch.Tensor
     check_same_device(x, w_taps=w_taps, bias=bias)
 
 
+#: The warp-specialised form's config per (C, H, W, pixels, dtype, SiLU), or None where the Triton kernel was faster
+#: (:func:`_ws_choice`).
+WS_CHOICE: dict = {}
+#: ``CONVFIRST_WS_GCONV=0`` leaves the warp-specialised form (:mod:`gconv_ws`) out of the choice.
+WS_GCONV = os.environ.get("CONVFIRST_WS_GCONV", "1") != "0"
+
+
+def _ws_choice(x, w_taps, bias, out, apply_silu: bool, run_triton) -> dict | None:
+    """The warp-specialised kernel's config for this shape if it beats ``run_triton`` (the autotuned Triton
+    kernel), timed once per shape at its first call outside a CUDA graph capture; None where it cannot run or was
+    slower."""
+    from .gconv_ws import launch_ws_gconv, ws_gconv_configs, ws_gconv_usable
+
+    if not WS_GCONV or ws_gconv_usable(x, w_taps, out):
+        return None
+    n, c, h, w = x.shape
+    key = (c, h, w, n * h * w, str(x.dtype), bool(apply_silu))
+    if key not in WS_CHOICE and not torch.cuda.is_current_stream_capturing():
+        configs = {str(cf): cf for cf in ws_gconv_configs(c)}
+        runs = {"triton": run_triton}
+        runs.update({name: (lambda cf: lambda: launch_ws_gconv(x, w_taps, bias, out, cf, apply_silu))(cf)
+                     for name, cf in configs.items()})
+        WS_CHOICE[key] = configs.get(pick_fastest(runs))
+    return WS_CHOICE.get(key)
+
+
 def launch_grouped_conv3x3(x: torch.Tensor, w_taps: torch.Tensor, bias: torch.Tensor, out: torch.Tensor,
                            apply_silu: bool = False, config: dict | None = None) -> torch.Tensor:
-    """Launch the grouped conv kernel into ``out`` (same shape/layout as ``x``). ``config`` fixes the tile."""
+    """Launch the grouped conv into ``out`` (same shape/layout as ``x``). ``config`` fixes the kernel and tile: one
+    with ``TAP_STAGES`` runs the warp-specialised form (:mod:`gconv_ws`), any other the Triton kernel. Without one,
+    on a Hopper GPU the autotuned Triton kernel and each warp-specialised config are timed at a shape's first call
+    and the fastest is kept (:func:`_ws_choice`)."""
     n, c, h, w = x.shape
     npix = n * h * w
     c16 = packed_taps_rows(c)
     fp32_dot = interpreting()
     if npix == 0:
+        return out
+    if config is not None and "TAP_STAGES" in config:
+        from .gconv_ws import launch_ws_gconv, ws_gconv_usable
+
+        why = ws_gconv_usable(x, w_taps, out)
+        if why:
+            raise KernelInputError(f"the warp-specialised form (config with TAP_STAGES) cannot run: {why}")
+        LAST_COMPILED["gconv"] = launch_ws_gconv(x, w_taps, bias, out, config, apply_silu)
         return out
     if config is None and not autotuning():
         config = heuristic_config(c, npix)
@@ -183,12 +223,28 @@ def launch_grouped_conv3x3(x: torch.Tensor, w_taps: torch.Tensor, bias: torch.Te
         grid = (triton.cdiv(npix, config["BLOCK_M"]), triton.cdiv(c, config["CK"]))
         compiled = grouped3x3_kernel[grid](x, w_taps, bias, out, npix, h, w, c, c16, APPLY_SILU=apply_silu,
                                            FP32_DOT=fp32_dot, **config, **extra)
-    else:
+        LAST_COMPILED["gconv"] = compiled
+        return out
+
+    def run_triton():
         grid = lambda meta: (triton.cdiv(npix, meta["BLOCK_M"]), triton.cdiv(c, meta["CK"]))  # noqa: E731
-        compiled = _gconv_launcher()[grid](x, w_taps, bias, out, npix, h, w, c, c16, APPLY_SILU=apply_silu,
-                                           FP32_DOT=fp32_dot)
-    LAST_COMPILED["gconv"] = compiled
+        return _gconv_launcher()[grid](x, w_taps, bias, out, npix, h, w, c, c16, APPLY_SILU=apply_silu,
+                                       FP32_DOT=fp32_dot)
+
+    ws = _ws_choice(x, w_taps, bias, out, apply_silu, run_triton)
+    if ws is not None:
+        from .gconv_ws import launch_ws_gconv
+
+        LAST_COMPILED["gconv"] = launch_ws_gconv(x, w_taps, bias, out, ws, apply_silu)
+    else:
+        LAST_COMPILED["gconv"] = run_triton()
     return out
+
+
+def last_ws_config(x: torch.Tensor, apply_silu: bool = False) -> dict | None:
+    """The warp-specialised config chosen for x's shape, None where the Triton kernel runs it (or not yet timed)."""
+    n, c, h, w = x.shape
+    return WS_CHOICE.get((c, h, w, n * h * w, str(x.dtype), bool(apply_silu)))
 
 
 @torch.library.custom_op("convfirst::grouped_conv3x3_gw8", mutates_args=())

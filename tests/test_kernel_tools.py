@@ -386,6 +386,32 @@ print(json.dumps([dict(cf, C=c, **cr.convfirst_ws_report(c, cf)) for c in (32, 6
         assert convfirst_ws.ws_smem_bytes(r["C"], r) <= r["smem"] <= 227 * 1024, name
 
 
+def test_ws_gconv_kernel_compiles_without_spills_or_serialised_wgmma():
+    """The warp-specialised grouped conv (:mod:`gconv_ws`) compiled for sm_90 (no GPU) at C = 32 to 1024, every
+    candidate config, with and without SiLU: wgmma products, TMA copies and stores, no spills under the launch's
+    registers, no wgmma serialised by ptxas, the partitions given their registers, shared memory as accounted."""
+    code = r"""
+import json
+from convfirst.kernels import compile_report as cr, gconv_ws
+print(json.dumps([dict(cf, C=c, SILU=silu, **cr.gconv_ws_report(c, cf, silu)) for c in (32, 96, 384, 768, 1024)
+                  for cf in gconv_ws.ws_gconv_configs(c) for silu in ((False, True) if c == 1024 else (False,))]))
+"""
+    from convfirst.kernels import gconv_ws
+
+    if not gconv_ws.HAVE_GLUON:
+        pytest.skip("this Triton has no Gluon")
+    rows = _compile_outside_interpreter(code)
+    assert len(rows) == sum(len(gconv_ws.ws_gconv_configs(c)) for c in (32, 96, 384, 768)) + 2 * len(
+        gconv_ws.ws_gconv_configs(1024)) >= 20
+    for r in rows:
+        name = f"C={r['C']} {r['TILE_H']}x{r['TILE_W']} TAP_STAGES={r['TAP_STAGES']} SILU={r['SILU']}"
+        assert r["wgmma"] > 0 and r["tma_copies"] >= 4 and r["tma_stores"] > 0, name
+        assert not r["wgmma_serialized"], f"{name}: ptxas serialised the wgmma instructions (C7512)"
+        assert r["spill_bytes"] == 0 and r["regs"] <= gconv_ws.LAUNCH_REGS, name
+        assert {gconv_ws.LOADER_REGS, gconv_ws.CONSUMER_REGS} <= set(r["setmaxnreg"]), name
+        assert gconv_ws.ws_gconv_smem_bytes(r["C"], r) <= r["smem"] <= 227 * 1024, name
+
+
 def test_gluon_takes_no_shared_memory_view_shifted_by_a_pixel():
     """The limit that keeps the fused blocks' halo from being staged once (``NOTES_convfirst.md``): a Gluon view of
     a staged tile may start only at a multiple of its own length. Views at rows 0 and 64 compile (the probe kernel

@@ -1,0 +1,318 @@
+"""The grouped 3x3 gw8 conv as a warp-specialised Hopper kernel (Gluon), v6 of ``NOTES_gconv.md``.
+
+Why: the Triton kernel (``gconv.py``) is bound by the latency of its nine tap loads per tile, not by DRAM or L2
+(``NOTES_gconv.md`` v5: 38-47% of the DRAM floor at every stage shape). Here the loads are TMA copies issued by a
+warp of their own, several stages ahead of the products, as in the fused block kernel (:mod:`convfirst_ws`)::
+
+    tap loader (1 warp per consumer)    the taps' weights of the program's channels once (kept on chip); then per
+                                        patch and 32-channel box, with HALO per kernel column dx the patch's
+                                        TILE_H + 2 rows shifted by dx - 1 (two copies, the borders zero-filled by
+                                        the copy engine), without HALO each of the nine taps as one copy
+    conv consumers (2 x 4 warps)        per tap two wgmma (two 16-channel slices, 16 x 16 block-diagonal weights),
+                                        + bias [-> SiLU] -> bf16 -> a staging tile -> one TMA store per box (the
+                                        copy engine clips the rows and columns past the image)
+
+Each consumer walks its own patches (TILE_H x TILE_W pixels of one image) with its own loader and ring, so one
+consumer's epilogue runs beside the other's products. A program owns a range of the channels whose weights it
+keeps in shared memory (9 x 16 rows x 32 bytes per 16 channels, 110 KB at C = 384); where they do not fit, the
+channels are split among the programs (C = 768: two ranges, each program taking one).
+
+Gluon runs only on a GPU: on the CPU the tests compile this kernel for sm_90 and read its PTX; on the GPU they
+check its values against the fp32 reference.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+
+from .gemm_ws import HAVE_GLUON, _cached_layout, ws_available
+
+if HAVE_GLUON:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
+                                                                   warpgroup_mma, warpgroup_mma_wait)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+
+    from .convfirst_ws import _group_barrier, _patch_origin, _rows_from
+    from .gemm_ws import _silu
+
+from .convfirst_ws import HALO_VIEWS
+
+#: Channels per grouped-conv slice (one packed 16 x 16 block-diagonal weight) and per copy box (two slices).
+SLICE = 16
+BOX = 32
+#: Candidate configs: patch shape (TILE_H, TILE_W), tap-ring stages per consumer (with HALO_VIEWS one stage is a
+#: kernel column; without, one tap, and the ring is three times as deep), staging tiles per consumer.
+WS_GCONV_CONFIGS = ((8, 8, 3, 2), (4, 16, 3, 2), (8, 8, 4, 2), (4, 16, 4, 2), (8, 8, 2, 2))
+#: Consumers (warp groups) per program, each with its own loader warp and ring.
+CONSUMERS = 2
+#: Shared memory a config may take (of the 227 KB of an H100 SM; barriers and alignment need the rest).
+SMEM_LIMIT = 220 * 1024
+#: Shared memory the resident weights of one program's channel range may take.
+WEIGHT_LIMIT = 128 * 1024
+#: Registers: the consumers (two fp32 [64, 16] accumulators and addresses), the loader warps, the launch's cap.
+CONSUMER_REGS = 152
+LOADER_REGS = 40
+LAUNCH_REGS = 168
+
+
+if HAVE_GLUON:
+
+    @gluon.jit
+    def _loader(xm_desc, xt_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty, gw_ready, patch0, step,
+                n_patches, PPI, PW, C0, C: gl.constexpr, CS: gl.constexpr, HALO: gl.constexpr,
+                WEIGHTS: gl.constexpr):
+        """One warp: (with WEIGHTS) the taps' weights of channels C0 ... C0 + CS once; then for patches patch0,
+        patch0 + step, ... and each 32-channel box, per kernel column dx the patch's rows with their halo (HALO)
+        or each of the nine taps into this consumer's ring."""
+        TILE_H: gl.constexpr = xm_desc.block_type.shape[1]
+        TILE_W: gl.constexpr = xm_desc.block_type.shape[2]
+        BOX: gl.constexpr = xm_desc.block_type.shape[3]
+        TAP_STAGES: gl.constexpr = tap_bufs.type.shape[0]
+        NPS: gl.constexpr = CS // 16
+        if WEIGHTS:
+            mbarrier.expect(gw_ready, 9 * CS * 16 * 2)
+            for j in range(9 * NPS):
+                tma.async_copy_global_to_shared(gw_desc, [(j // NPS) * C + C0 + (j % NPS) * 16, 0], gw_ready,
+                                                gw_bufs.index(j))
+        nbytes: gl.constexpr = xm_desc.block_type.nbytes + (xt_desc.block_type.nbytes if HALO else 0)
+        row_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([TILE_W, BOX], tap_bufs.dtype)
+        k = 0
+        for p in range(patch0, n_patches, step):
+            n, h0, w0 = _patch_origin(p, PPI, PW, TILE_H, TILE_W)
+            for q in range(CS // BOX):
+                for i in gl.static_range(3 if HALO else 9):  # kernel column dx (HALO) or tap
+                    s = k % TAP_STAGES
+                    mbarrier.wait(tap_empty.index(s), ((k // TAP_STAGES) & 1) ^ 1)  # fresh barriers pass
+                    bar = tap_ready.index(s)
+                    mbarrier.expect(bar, nbytes)
+                    buf = tap_bufs.index(s)
+                    c = C0 + q * BOX
+                    if HALO:
+                        tma.async_copy_global_to_shared(xm_desc, [n, h0 - 1, w0 - 1 + i, c], bar,
+                                                        buf._reinterpret(buf.dtype, xm_desc.block_type.shape,
+                                                                         xm_desc.layout))
+                        tail = buf._reinterpret(buf.dtype, buf.shape, row_layout).index(TILE_H)
+                        tma.async_copy_global_to_shared(xt_desc, [n, h0 - 1 + TILE_H, w0 - 1 + i, c], bar,
+                                                        tail._reinterpret(buf.dtype, xt_desc.block_type.shape,
+                                                                          xt_desc.layout))
+                    else:
+                        tma.async_copy_global_to_shared(xm_desc, [n, h0 - 1 + i // 3, w0 - 1 + i % 3, c], bar, buf)
+                    k += 1
+
+    @gluon.jit
+    def _consumer(tap_bufs, gw_bufs, o_bufs, tap_ready, tap_empty, gw_ready, out_desc, bias_ptr, patch0, step,
+                  n_patches, PPI, PW, C0, CS: gl.constexpr, HALO: gl.constexpr, SILU: gl.constexpr):
+        """One warp group: per patch and box, the nine taps' products (two 16-channel slices each, the products of
+        one stage in flight while the next stage's are issued), + bias [-> SiLU], stored by TMA from a staging
+        tile; a staging tile is refilled only after its previous store has read it."""
+        TILE_H: gl.constexpr = out_desc.block_type.shape[1]
+        TILE_W: gl.constexpr = out_desc.block_type.shape[2]
+        BOX: gl.constexpr = out_desc.block_type.shape[3]
+        ROWS: gl.constexpr = TILE_H * TILE_W
+        NPS: gl.constexpr = CS // 16
+        TAP_STAGES: gl.constexpr = tap_bufs.type.shape[0]
+        OUT_STAGES: gl.constexpr = o_bufs.type.shape[0]
+        acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                             instr_shape=[16, 16, 16])
+        box_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([ROWS, BOX], tap_bufs.dtype)
+        flat = tap_bufs._reinterpret(tap_bufs.dtype, [TAP_STAGES, ROWS, BOX], box_layout)
+        o_flat = o_bufs._reinterpret(o_bufs.dtype, [OUT_STAGES, ROWS, BOX], box_layout)
+        cols = gl.arange(0, 16, layout=gl.SliceLayout(0, acc_layout))
+        mbarrier.wait(gw_ready, 0)
+        k = 0
+        e = 0
+        for p in range(patch0, n_patches, step):
+            n, h0, w0 = _patch_origin(p, PPI, PW, TILE_H, TILE_W)
+            for q in range(CS // BOX):
+                a0 = gl.zeros([ROWS, 16], gl.float32, acc_layout)
+                a1 = gl.zeros([ROWS, 16], gl.float32, acc_layout)
+                for i in gl.static_range(3 if HALO else 9):
+                    s = k % TAP_STAGES
+                    mbarrier.wait(tap_ready.index(s), (k // TAP_STAGES) & 1)
+                    for dy in gl.static_range(3 if HALO else 1):
+                        if HALO:  # the kernel row's view: dy image rows into the staged rows
+                            tap = dy * 3 + i
+                            v = _rows_from(tap_bufs.index(s), dy, ROWS, box_layout)
+                        else:
+                            tap = i
+                            v = flat.index(s)
+                        a0 = warpgroup_mma(v.slice(0, 16, dim=1), gw_bufs.index(tap * NPS + 2 * q), a0, is_async=True)
+                        a1 = warpgroup_mma(v.slice(16, 16, dim=1), gw_bufs.index(tap * NPS + 2 * q + 1), a1,
+                                           is_async=True)
+                    # this stage's products stay in flight, the stage before's are done
+                    a0, a1 = warpgroup_mma_wait(6 if HALO else 2, deps=[a0, a1])
+                    if i > 0:
+                        mbarrier.arrive(tap_empty.index((k - 1) % TAP_STAGES), count=1)
+                    k += 1
+                a0, a1 = warpgroup_mma_wait(0, deps=[a0, a1])
+                mbarrier.arrive(tap_empty.index((k - 1) % TAP_STAGES), count=1)
+                c = C0 + q * BOX
+                a0 = a0 + gl.expand_dims(gl.load(bias_ptr + c + cols).to(gl.float32), 0)
+                a1 = a1 + gl.expand_dims(gl.load(bias_ptr + c + 16 + cols).to(gl.float32), 0)
+                if SILU:
+                    a0 = _silu(a0)
+                    a1 = _silu(a1)
+                os = e % OUT_STAGES
+                tma.store_wait(OUT_STAGES - 1)  # the store that last read this staging tile has left
+                _group_barrier()
+                o = o_flat.index(os)
+                o.slice(0, 16, dim=1).store(a0.to(o_bufs.dtype))
+                o.slice(16, 16, dim=1).store(a1.to(o_bufs.dtype))
+                fence_async_shared()  # the stores above are read by the copy engine (the async proxy)
+                _group_barrier()  # every warp has stored its rows before the copy is issued
+                tma.async_copy_shared_to_global(out_desc, [n, h0, w0, c], o_bufs.index(os))
+                e += 1
+        tma.store_wait(0)
+
+    @gluon.jit
+    def gconv_ws_kernel(xm_desc, xt_desc, gw_desc, out_desc, bias_ptr, n_patches, PPI, PW, C: gl.constexpr,
+                        CS: gl.constexpr, TAP_STAGES: gl.constexpr, OUT_STAGES: gl.constexpr, HALO: gl.constexpr,
+                        SILU: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr):
+        """Persistent grouped conv; launch with num_warps=4 (consumer 0), then consumer 1 and the two loader warps.
+        Program ``pid`` takes channels ``(pid % (C // CS)) * CS ...`` and patches ``2 (pid // (C // CS)) + c``,
+        stepping by twice the programs per channel range; the grid is a multiple of ``C // CS``."""
+        TILE_H: gl.constexpr = xm_desc.block_type.shape[1]
+        TILE_W: gl.constexpr = xm_desc.block_type.shape[2]
+        BOX: gl.constexpr = xm_desc.block_type.shape[3]
+        NSPLIT: gl.constexpr = C // CS
+        NPS: gl.constexpr = CS // 16
+        pid = gl.program_id(0)
+        C0 = (pid % NSPLIT) * CS
+        group = pid // NSPLIT
+        step = 2 * (gl.num_programs(0) // NSPLIT)
+        if HALO:  # per stage: TILE_H + 2 rows (allocated as 2 TILE_H) of TILE_W pixels x BOX channels
+            stage_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([2 * TILE_H, TILE_W, BOX],
+                                                                              xm_desc.dtype)
+            taps0 = gl.allocate_shared_memory(xm_desc.dtype, [TAP_STAGES, 2 * TILE_H, TILE_W, BOX], stage_layout)
+            taps1 = gl.allocate_shared_memory(xm_desc.dtype, [TAP_STAGES, 2 * TILE_H, TILE_W, BOX], stage_layout)
+        else:  # per stage: one tap's box
+            taps0 = gl.allocate_shared_memory(xm_desc.dtype, [TAP_STAGES] + xm_desc.block_type.shape,
+                                              xm_desc.layout)
+            taps1 = gl.allocate_shared_memory(xm_desc.dtype, [TAP_STAGES] + xm_desc.block_type.shape,
+                                              xm_desc.layout)
+        gw_bufs = gl.allocate_shared_memory(gw_desc.dtype, [9 * NPS] + gw_desc.block_type.shape, gw_desc.layout)
+        o0 = gl.allocate_shared_memory(out_desc.dtype, [OUT_STAGES] + out_desc.block_type.shape, out_desc.layout)
+        o1 = gl.allocate_shared_memory(out_desc.dtype, [OUT_STAGES] + out_desc.block_type.shape, out_desc.layout)
+        gw_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        ready0 = gl.allocate_shared_memory(gl.int64, [TAP_STAGES, 1], mbarrier.MBarrierLayout())
+        empty0 = gl.allocate_shared_memory(gl.int64, [TAP_STAGES, 1], mbarrier.MBarrierLayout())
+        ready1 = gl.allocate_shared_memory(gl.int64, [TAP_STAGES, 1], mbarrier.MBarrierLayout())
+        empty1 = gl.allocate_shared_memory(gl.int64, [TAP_STAGES, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(gw_ready, count=1)
+        for i in gl.static_range(TAP_STAGES):
+            mbarrier.init(ready0.index(i), count=1)
+            mbarrier.init(empty0.index(i), count=1)
+            mbarrier.init(ready1.index(i), count=1)
+            mbarrier.init(empty1.index(i), count=1)
+        fence_async_shared()
+        gl.warp_specialize([(_consumer, (taps0, gw_bufs, o0, ready0, empty0, gw_ready, out_desc, bias_ptr, 2 * group,
+                                         step, n_patches, PPI, PW, C0, CS, HALO, SILU)),
+                            (_consumer, (taps1, gw_bufs, o1, ready1, empty1, gw_ready, out_desc, bias_ptr,
+                                         2 * group + 1, step, n_patches, PPI, PW, C0, CS, HALO, SILU)),
+                            (_loader, (xm_desc, xt_desc, gw_desc, taps0, gw_bufs, ready0, empty0, gw_ready, 2 * group,
+                                       step, n_patches, PPI, PW, C0, C, CS, HALO, True)),
+                            (_loader, (xm_desc, xt_desc, gw_desc, taps1, gw_bufs, ready1, empty1, gw_ready,
+                                       2 * group + 1, step, n_patches, PPI, PW, C0, C, CS, HALO, False))],
+                           [4, 1, 1], [CONSUMER_REGS, LOADER_REGS, LOADER_REGS])
+
+
+def channel_range(channels: int) -> int:
+    """Channels per program (CS): all of them where their resident weights fit, else the largest even split
+    into whole 32-channel boxes that fits; 0 where none does."""
+    boxes = channels // BOX
+    for parts in range(1, boxes + 1):
+        if boxes % parts == 0 and 9 * (channels // parts) * SLICE * 2 <= WEIGHT_LIMIT:
+            return channels // parts
+    return 0
+
+
+def ws_gconv_supported(channels: int) -> str | None:
+    """None when the kernel takes this width, else why not."""
+    if channels % BOX or channels < BOX:
+        return (f"C={channels}: the warp-specialised grouped conv takes C a multiple of {BOX} (its copies move "
+                f"32-channel boxes)")
+    return None
+
+
+def ws_gconv_usable(x, w_taps, out) -> str | None:
+    """None when the kernel can run on these tensors here, else why not: Gluon and a Hopper GPU, a supported
+    width, TMA's 16-byte alignment."""
+
+    if not ws_available(x.device):
+        return "it needs Gluon and a Hopper (sm_90) GPU"
+    why = ws_gconv_supported(x.shape[1])
+    if why:
+        return why
+    if not all(t.data_ptr() % 16 == 0 for t in (x, w_taps, out)):
+        return "TMA needs 16-byte aligned tensors"
+    return None
+
+
+def ws_gconv_smem_bytes(channels: int, config: dict, itemsize: int = 2) -> int:
+    """Shared memory of one program (barriers not counted)."""
+    rows = config["TILE_H"] * config["TILE_W"]
+    stage_rows = 2 * rows if config.get("HALO", HALO_VIEWS) else rows  # HALO: TILE_H + 2 rows, allocated as 2 TILE_H
+    taps = CONSUMERS * config["TAP_STAGES"] * stage_rows * BOX
+    out = CONSUMERS * config["OUT_STAGES"] * rows * BOX
+    weights = 9 * channel_range(channels) * SLICE
+    return (taps + out + weights) * itemsize
+
+
+def ws_gconv_configs(channels: int, halo: bool | None = None) -> list[dict]:
+    """The candidate configs that fit in shared memory at this width, in the form ``halo`` (default: HALO_VIEWS,
+    what this Triton compiles)."""
+    halo = HALO_VIEWS if halo is None else halo
+    if ws_gconv_supported(channels) or not channel_range(channels):
+        return []
+    out = [{"TILE_H": th, "TILE_W": tw, "TAP_STAGES": ts if halo else 3 * ts, "OUT_STAGES": os, "HALO": halo}
+           for th, tw, ts, os in WS_GCONV_CONFIGS]
+    return [cf for cf in out if ws_gconv_smem_bytes(channels, cf) <= SMEM_LIMIT]
+
+
+_SMS: dict = {}
+
+
+def launch_ws_gconv(x, w_taps, bias, out, config: dict, apply_silu: bool = False):
+    """One launch into ``out``: ``x`` and ``out`` [N, C, H, W] channels_last, ``w_taps`` [9, C, 16] as packed by
+    :func:`convfirst.kernels.pack_grouped_taps`. Inputs are checked by the caller."""
+    n, c, h, w = x.shape
+    th, tw = config["TILE_H"], config["TILE_W"]
+    cs = channel_range(c)
+    nsplit = c // cs
+    x_nhwc, out_nhwc = x.permute(0, 2, 3, 1), out.permute(0, 2, 3, 1)
+    xm_desc = GluonDescriptor.from_tensor(x_nhwc, [1, th, tw, BOX], _cached_layout((1, th, tw, BOX), x.dtype))
+    xt_desc = GluonDescriptor.from_tensor(x_nhwc, [1, 2, tw, BOX], _cached_layout((1, 2, tw, BOX), x.dtype))
+    gw_desc = GluonDescriptor.from_tensor(w_taps.reshape(9 * c, SLICE), [SLICE, SLICE],
+                                          _cached_layout((SLICE, SLICE), x.dtype))
+    out_desc = GluonDescriptor.from_tensor(out_nhwc, [1, th, tw, BOX], _cached_layout((1, th, tw, BOX), x.dtype))
+    if x.device not in _SMS:
+        _SMS[x.device] = torch.cuda.get_device_properties(x.device).multi_processor_count
+    pw = triton.cdiv(w, tw)
+    ppi = triton.cdiv(h, th) * pw
+    n_patches = n * ppi
+    groups = max(1, min(_SMS[x.device] // nsplit, triton.cdiv(n_patches, CONSUMERS)))
+    return gconv_ws_kernel[(groups * nsplit,)](xm_desc, xt_desc, gw_desc, out_desc, bias, n_patches, ppi, pw, C=c,
+                                               CS=cs, TAP_STAGES=config["TAP_STAGES"],
+                                               OUT_STAGES=config["OUT_STAGES"],
+                                               HALO=bool(config.get("HALO", HALO_VIEWS)), SILU=bool(apply_silu),
+                                               CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS, num_warps=4,
+                                               maxnreg=LAUNCH_REGS)
+
+
+def ws_gconv_signature(dtype: str = "bf16", config: dict | None = None, channels: int = 384) -> dict:
+    """The kernel's argument types for an sm_90 compile without a GPU."""
+    config = config or ws_gconv_configs(channels)[0]
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float16
+    from triton.runtime.jit import mangle_type
+
+    def desc(shape):
+        t = torch.empty([8] * (len(shape) - 1) + [256], dtype=torch_dtype)
+        return mangle_type(GluonDescriptor.from_tensor(t, shape, _cached_layout(tuple(shape), torch_dtype)))
+
+    th, tw = config["TILE_H"], config["TILE_W"]
+    return {"xm_desc": desc([1, th, tw, BOX]), "xt_desc": desc([1, 2, tw, BOX]), "gw_desc": desc([SLICE, SLICE]),
+            "out_desc": desc([1, th, tw, BOX]), "bias_ptr": "*fp32", "n_patches": "i32", "PPI": "i32", "PW": "i32",
+            "C": "constexpr", "CS": "constexpr", "TAP_STAGES": "constexpr", "OUT_STAGES": "constexpr",
+            "HALO": "constexpr", "SILU": "constexpr", "CONSUMER_REGS": "constexpr", "LOADER_REGS": "constexpr"}

@@ -25,19 +25,25 @@ def test_widths_channel_ranges_and_configs_that_fit():
         assert gconv_ws.ws_gconv_supported(c) is None
     for c in (8, 16, 40, 200):
         assert "multiple of 32" in gconv_ws.ws_gconv_supported(c)
-    # a program keeps the weights of its channel range on chip: all of them up to 384 channels, then a split
-    assert [gconv_ws.channel_range(c) for c in (64, 384, 512, 768, 1024)] == [64, 384, 256, 384, 256]
+    # a program keeps the weights of its channel range on chip: all C where that fits beside its rings, else an
+    # even split into groups of QB boxes
+    one_box = {"TILE_H": 8, "TILE_W": 8, "TAP_STAGES": 4, "OUT_STAGES": 2, "QB": 1, "HALO": True}
+    two_box = dict(one_box, QB=2, TAP_STAGES=3)
+    assert [gconv_ws.channel_range(c, one_box) for c in (64, 384, 512, 768, 1024)] == [64, 384, 256, 384, 256]
+    assert gconv_ws.channel_range(96, two_box) == 0  # 96 channels are not whole groups of two boxes
     for c in (32, 64, 96, 192, 256, 384, 768, 1024):
-        cs = gconv_ws.channel_range(c)
-        assert c % cs == 0 and cs % 32 == 0 and 9 * cs * 16 * 2 <= gconv_ws.WEIGHT_LIMIT
         configs = gconv_ws.ws_gconv_configs(c)
-        assert configs and all(gconv_ws.ws_gconv_smem_bytes(c, cf) <= gconv_ws.SMEM_LIMIT for cf in configs)
+        assert configs
+        for cf in configs:
+            assert c % cf["CS"] == 0 and cf["CS"] % (32 * cf["QB"]) == 0
+            assert gconv_ws.ws_gconv_smem_bytes(c, cf) <= gconv_ws.SMEM_LIMIT
     assert gconv_ws.ws_gconv_configs(40) == []
     # the accounting grows with every buffer it counts
     cf = dict(gconv_ws.ws_gconv_configs(64)[0])
     for key in ("TAP_STAGES", "OUT_STAGES"):
         assert gconv_ws.ws_gconv_smem_bytes(64, dict(cf, **{key: cf[key] + 1})) > gconv_ws.ws_gconv_smem_bytes(64, cf)
-    assert gconv_ws.ws_gconv_smem_bytes(384, cf) > gconv_ws.ws_gconv_smem_bytes(64, cf)
+    for key in ("CS", "QB"):
+        assert gconv_ws.ws_gconv_smem_bytes(64, dict(cf, **{key: 2 * cf[key]})) > gconv_ws.ws_gconv_smem_bytes(64, cf)
 
 
 @pytest.mark.skipif(WS_HERE, reason="checks the refusal where the kernel cannot run")

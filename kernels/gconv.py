@@ -18,7 +18,7 @@ import triton.language as tl
 
 from ._common import (LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, autotuning, check_activation,
                       check_same_device, check_shape, check_weight_dtype, interpreting, launch_options, next_pow2,
-                      packed_taps_rows, pick_fastest)
+                      median_ms, packed_taps_rows, pick_fastest)
 from .activation import silu
 
 
@@ -176,31 +176,48 @@ WS_CHOICE: dict = {}
 WS_GCONV = os.environ.get("CONVFIRST_WS_GCONV", "1") != "0"
 
 
+def graph_ms(run) -> float:
+    """GPU milliseconds of ``run()`` replayed from a CUDA graph: its launch's host time left out, as inside a
+    captured model (an eager timing of a ~50 us kernel whose launch builds four TMA descriptors measures the
+    host)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return median_ms(graph.replay)
+
+
 def _ws_choice(x, w_taps, bias, out, apply_silu: bool, run_triton) -> dict | None:
-    """The warp-specialised kernel's config for this shape if it beats ``run_triton`` (the autotuned Triton
-    kernel), timed once per shape at its first call outside a CUDA graph capture; None where it cannot run or was
-    slower."""
+    """The warp-specialised kernel's config for this shape if, replayed from a CUDA graph, it beats ``run_triton``
+    (the autotuned Triton kernel); timed once per shape at its first call outside a capture, and used only when
+    the launch is being captured (eagerly its launch's host time, four TMA descriptors, would cost more than the
+    kernel saves at the 14 x 14 stages). None where it cannot run, was slower, or the launch is eager."""
     from .gconv_ws import launch_ws_gconv, ws_gconv_configs, ws_gconv_usable
 
     if not WS_GCONV or ws_gconv_usable(x, w_taps, out):
         return None
     n, c, h, w = x.shape
     key = (c, h, w, n * h * w, str(x.dtype), bool(apply_silu))
-    if key not in WS_CHOICE and not torch.cuda.is_current_stream_capturing():
+    capturing = torch.cuda.is_current_stream_capturing()
+    if key not in WS_CHOICE and not capturing:
         configs = {str(cf): cf for cf in ws_gconv_configs(c)}
         runs = {"triton": run_triton}
         runs.update({name: (lambda cf: lambda: launch_ws_gconv(x, w_taps, bias, out, cf, apply_silu))(cf)
                      for name, cf in configs.items()})
-        WS_CHOICE[key] = configs.get(pick_fastest(runs))
-    return WS_CHOICE.get(key)
+        WS_CHOICE[key] = configs.get(pick_fastest(runs, timer=graph_ms))
+    return WS_CHOICE.get(key) if capturing else None
 
 
 def launch_grouped_conv3x3(x: torch.Tensor, w_taps: torch.Tensor, bias: torch.Tensor, out: torch.Tensor,
                            apply_silu: bool = False, config: dict | None = None) -> torch.Tensor:
     """Launch the grouped conv into ``out`` (same shape/layout as ``x``). ``config`` fixes the kernel and tile: one
     with ``TAP_STAGES`` runs the warp-specialised form (:mod:`gconv_ws`), any other the Triton kernel. Without one,
-    on a Hopper GPU the autotuned Triton kernel and each warp-specialised config are timed at a shape's first call
-    and the fastest is kept (:func:`_ws_choice`)."""
+    the autotuned Triton kernel, or inside a CUDA graph capture on a Hopper GPU the faster of it and the
+    warp-specialised configs (:func:`_ws_choice`)."""
     n, c, h, w = x.shape
     npix = n * h * w
     c16 = packed_taps_rows(c)
@@ -242,7 +259,8 @@ def launch_grouped_conv3x3(x: torch.Tensor, w_taps: torch.Tensor, bias: torch.Te
 
 
 def last_ws_config(x: torch.Tensor, apply_silu: bool = False) -> dict | None:
-    """The warp-specialised config chosen for x's shape, None where the Triton kernel runs it (or not yet timed)."""
+    """The warp-specialised config chosen for x's shape inside CUDA graphs, None where the Triton kernel runs it
+    (or not yet timed)."""
     n, c, h, w = x.shape
     return WS_CHOICE.get((c, h, w, n * h * w, str(x.dtype), bool(apply_silu)))
 

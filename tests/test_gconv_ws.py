@@ -53,15 +53,16 @@ def test_a_forced_launch_where_it_cannot_run_is_refused_by_name():
         case.launch_poisoned(case.inputs[0], gconv_ws.ws_gconv_configs(64)[0])
 
 
-def test_the_choice_is_timed_once_per_shape_and_not_in_a_capture(monkeypatch):
-    """Where the kernel can run, the autotuned Triton kernel and every config are timed at a shape's first call
-    outside a capture and the winner is kept (separately with and without SiLU); a capture meeting an untimed shape
-    keeps the Triton kernel; switched off, nothing is timed."""
+def test_the_choice_is_timed_once_per_shape_and_used_in_captures(monkeypatch):
+    """Where the kernel can run, the autotuned Triton kernel and every config are timed (by GPU time, from CUDA
+    graphs) at a shape's first call outside a capture, separately with and without SiLU; the winner runs inside
+    captures, the Triton kernel eagerly; a capture meeting an untimed shape keeps the Triton kernel; switched off,
+    nothing is timed."""
     timed, capturing = [], [False]
     configs = gconv_ws.ws_gconv_configs(64)
 
     def fake_pick(runs, timer=None):
-        timed.append(sorted(runs))
+        timed.append((sorted(runs), timer))
         return str(configs[0])
     monkeypatch.setattr(gconv, "pick_fastest", fake_pick)
     monkeypatch.setattr(gconv_ws, "ws_gconv_usable", lambda *a: None)
@@ -71,16 +72,18 @@ def test_the_choice_is_timed_once_per_shape_and_not_in_a_capture(monkeypatch):
     args = (x, p["w_taps"], p["b_g"], torch.empty_like(x))
     gconv.WS_CHOICE.clear()
     try:
-        assert gconv._ws_choice(*args, False, lambda: None) == configs[0]
-        assert timed == [sorted(["triton"] + [str(cf) for cf in configs])]
+        assert gconv._ws_choice(*args, False, lambda: None) is None  # eager: the Triton kernel, after timing
+        assert timed == [(sorted(["triton"] + [str(cf) for cf in configs]), gconv.graph_ms)]
+        capturing[0] = True
         assert gconv._ws_choice(*args, False, lambda: None) == configs[0] and len(timed) == 1
         assert gconv.last_ws_config(x) == configs[0] and gconv.last_ws_config(x, apply_silu=True) is None
-        assert gconv._ws_choice(*args, True, lambda: None) == configs[0] and len(timed) == 2
-        capturing[0] = True
         x2 = torch.randn(2, 64, 8, 8, device=DEVICE).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-        assert gconv._ws_choice(x2, *args[1:], False, lambda: None) is None and len(timed) == 2
-        monkeypatch.setattr(gconv, "WS_GCONV", False)
+        assert gconv._ws_choice(x2, *args[1:], False, lambda: None) is None and len(timed) == 1
         capturing[0] = False
+        gconv._ws_choice(*args, True, lambda: None)
+        assert len(timed) == 2 and gconv.WS_CHOICE[(64, 8, 8, 64, "torch.bfloat16", True)] == configs[0]
+        monkeypatch.setattr(gconv, "WS_GCONV", False)
+        gconv.WS_CHOICE.clear()
         assert gconv._ws_choice(*args, False, lambda: None) is None and len(timed) == 2
     finally:
         gconv.WS_CHOICE.clear()

@@ -224,12 +224,14 @@ def launch_grouped_conv3x3(x: torch.Tensor, w_taps: torch.Tensor, bias: torch.Te
     fp32_dot = interpreting()
     if npix == 0:
         return out
+    LAST_LAUNCH["ws"] = None
     if config is not None and "TAP_STAGES" in config:
         from .gconv_ws import launch_ws_gconv, ws_gconv_usable
 
         why = ws_gconv_usable(x, w_taps, out)
         if why:
             raise KernelInputError(f"the warp-specialised form (config with TAP_STAGES) cannot run: {why}")
+        LAST_LAUNCH["ws"] = config
         LAST_COMPILED["gconv"] = launch_ws_gconv(x, w_taps, bias, out, config, apply_silu)
         return out
     if config is None and not autotuning():
@@ -249,6 +251,7 @@ def launch_grouped_conv3x3(x: torch.Tensor, w_taps: torch.Tensor, bias: torch.Te
                                        FP32_DOT=fp32_dot)
 
     ws = _ws_choice(x, w_taps, bias, out, apply_silu, run_triton)
+    LAST_LAUNCH["ws"] = ws
     if ws is not None:
         from .gconv_ws import launch_ws_gconv
 
@@ -256,6 +259,11 @@ def launch_grouped_conv3x3(x: torch.Tensor, w_taps: torch.Tensor, bias: torch.Te
     else:
         LAST_COMPILED["gconv"] = run_triton()
     return out
+
+
+#: What the last launch ran: ``{"ws": config}`` for the warp-specialised form, ``None`` for the Triton kernel (the
+#: benchmarks' config labels read it).
+LAST_LAUNCH: dict = {"ws": None}
 
 
 def last_ws_config(x: torch.Tensor, apply_silu: bool = False) -> dict | None:

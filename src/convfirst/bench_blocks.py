@@ -236,6 +236,8 @@ def tuned_config(block: str) -> str:
 
     if block == "convfirst" and convfirst_fused.last_ws_config() is not None:  # the Gluon kernel (v8) ran
         return "WS," + ",".join(f"{k}={v}" for k, v in convfirst_fused.last_ws_config().items())
+    if block == "gconv" and gconv.LAST_LAUNCH["ws"] is not None:  # the warp-specialised form (gconv_ws) ran
+        return "WS," + ",".join(f"{k}={v}" for k, v in gconv.LAST_LAUNCH["ws"].items())
     tuner = {"convfirst": convfirst_fused.last_tuner(), "mbconv": mbconv_fused._tuned,
              "gconv": gconv._tuned_gconv}[block]
     cfg = getattr(tuner, "best_config", None) if tuner is not None else None

@@ -243,7 +243,9 @@ if len(v6) and len(v6c):
     new_markdown_cell("""### Why the targets are met or missed
 
 **The grouped conv kernel meets its target**: loading each shifted tile as whole cache lines and running the
-16x16 block-diagonal slices on the tensor cores takes it to about 40% of its (memory) floor, over 2x cuDNN.
+16x16 block-diagonal slices on the tensor cores takes it to about 40% of its (memory) floor, over 2x cuDNN (the
+target table's rows). The warp-specialised form measured at the end of this chapter goes further, to about
+two thirds of the floor at 96@56 and 4x cuDNN, by keeping many tap copies in flight.
 
 **The fused ConvFirst kernel is the fastest implementation at every early- and mid-stage shape** (64@56,
 96@56, 192@28). The v2 counters showed a kernel bound by neither roof but by instruction issue: a scheduler
@@ -396,7 +398,18 @@ L1. It was slower at every shape, and the counters (one launch each at 256@14, k
 `v5-rows` of block `gconv`) show why the premise was wrong: the pixel-run kernel uses half the L2's throughput
 and a quarter of DRAM's, so neither binds it. It issues on about 40% of cycles, and its warps wait mostly
 on loads, with a third of the warp slots filled. The rows form halves the L2 traffic but has fewer programs
-in flight (a program's rows are serial), so the same per-tap latency is hidden less."""),
+in flight (a program's rows are serial), so the same per-tap latency is hidden less.
+
+The form that answers it is **ws**, warp-specialised in Gluon like the fused block's v8 (`kernels/gconv_ws.py`,
+`kernels/NOTES_gconv.md` v6): per program two consumer warp groups, each fed by a loader warp of its own that
+issues TMA copies of the patch's rows with their halo several stages ahead, so many loads are in flight without
+any warp waiting on them; the products are the same 16 x 16 block-diagonal slices (wgmma), and the output leaves
+through a staging tile and a TMA store, which clips at the image border. A consumer takes `QB` 32-channel boxes
+per step (v6b: four accumulators in flight instead of two), and a program keeps the weights of its channels on
+chip, splitting C among programs where they would not fit (`CS`). `ws-v6` is the first version, one box per
+step. The launcher times ws against the Triton kernel by GPU time at a shape's first call and runs the faster
+inside CUDA graphs; eagerly it keeps the Triton kernel, since building the four TMA descriptors of a launch costs
+more host time than ws saves at the 14 x 14 stages."""),
     new_code_cell('''if data_path(f"gconv_forms_{gpu}.csv").exists():
     gforms = load_measurements(data_path(f"gconv_forms_{gpu}.csv")).dropna(subset=["ms"])
     best = (gforms.sort_values("ms").groupby(["C", "H", "form"], as_index=False).first()
@@ -404,6 +417,9 @@ in flight (a program's rows are serial), so the same per-tap latency is hidden l
     best["cudnn / pixels"] = best["cudnn"] / best["pixels"]
     if "rows" in best:
         best["rows / pixels"] = best["rows"] / best["pixels"]
+    if "ws" in best:
+        best["cudnn / ws"] = best["cudnn"] / best["ws"]
+        best["pixels / ws"] = best["pixels"] / best["ws"]
     display(best.sort_index(level=["H", "C"], ascending=[False, True]).round(4))
     prov = gforms[["gpu", "commit", "date"]].drop_duplicates()
     print("ms, batch 256, bf16, CUDA graphs; best tile per form;", ", ".join(

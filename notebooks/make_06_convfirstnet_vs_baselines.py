@@ -195,13 +195,15 @@ target is missed, the next two sections show where the time goes and which kerne
     new_code_cell("""targets = bm.speed_targets(runs, big)
 display(targets.round({"measured": 3}))"""),
     new_markdown_cell("""$E$ divides by the $P$ measured in the same run, and $P$ is not the same on every machine of one GPU
-model: the runs below, all of the equal-shape control at the anchor's commit on an H100, measured $P$ a tenth
-apart. So the same latency gives a different $E$ on each; the target table reads the anchor run only."""),
+model: the runs below, all of the equal-shape control on an H100 at the anchor's commit and the two commits
+with such runs before it, measured $P$ up to a tenth apart. So the same latency gives a different $E$ on each
+machine; the target table reads the anchor run only."""),
     new_code_cell("""same = load_measurements(data_path(f"model_bench_{gpu}.csv"))
-anchor_commit = str(runs.iloc[0]["commit"])
 ctrl = same[(same["model"] == bm.CONTROL_MODEL) & same["variant"].isin(["fused"]) & (same["batch"] == big)
-            & same["commit"].astype(str).eq(anchor_commit) & same["cuda_graphs"].astype(bool)]
-display(ctrl[["date", "ms", "peak_tflops", "efficiency"]].assign(
+            & same["cuda_graphs"].astype(bool) & ~same["commit"].astype(str).str.contains("dirty")]
+recent = ctrl.groupby("commit")["date"].max().sort_values().index[-3:]
+ctrl = ctrl[ctrl["commit"].isin(recent)].sort_values("date")
+display(ctrl[["commit", "date", "ms", "peak_tflops", "efficiency"]].assign(
     efficiency=lambda d: (100 * d["efficiency"]).round(1)).rename(
     columns={"peak_tflops": "P measured (TFLOP/s)", "efficiency": "E (%)"}).round(3).reset_index(drop=True))"""),
     new_markdown_cell("""## Where the time goes: the waterline of the equal-shape control
@@ -372,6 +374,26 @@ in ConvFirstNet-T the 96@56 and, since v8g, the 192@28 stage. The launcher times
 per shape and keeps the faster. Both models with and without it in one process at f817fee, before v8g, when T's
 192@28 stage still ran the Triton kernel (`data/ws_block_model_<gpu>.csv`, batch 256):"""),
     new_code_cell("""show_ab("ws_block_model", "ws_block", "on", "off")"""),
+    new_markdown_cell("""### The late stages' grouped conv on the warp-specialised form
+
+The sequence blocks of the 14 x 14 and 7 x 7 stages start with the standalone grouped conv. Since commit 9c3ee91
+it has a warp-specialised Gluon form too (`kernels/gconv_ws.py`; chapter 3 and `kernels/NOTES_gconv.md`, v6),
+which the launcher times against the Triton kernel at a shape's first call and runs inside CUDA graphs where it is
+faster. At the stage shapes of the two targets' models (best tile per form, batch 256, CUDA graphs,
+`data/gconv_forms_<gpu>.csv`, latest run):"""),
+    new_code_cell("""if data_path(f"gconv_forms_{gpu}.csv").exists():
+    gf = _load(data_path(f"gconv_forms_{gpu}.csv")).dropna(subset=["ms"])
+    gf = gf[gf["form"].isin(["pixels", "ws", "cudnn"]) & gf["H"].isin([7, 14])]
+    if (gf["form"] == "ws").any():
+        last = gf.groupby("form")["date"].transform("max") == gf["date"]
+        best = gf[last].sort_values("ms").groupby(["C", "H", "form"]).first()["ms"].unstack("form")
+        best["pixels / ws"] = best["pixels"] / best["ws"]
+        display(best.round(4))
+    else:
+        print(f"no warp-specialised grouped-conv run recorded for {gpu}")"""),
+    new_markdown_cell("""ConvFirstNet-T runs nine 384@14 and three 768@7 grouped convs, so the table predicts about 0.13 ms off the
+model; ConvFirstNet-H's eleven 256@14 ones about 0.09 ms. The anchor run is the first at this form; the rows of
+the control per commit above show it beside the runs before it, each with its own machine's $P$."""),
     new_markdown_cell("""## The same comparison on a second GPU
 
 The family plan was also run on an H200 (same Hopper SMs as the H100, 1.4x its memory bandwidth; chapter 3

@@ -5,17 +5,22 @@ Why: the Triton kernel (``gconv.py``) is bound by the latency of its nine tap lo
 warp of their own, several stages ahead of the products, as in the fused block kernel (:mod:`convfirst_ws`)::
 
     tap loader (1 warp per consumer)    the taps' weights of the program's channels once (kept on chip); then per
-                                        patch and 32-channel box, with HALO per kernel column dx the patch's
-                                        TILE_H + 2 rows shifted by dx - 1 (two copies, the borders zero-filled by
-                                        the copy engine), without HALO each of the nine taps as one copy
-    conv consumers (2 x 4 warps)        per tap two wgmma (two 16-channel slices, 16 x 16 block-diagonal weights),
-                                        + bias [-> SiLU] -> bf16 -> a staging tile -> one TMA store per box (the
-                                        copy engine clips the rows and columns past the image)
+                                        patch and group of QB 32-channel boxes, with HALO per kernel column dx the
+                                        patch's TILE_H + 2 rows shifted by dx - 1 (two copies per box, the borders
+                                        zero-filled by the copy engine), without HALO each of the nine taps
+    conv consumers (2 x 4 warps)        per tap and box two wgmma (two 16-channel slices, 16 x 16 block-diagonal
+                                        weights; 2 QB accumulators in flight), + bias [-> SiLU] -> bf16 -> a staging
+                                        tile -> one TMA store per box (the copy engine clips the rows and columns
+                                        past the image)
 
 Each consumer walks its own patches (TILE_H x TILE_W pixels of one image) with its own loader and ring, so one
-consumer's epilogue runs beside the other's products. A program owns a range of the channels whose weights it
-keeps in shared memory (9 x 16 rows x 32 bytes per 16 channels, 110 KB at C = 384); where they do not fit, the
-channels are split among the programs (C = 768: two ranges, each program taking one).
+consumer's epilogue runs beside the other's products. A program owns a range of CS channels whose weights it
+keeps in shared memory (9 x 16 rows x 32 bytes per 16 channels, 110 KB at C = 384); where they do not fit beside
+the rings, the channels are split evenly among the programs (:func:`channel_range`; C = 768: two ranges).
+
+Measured (H100, batch 256, ``NOTES_gconv.md`` v6b): 96@56 0.149 ms (4.0x cuDNN, 68% of the DRAM floor), 384@14
+0.050, 768@7 0.030, against 0.257, 0.063 and 0.033 for the Triton kernel. The launcher (:func:`gconv._ws_choice`)
+times both by GPU time at a shape's first call and runs this one inside CUDA graph captures where it was faster.
 
 Gluon runs only on a GPU: on the CPU the tests compile this kernel for sm_90 and read its PTX; on the GPU they
 check its values against the fp32 reference.

@@ -42,11 +42,8 @@ if HAVE_GLUON:
     from .convfirst_ws import _group_barrier, _patch_origin, _rows_from
     from .gemm_ws import _silu
 
-from .convfirst_ws import HALO_VIEWS
-
-#: Channels per grouped-conv slice (one packed 16 x 16 block-diagonal weight) and per copy box (two slices).
-SLICE = 16
-BOX = 32
+#: SLICE: channels per grouped-conv slice (one packed 16 x 16 block-diagonal weight); BOX: per copy (two slices).
+from .convfirst_ws import BOX, HALO_VIEWS, SLICE
 #: Candidate configs: patch shape (TILE_H, TILE_W), tap-ring stages per consumer (with HALO_VIEWS one stage is a
 #: kernel column; without, one tap, and the ring is three times as deep), staging tiles per consumer, and QB, the
 #: 32-channel boxes a consumer takes at once (2 QB accumulators in flight; a stage holds QB boxes).

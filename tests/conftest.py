@@ -32,3 +32,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def replay_captured():
+    """As a model under CUDA graphs runs a kernel: ``run()`` once eagerly (where the launcher times its forms and
+    chooses), then captured in a CUDA graph; ``refresh()`` puts new values into the captured inputs, the output is
+    poisoned with NaN and the graph replayed. Returns the output ``run`` returned at capture."""
+    import torch
+
+    def replay(run, refresh):
+        run()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = run()
+        refresh()
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        return out
+    return replay

@@ -101,20 +101,13 @@ def test_every_config_matches_the_reference(shape, batch, dtype):
 
 
 @pytest.mark.skipif(not WS_HERE, reason="the warp-specialised kernel runs only on a Hopper GPU")
-def test_the_autotuned_launch_in_a_cuda_graph_matches_the_reference():
+def test_the_autotuned_launch_in_a_cuda_graph_matches_the_reference(replay_captured):
     """As a model under CUDA graphs runs the block: an eager call (which times the kernels and chooses), then a
     captured launch replayed on a new input."""
     case = BlockCase(BlockShape("convfirst", 96, 56, 56), 64, "bfloat16")
     p, x = case.packed, case.inputs[0]
     out = torch.empty_like(x)
-    run = lambda: convfirst_fused.launch_convfirst_block(x, p["w_taps"], p["b_g"], p["we_t"], p["b_e"], p["wp_t"],
-                                                         p["b_p"], out)
-    run()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    x.copy_(case.new_input(torch.Generator().manual_seed(7), "cuda"))
-    out.fill_(float("nan"))
-    graph.replay()
-    torch.cuda.synchronize()
+    replay_captured(lambda: convfirst_fused.launch_convfirst_block(x, p["w_taps"], p["b_g"], p["we_t"], p["b_e"],
+                                                                   p["wp_t"], p["b_p"], out),
+                    lambda: x.copy_(case.new_input(torch.Generator().manual_seed(7), "cuda")))
     assert relative_error(out, case.reference(x)) < TOLERANCE["bfloat16"], convfirst_fused.WS_CHOICE

@@ -122,19 +122,12 @@ def test_every_config_matches_the_reference(shape, batch, dtype):
 
 
 @pytest.mark.skipif(not WS_HERE, reason="the warp-specialised grouped conv runs only on a Hopper GPU")
-def test_the_chosen_launch_in_a_cuda_graph_matches_the_reference():
+def test_the_chosen_launch_in_a_cuda_graph_matches_the_reference(replay_captured):
     """As a model under CUDA graphs runs it: an eager call (which times the forms and chooses), then a captured
     launch replayed on a new input."""
     case = BlockCase(BlockShape("gconv", 384, 14, 14), 64, "bfloat16")
     p, x = case.packed, case.inputs[0]
     out = torch.empty_like(x)
-    run = lambda: gconv.launch_grouped_conv3x3(x, p["w_taps"], p["b_g"], out)  # noqa: E731
-    run()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    x.copy_(case.new_input(torch.Generator().manual_seed(7), "cuda"))
-    out.fill_(float("nan"))
-    graph.replay()
-    torch.cuda.synchronize()
+    replay_captured(lambda: gconv.launch_grouped_conv3x3(x, p["w_taps"], p["b_g"], out),
+                    lambda: x.copy_(case.new_input(torch.Generator().manual_seed(7), "cuda")))
     assert relative_error(out, case.reference(x)) < TOLERANCE["bfloat16"], gconv.WS_CHOICE

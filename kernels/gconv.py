@@ -18,7 +18,7 @@ import triton.language as tl
 
 from ._common import (LAST_COMPILED, LAUNCH_OPTIONS, KernelInputError, autotuning, check_activation,
                       check_same_device, check_shape, check_weight_dtype, interpreting, launch_options, next_pow2,
-                      median_ms, packed_taps_rows, pick_fastest)
+                      packed_taps_rows, pick_fastest)
 from .activation import silu
 
 
@@ -175,20 +175,18 @@ WS_CHOICE: dict = {}
 #: ``CONVFIRST_WS_GCONV=0`` leaves the warp-specialised form (:mod:`gconv_ws`) out of the choice.
 WS_GCONV = os.environ.get("CONVFIRST_WS_GCONV", "1") != "0"
 
+#: What the last launch ran: ``{"ws": config}`` for the warp-specialised form, ``None`` for the Triton kernel (the
+#: benchmarks' config labels read it).
+LAST_LAUNCH: dict = {"ws": None}
+
 
 def graph_ms(run) -> float:
-    """GPU milliseconds of ``run()`` replayed from a CUDA graph: its launch's host time left out, as inside a
-    captured model (an eager timing of a ~50 us kernel whose launch builds four TMA descriptors measures the
-    host)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        run()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    return median_ms(graph.replay)
+    """GPU milliseconds of ``run()`` replayed from a CUDA graph (:func:`convfirst.timing.bench_ms`): its launch's
+    host time left out, as inside a captured model (an eager timing of a ~50 us kernel whose launch builds four TMA
+    descriptors measures the host)."""
+    from convfirst.timing import bench_ms
+
+    return bench_ms(run, [()], warmup_ms=10, rep_ms=50, cuda_graph=True)
 
 
 def _ws_choice(x, w_taps, bias, out, apply_silu: bool, run_triton) -> dict | None:
@@ -259,11 +257,6 @@ def launch_grouped_conv3x3(x: torch.Tensor, w_taps: torch.Tensor, bias: torch.Te
     else:
         LAST_COMPILED["gconv"] = run_triton()
     return out
-
-
-#: What the last launch ran: ``{"ws": config}`` for the warp-specialised form, ``None`` for the Triton kernel (the
-#: benchmarks' config labels read it).
-LAST_LAUNCH: dict = {"ws": None}
 
 
 def last_ws_config(x: torch.Tensor, apply_silu: bool = False) -> dict | None:

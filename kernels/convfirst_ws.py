@@ -94,6 +94,26 @@ if HAVE_GLUON:
         return n, (rem // PW) * TILE_H, (rem % PW) * TILE_W
 
     @gluon.jit
+    def copy_taps(xm_desc, xt_desc, buf, bar, n, h0, w0, c, i, HALO: gl.constexpr):
+        """Into stage buffer ``buf``, for the patch at (h0, w0) of image n and the box of channels c ...: with HALO the
+        patch's TILE_H + 2 rows with their halo shifted by kernel column i - 1 (a copy of TILE_H rows and one of 2;
+        ``buf`` holds 2 TILE_H rows); without, tap i's shifted patch as one copy. The copy engine zero-fills what
+        lies outside the image. Shared by the loaders of this kernel and the grouped conv's (:mod:`gconv_ws`)."""
+        if HALO:
+            TILE_H: gl.constexpr = xm_desc.block_type.shape[1]
+            TILE_W: gl.constexpr = xm_desc.block_type.shape[2]
+            BOX: gl.constexpr = xm_desc.block_type.shape[3]
+            row_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([TILE_W, BOX], buf.dtype)
+            # Triton 3.6 takes these views of a subview (3.8's verifier refuses them)
+            tma.async_copy_global_to_shared(xm_desc, [n, h0 - 1, w0 - 1 + i, c], bar,
+                                            buf._reinterpret(buf.dtype, xm_desc.block_type.shape, xm_desc.layout))
+            tail = buf._reinterpret(buf.dtype, buf.shape, row_layout).index(TILE_H)
+            tma.async_copy_global_to_shared(xt_desc, [n, h0 - 1 + TILE_H, w0 - 1 + i, c], bar,
+                                            tail._reinterpret(buf.dtype, xt_desc.block_type.shape, xt_desc.layout))
+        else:
+            tma.async_copy_global_to_shared(xm_desc, [n, h0 - 1 + i // 3, w0 - 1 + i % 3, c], bar, buf)
+
+    @gluon.jit
     def _tap_loader(xm_desc, xt_desc, gw_desc, tap_bufs, gw_bufs, tap_ready, tap_empty, gw_ready, n_patches, PPI,
                     PW, C: gl.constexpr, HALO: gl.constexpr):
         """One warp: the grouped conv's weights once (every tap's 16 x 16 slices, kept for the program's life);
@@ -108,7 +128,6 @@ if HAVE_GLUON:
         for j in range(9 * C // 16):
             tma.async_copy_global_to_shared(gw_desc, [j * 16, 0], gw_ready, gw_bufs.index(j))
         nbytes: gl.constexpr = 2 * (xm_desc.block_type.nbytes + (xt_desc.block_type.nbytes if HALO else 0))
-        row_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([TILE_W, BOX], tap_bufs.dtype)
         n_pairs = gl.cdiv(n_patches, 2)
         k = 0
         for t in range(gl.program_id(0), n_pairs, gl.num_programs(0)):
@@ -122,23 +141,8 @@ if HAVE_GLUON:
                     bar = tap_ready.index(s)
                     mbarrier.expect(bar, nbytes)
                     for c in gl.static_range(2):
-                        n = n0 if c == 0 else n1
-                        h = (h0 if c == 0 else h1) - 1
-                        w = (w0 if c == 0 else w1) - 1
-                        if HALO:
-                            buf = tap_bufs.index(2 * s + c)
-                            w += i
-                            # Triton 3.6 takes these views of a subview (3.8's verifier refuses them)
-                            tma.async_copy_global_to_shared(xm_desc, [n, h, w, q * BOX], bar,
-                                                            buf._reinterpret(buf.dtype, xm_desc.block_type.shape,
-                                                                             xm_desc.layout))
-                            tail = buf._reinterpret(buf.dtype, buf.shape, row_layout).index(TILE_H)
-                            tma.async_copy_global_to_shared(xt_desc, [n, h + TILE_H, w, q * BOX], bar,
-                                                            tail._reinterpret(buf.dtype, xt_desc.block_type.shape,
-                                                                              xt_desc.layout))
-                        else:
-                            tma.async_copy_global_to_shared(xm_desc, [n, h + i // 3, w + i % 3, q * BOX], bar,
-                                                            tap_bufs.index(2 * s + c))
+                        copy_taps(xm_desc, xt_desc, tap_bufs.index(2 * s + c), bar, n0 if c == 0 else n1,
+                                  h0 if c == 0 else h1, w0 if c == 0 else w1, q * BOX, i, HALO)
                     k += 1
 
     @gluon.jit

@@ -39,7 +39,7 @@ if HAVE_GLUON:
                                                                    warpgroup_mma, warpgroup_mma_wait)
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
 
-    from .convfirst_ws import _group_barrier, _patch_origin, _rows_from
+    from .convfirst_ws import _group_barrier, _patch_origin, _rows_from, copy_taps
     from .gemm_ws import _silu
 
 #: SLICE: channels per grouped-conv slice (one packed 16 x 16 block-diagonal weight); BOX: per copy (two slices).
@@ -79,7 +79,6 @@ if HAVE_GLUON:
                 tma.async_copy_global_to_shared(gw_desc, [(j // NPS) * C + C0 + (j % NPS) * 16, 0], gw_ready,
                                                 gw_bufs.index(j))
         nbytes: gl.constexpr = QB * (xm_desc.block_type.nbytes + (xt_desc.block_type.nbytes if HALO else 0))
-        row_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([TILE_W, BOX], tap_bufs.dtype)
         k = 0
         for p in range(patch0, n_patches, step):
             n, h0, w0 = _patch_origin(p, PPI, PW, TILE_H, TILE_W)
@@ -90,19 +89,8 @@ if HAVE_GLUON:
                     bar = tap_ready.index(s)
                     mbarrier.expect(bar, nbytes)
                     for b in gl.static_range(QB):
-                        buf = tap_bufs.index(s * QB + b)
-                        c = C0 + (q * QB + b) * BOX
-                        if HALO:
-                            tma.async_copy_global_to_shared(xm_desc, [n, h0 - 1, w0 - 1 + i, c], bar,
-                                                            buf._reinterpret(buf.dtype, xm_desc.block_type.shape,
-                                                                             xm_desc.layout))
-                            tail = buf._reinterpret(buf.dtype, buf.shape, row_layout).index(TILE_H)
-                            tma.async_copy_global_to_shared(xt_desc, [n, h0 - 1 + TILE_H, w0 - 1 + i, c], bar,
-                                                            tail._reinterpret(buf.dtype, xt_desc.block_type.shape,
-                                                                              xt_desc.layout))
-                        else:
-                            tma.async_copy_global_to_shared(xm_desc, [n, h0 - 1 + i // 3, w0 - 1 + i % 3, c], bar,
-                                                            buf)
+                        copy_taps(xm_desc, xt_desc, tap_bufs.index(s * QB + b), bar, n, h0, w0,
+                                  C0 + (q * QB + b) * BOX, i, HALO)
                     k += 1
 
     @gluon.jit

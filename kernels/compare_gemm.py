@@ -214,7 +214,8 @@ def sequence_rows(batch: int, dtype: str = "bfloat16", graphs: bool = True, shap
 
 
 def patch_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True) -> list[dict]:
-    """Stem and downsampling convs: cuDNN + bias, cuDNN + BatchNorm, gathered-rows addmm, our kernel."""
+    """Stem and downsampling convs: cuDNN + bias, cuDNN + BatchNorm, gathered-rows addmm, our kernel (with the
+    patch rows read value by value, and, where a row's values are not a multiple of 8, as padded runs)."""
     from .modules import PatchifyConv2d
 
     rows = []
@@ -233,11 +234,16 @@ def patch_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True) -> list[di
 
         out_bytes = batch * cout * (hw // patch) ** 2 * 2
         flop = 2 * batch * (hw // patch) ** 2 * cin * patch * patch * cout
+        impls = [("cudnn-bias", conv), ("cudnn-bn", bare), ("gather-addmm", gathered), ("triton", kernel)]
+        if (patch * cin) % 8:  # patch rows that are read as padded runs (the stem's)
+            impls.append(("triton-rowpad", kernel))
+        default = gemm.PAD_PATCH_ROWS
         with torch.no_grad():
-            for impl, fn in (("cudnn-bias", conv), ("cudnn-bn", bare), ("gather-addmm", gathered),
-                             ("triton", kernel)):
+            for impl, fn in impls:
+                gemm.PAD_PATCH_ROWS = impl == "triton-rowpad"  # "triton": the patch rows value by value
                 err = relative_error(fn(inputs[0][0]), ref) if impl != "cudnn-bn" else float("nan")
                 ms = _time(fn, inputs, graphs)
+                gemm.PAD_PATCH_ROWS = default
                 rows.append({"part": "patchify", "shape": name, "C": cin, "N": cout, "H": hw, "patch": patch,
                              "impl": impl, "ms": ms, "tflops": flop / ms / 1e9,
                              "gbps": (x_bytes + out_bytes) / ms / 1e6, "rel_err": err, "batch": batch,

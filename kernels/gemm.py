@@ -44,7 +44,7 @@ def _tile_coords(tile, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP
 def _gemm_tile(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, pid_m, pid_n, M, N, K, H, W, HO, WO,
                CIN: tl.constexpr, PATCH: tl.constexpr, ACT_SILU: tl.constexpr, HAS_RES: tl.constexpr,
                EVEN_K: tl.constexpr, FP32_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               BLOCK_K: tl.constexpr):
+               BLOCK_K: tl.constexpr, ROWPAD: tl.constexpr = 0):
     """One [BLOCK_M, BLOCK_N] output tile: the K loop, then bias, SiLU, residual and the store."""
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -58,10 +58,19 @@ def _gemm_tile(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, pid_m, pid_n, M, N, K, 
         img = offs_m // (WO * HO)
         row_base = ((img.to(tl.int64) * H + ho * PATCH) * W + wo * PATCH) * CIN
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(0, K if ROWPAD == 0 else PATCH * ROWPAD, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
+        w_row = offs_k
         if PATCH == 0:
             col_off = offs_k
+        elif ROWPAD > 0:
+            # k = (kh, r) with each patch row's P*CIN values padded to ROWPAD columns (a power of two), so that a
+            # run of r is contiguous and starts aligned: e.g. the 3-channel stem's 12-value rows are read as
+            # three 8-byte vectors instead of twelve 2-byte loads; the padding columns are masked off
+            kh = offs_k // ROWPAD
+            r = offs_k % ROWPAD
+            col_off = kh * (W * CIN) + r
+            w_row = kh * (PATCH * CIN) + r
         elif (PATCH * CIN) % BLOCK_K == 0:
             # k = (kh, r): the P*CIN values of one patch row (kw, c) are contiguous in NHWC, and a K step
             # stays inside one patch row, so its columns are one contiguous, aligned run (vector loads)
@@ -72,8 +81,12 @@ def _gemm_tile(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, pid_m, pid_n, M, N, K, 
             kh = offs_k // (PATCH * CIN)
             col_off = kh * (W * CIN) + (offs_k - kh * (PATCH * CIN))
         a_ptrs = a_ptr + row_base[:, None] + col_off[None, :]
-        w_ptrs = w_ptr + offs_k[:, None] * N + offs_n[None, :]
-        if EVEN_K:
+        w_ptrs = w_ptr + w_row[:, None] * N + offs_n[None, :]
+        if ROWPAD > 0:
+            k_ok = ((offs_k % ROWPAD) < PATCH * CIN) & (offs_k < PATCH * ROWPAD)
+            a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(w_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        elif EVEN_K:
             a = tl.load(a_ptrs, mask=m_ok[:, None], other=0.0)
             b = tl.load(w_ptrs, mask=n_ok[None, :], other=0.0)
         else:
@@ -100,7 +113,7 @@ def gemm_epilogue_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, M, N, K, H, W
                          CIN: tl.constexpr, PATCH: tl.constexpr, ACT_SILU: tl.constexpr, HAS_RES: tl.constexpr,
                          EVEN_K: tl.constexpr, FP32_DOT: tl.constexpr, BLOCK_M: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                         PERSISTENT: tl.constexpr):
+                         PERSISTENT: tl.constexpr, ROWPAD: tl.constexpr = 0):
     """out[M, N] = act(A[M, K] @ w[K, N] + bias[N]) (+ res[M, N]), fp32 accumulation, one rounding at the store.
 
     ``PATCH == 0``: A is row-major [M, K]. ``PATCH == P``: row m of A is the P x P patch under output pixel
@@ -109,6 +122,8 @@ def gemm_epilogue_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, M, N, K, H, W
     Either way the address of A[m, k] is row_base(m) + col_off(k), computed once per row / per K step.
     ``CIN`` is a constexpr (1 for plain matrices) so that the alignment of the patch rows is known at compile
     time: without it the compiler cannot vectorise the loads, and unvectorised loads are not pipelined.
+    ``ROWPAD`` (patches only, 0 = off): each patch row's P*CIN values are read as a run of ROWPAD columns (a power
+    of two, the rest masked off), so that runs start aligned and are read as vectors (the stem's 12-value rows).
     ``PERSISTENT``: one program per SM walks the tiles (stride = the grid size); else one program per tile.
     (With ``tl.range(..., flatten=True)``, which would overlap a tile's epilogue with the next tile's loads,
     Triton 3.6 stops pipelining the loads altogether: no ``cp.async`` in the sm_90 PTX. So the loop is plain.)
@@ -118,11 +133,11 @@ def gemm_epilogue_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, M, N, K, H, W
         for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
             pid_m, pid_n = _tile_coords(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
             _gemm_tile(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, pid_m, pid_n, M, N, K, H, W, HO, WO, CIN, PATCH,
-                       ACT_SILU, HAS_RES, EVEN_K, FP32_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
+                       ACT_SILU, HAS_RES, EVEN_K, FP32_DOT, BLOCK_M, BLOCK_N, BLOCK_K, ROWPAD)
     else:
         pid_m, pid_n = _tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
         _gemm_tile(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, pid_m, pid_n, M, N, K, H, W, HO, WO, CIN, PATCH,
-                   ACT_SILU, HAS_RES, EVEN_K, FP32_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
+                   ACT_SILU, HAS_RES, EVEN_K, FP32_DOT, BLOCK_M, BLOCK_N, BLOCK_K, ROWPAD)
 
 
 @triton.jit
@@ -211,7 +226,7 @@ def _prune(configs, named_args, **kwargs):
 @functools.cache
 def _launcher():
     """The pointer kernel autotuned per (M, N, K, A addressing, epilogue); built once, on first use."""
-    return triton.autotune(configs=gemm_configs(), key=["M", "N", "K", "PATCH", "ACT_SILU", "HAS_RES"],
+    return triton.autotune(configs=gemm_configs(), key=["M", "N", "K", "PATCH", "ACT_SILU", "HAS_RES", "ROWPAD"],
                            prune_configs_by={"early_config_prune": _prune})(gemm_epilogue_kernel)
 
 
@@ -330,9 +345,24 @@ def heuristic_config(m: int, n: int, k: int) -> dict:
             "num_stages": 4}
 
 
+#: Patch rows whose P * CIN values are not a multiple of 8 (the 3-channel stem's 12) are read as runs of the next
+#: power of two, masked, so that they load as aligned vectors (``ROWPAD``); ``CONVFIRST_PATCH_ROWPAD=0`` reads them
+#: value by value as before.
+PAD_PATCH_ROWS = os.environ.get("CONVFIRST_PATCH_ROWPAD", "1") != "0"
+
+
+def patch_rowpad(patch: int, cin: int) -> int:
+    """The ROWPAD the kernel gets for a patch conv: 0 for plain matrices, aligned patch rows, or when switched off."""
+    run = patch * cin
+    if patch == 0 or run % 8 == 0 or not PAD_PATCH_ROWS:
+        return 0
+    return triton.next_power_of_2(run)
+
+
 def _launch(a, w_t, bias, residual, out, m, n, k, patch, geometry, act, config):
     h, w, ho, wo, cin = geometry
-    flags = dict(PATCH=patch, ACT_SILU=act == "silu", HAS_RES=residual is not None, FP32_DOT=interpreting())
+    flags = dict(PATCH=patch, ACT_SILU=act == "silu", HAS_RES=residual is not None, FP32_DOT=interpreting(),
+                 ROWPAD=patch_rowpad(patch, cin))
     res = residual if residual is not None else out  # never read when HAS_RES is False
     if m == 0 or n == 0:
         return out

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import triton
 
 from convfirst.bench_blocks import TOLERANCE, BlockCase, BlockShape, relative_error
 from convfirst.kernels import KernelInputError, PatchifyConv2d, interpreting
@@ -171,10 +172,17 @@ def test_gluon_gemm_walks_several_tiles_per_program(config):
         assert err < TOLERANCE["bfloat16"], f"{config} {act} residual={with_res}: rel err {err:.3g}"
 
 
-@pytest.mark.parametrize("cin, cout, patch, h, w, batch", [(3, 16, 4, 8, 12, 2), (16, 24, 2, 6, 10, 1)] if not ON_GPU
+@pytest.mark.parametrize("padded_rows", [True, False])
+@pytest.mark.parametrize("cin, cout, patch, h, w, batch", [(3, 16, 4, 8, 12, 2), (16, 24, 2, 6, 10, 1),
+                                                           (5, 8, 3, 9, 6, 1)] if not ON_GPU
                          else [(3, 96, 4, 224, 224, 4), (96, 192, 2, 56, 56, 3), (384, 768, 2, 14, 14, 2),
-                               (40, 24, 2, 6, 10, 1)])
-def test_patchify_conv_matches_conv2d(cin, cout, patch, h, w, batch):
+                               (40, 24, 2, 6, 10, 1), (5, 8, 3, 9, 6, 1)])
+def test_patchify_conv_matches_conv2d(cin, cout, patch, h, w, batch, padded_rows, monkeypatch):
+    """Both ways of reading patch rows: value by value, and (where a row's P * CIN values are not a multiple of 8:
+    the stem's 12, and 15 here) as masked runs of the next power of two."""
+    monkeypatch.setattr(gemm, "PAD_PATCH_ROWS", padded_rows)
+    run = patch * cin
+    assert gemm.patch_rowpad(patch, cin) == (triton.next_power_of_2(run) if padded_rows and run % 8 else 0)
     gen = _gen()
     x = torch.randn(batch, cin, h, w, generator=gen).to(DEVICE, torch.bfloat16).contiguous(
         memory_format=torch.channels_last)

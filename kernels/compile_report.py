@@ -125,8 +125,7 @@ def gconv_ws_report(channels: int, config: dict, silu: bool = False) -> dict:
     sig = gconv_ws.ws_gconv_signature("bf16", config, channels)
     consts = dict(C=channels, CS=config["CS"], QB=config["QB"], TAP_STAGES=config["TAP_STAGES"],
                   OUT_STAGES=config["OUT_STAGES"], HALO=bool(config.get("HALO", gconv_ws.HALO_VIEWS)), SILU=silu,
-                  CONSUMER_REGS=gconv_ws.CONSUMER_REGS, LOADER_REGS=gconv_ws.LOADER_REGS,
-                  DYACC=bool(config.get("DYACC")))
+                  CONSUMER_REGS=gconv_ws.CONSUMER_REGS, LOADER_REGS=gconv_ws.LOADER_REGS)
     return _gluon_report(compile_gluon_sm90(gconv_ws.gconv_ws_kernel, sig, consts, num_warps=4,
                                             maxnreg=gconv_ws.LAUNCH_REGS))
 

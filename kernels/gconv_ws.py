@@ -45,13 +45,10 @@ if HAVE_GLUON:
 #: SLICE: channels per grouped-conv slice (one packed 16 x 16 block-diagonal weight); BOX: per copy (two slices).
 from .convfirst_ws import BOX, HALO_VIEWS, SLICE
 #: Candidate configs: patch shape (TILE_H, TILE_W), tap-ring stages per consumer (with HALO_VIEWS one stage is a
-#: kernel column; without, one tap, and the ring is three times as deep), staging tiles per consumer, QB, the
-#: 32-channel boxes a consumer takes at once (2 QB accumulators in flight; a stage holds QB boxes), and DYACC, one
-#: set of accumulators per kernel row (6 QB in flight, each a chain of three products instead of nine).
-WS_GCONV_CONFIGS = ((8, 8, 4, 2, 1, 0), (4, 16, 4, 2, 1, 0), (8, 8, 3, 2, 2, 0), (4, 16, 3, 2, 2, 0),
-                    (4, 16, 2, 2, 2, 0), (4, 16, 3, 4, 2, 0), (8, 16, 3, 2, 1, 0),
-                    (8, 8, 4, 2, 1, 1), (8, 8, 3, 2, 2, 1), (4, 16, 3, 4, 2, 1), (8, 16, 3, 2, 1, 1),
-                    (8, 16, 2, 2, 1, 1))
+#: kernel column; without, one tap, and the ring is three times as deep), staging tiles per consumer, and QB, the
+#: 32-channel boxes a consumer takes at once (2 QB accumulators in flight; a stage holds QB boxes).
+WS_GCONV_CONFIGS = ((8, 8, 4, 2, 1), (4, 16, 4, 2, 1), (8, 8, 3, 2, 2), (4, 16, 3, 2, 2), (4, 16, 2, 2, 2),
+                    (4, 16, 3, 4, 2), (8, 16, 3, 2, 1))
 #: Consumers (warp groups) per program, each with its own loader warp and ring.
 CONSUMERS = 2
 #: Shared memory a config may take (of the 227 KB of an H100 SM; barriers and alignment need the rest).
@@ -122,41 +119,9 @@ if HAVE_GLUON:
         tma.async_copy_shared_to_global(out_desc, [n, h0, w0, c], o_bufs.index(os))
 
     @gluon.jit
-    def _products(v, wt0, wt1, a0, a1, b0, b1, c0, c1, ROW: gl.constexpr):
-        """The two products of one box at one tap (its two 16-channel slices), into the accumulators of kernel row
-        ROW (a, b or c; always a without DYACC)."""
-        if ROW == 0:
-            a0 = warpgroup_mma(v.slice(0, 16, dim=1), wt0, a0, is_async=True)
-            a1 = warpgroup_mma(v.slice(16, 16, dim=1), wt1, a1, is_async=True)
-        elif ROW == 1:
-            b0 = warpgroup_mma(v.slice(0, 16, dim=1), wt0, b0, is_async=True)
-            b1 = warpgroup_mma(v.slice(16, 16, dim=1), wt1, b1, is_async=True)
-        else:
-            c0 = warpgroup_mma(v.slice(0, 16, dim=1), wt0, c0, is_async=True)
-            c1 = warpgroup_mma(v.slice(16, 16, dim=1), wt1, c1, is_async=True)
-        return a0, a1, b0, b1, c0, c1
-
-    @gluon.jit
-    def _wait_products(pending: gl.constexpr, a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, QB: gl.constexpr,
-                       DYACC: gl.constexpr):
-        """warpgroup_mma_wait(pending) over the accumulators in use (QB boxes, one or three kernel-row sets)."""
-        if DYACC:
-            if QB == 2:
-                a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3 = warpgroup_mma_wait(
-                    pending, deps=[a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3])
-            else:
-                a0, a1, b0, b1, c0, c1 = warpgroup_mma_wait(pending, deps=[a0, a1, b0, b1, c0, c1])
-        else:
-            if QB == 2:
-                a0, a1, a2, a3 = warpgroup_mma_wait(pending, deps=[a0, a1, a2, a3])
-            else:
-                a0, a1 = warpgroup_mma_wait(pending, deps=[a0, a1])
-        return a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3
-
-    @gluon.jit
     def _consumer(tap_bufs, gw_bufs, o_bufs, tap_ready, tap_empty, gw_ready, out_desc, bias_ptr, patch0, step,
                   n_patches, PPI, PW, C0, CS: gl.constexpr, QB: gl.constexpr, HALO: gl.constexpr,
-                  SILU: gl.constexpr, DYACC: gl.constexpr):
+                  SILU: gl.constexpr):
         """One warp group: per patch and group of QB boxes, the nine taps' products (two 16-channel slices per box:
         2 QB independent accumulators; one stage's products in flight while the next stage's are issued), then per
         box + bias [-> SiLU], stored by TMA from a staging tile, which is refilled only after its previous store
@@ -181,51 +146,38 @@ if HAVE_GLUON:
             n, h0, w0 = _patch_origin(p, PPI, PW, TILE_H, TILE_W)
             for q in range(CS // (QB * BOX)):
                 j0 = 2 * QB * q  # the group's first 16-channel slice within the program's channels
-                # accumulators per 16-channel slice (a: box 0, slices j0 and j0 + 1; a2, a3: box 1 where QB = 2);
-                # with DYACC one set per kernel row (a, b, c), so that a product waits on the third of the
-                # products before it on the same registers, not on all of them
-                a0 = gl.zeros([ROWS, 16], gl.float32, acc_layout)
+                a0 = gl.zeros([ROWS, 16], gl.float32, acc_layout)  # box 0, slices j0 and j0 + 1
                 a1 = gl.zeros([ROWS, 16], gl.float32, acc_layout)
-                a2 = gl.zeros([ROWS, 16], gl.float32, acc_layout)
+                a2 = gl.zeros([ROWS, 16], gl.float32, acc_layout)  # box 1 (QB = 2)
                 a3 = gl.zeros([ROWS, 16], gl.float32, acc_layout)
-                b0 = gl.zeros([ROWS, 16], gl.float32, acc_layout)
-                b1 = gl.zeros([ROWS, 16], gl.float32, acc_layout)
-                b2 = gl.zeros([ROWS, 16], gl.float32, acc_layout)
-                b3 = gl.zeros([ROWS, 16], gl.float32, acc_layout)
-                c0 = gl.zeros([ROWS, 16], gl.float32, acc_layout)
-                c1 = gl.zeros([ROWS, 16], gl.float32, acc_layout)
-                c2 = gl.zeros([ROWS, 16], gl.float32, acc_layout)
-                c3 = gl.zeros([ROWS, 16], gl.float32, acc_layout)
                 for i in gl.static_range(3 if HALO else 9):
                     s = k % TAP_STAGES
                     mbarrier.wait(tap_ready.index(s), (k // TAP_STAGES) & 1)
                     for dy in gl.static_range(3 if HALO else 1):
                         tap = dy * 3 + i if HALO else i
-                        # the products go to the kernel row's accumulators with DYACC (written as arithmetic on
-                        # constexprs: a conditional expression here is not one)
                         v = _tap_view(tap_bufs, flat, s, 0, dy, QB, ROWS, HALO, box_layout)
-                        a0, a1, b0, b1, c0, c1 = _products(v, gw_bufs.index(tap * NPS + j0),
-                                                           gw_bufs.index(tap * NPS + j0 + 1), a0, a1, b0, b1, c0,
-                                                           c1, DYACC * (HALO * dy + (1 - HALO) * (i // 3)))
+                        a0 = warpgroup_mma(v.slice(0, 16, dim=1), gw_bufs.index(tap * NPS + j0), a0, is_async=True)
+                        a1 = warpgroup_mma(v.slice(16, 16, dim=1), gw_bufs.index(tap * NPS + j0 + 1), a1,
+                                           is_async=True)
                         if QB == 2:
                             v = _tap_view(tap_bufs, flat, s, 1, dy, QB, ROWS, HALO, box_layout)
-                            a2, a3, b2, b3, c2, c3 = _products(v, gw_bufs.index(tap * NPS + j0 + 2),
-                                                               gw_bufs.index(tap * NPS + j0 + 3), a2, a3, b2, b3,
-                                                               c2, c3, DYACC * (HALO * dy + (1 - HALO) * (i // 3)))
+                            a2 = warpgroup_mma(v.slice(0, 16, dim=1), gw_bufs.index(tap * NPS + j0 + 2), a2,
+                                               is_async=True)
+                            a3 = warpgroup_mma(v.slice(16, 16, dim=1), gw_bufs.index(tap * NPS + j0 + 3), a3,
+                                               is_async=True)
                     # this stage's products stay in flight, the stage before's are done
-                    a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3 = _wait_products(
-                        PER_STAGE, a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, QB, DYACC)
+                    if QB == 2:
+                        a0, a1, a2, a3 = warpgroup_mma_wait(PER_STAGE, deps=[a0, a1, a2, a3])
+                    else:
+                        a0, a1 = warpgroup_mma_wait(PER_STAGE, deps=[a0, a1])
                     if i > 0:
                         mbarrier.arrive(tap_empty.index((k - 1) % TAP_STAGES), count=1)
                     k += 1
-                a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3 = _wait_products(
-                    0, a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, QB, DYACC)
+                if QB == 2:
+                    a0, a1, a2, a3 = warpgroup_mma_wait(0, deps=[a0, a1, a2, a3])
+                else:
+                    a0, a1 = warpgroup_mma_wait(0, deps=[a0, a1])
                 mbarrier.arrive(tap_empty.index((k - 1) % TAP_STAGES), count=1)
-                if DYACC:
-                    a0 = a0 + b0 + c0
-                    a1 = a1 + b1 + c1
-                    a2 = a2 + b2 + c2
-                    a3 = a3 + b3 + c3
                 c = C0 + q * QB * BOX
                 tma.store_wait(OUT_STAGES - QB)  # the stores that last read these staging tiles have left
                 _group_barrier()
@@ -240,7 +192,7 @@ if HAVE_GLUON:
     def gconv_ws_kernel(xm_desc, xt_desc, gw_desc, out_desc, bias_ptr, n_patches, PPI, PW, C: gl.constexpr,
                         CS: gl.constexpr, QB: gl.constexpr, TAP_STAGES: gl.constexpr, OUT_STAGES: gl.constexpr,
                         HALO: gl.constexpr, SILU: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                        LOADER_REGS: gl.constexpr, DYACC: gl.constexpr = False):
+                        LOADER_REGS: gl.constexpr):
         """Persistent grouped conv; launch with num_warps=4 (consumer 0), then consumer 1 and the two loader warps.
         Program ``pid`` takes channels ``(pid % (C // CS)) * CS ...`` and patches ``2 (pid // (C // CS)) + c``,
         stepping by twice the programs per channel range; the grid is a multiple of ``C // CS``."""
@@ -281,9 +233,9 @@ if HAVE_GLUON:
             mbarrier.init(empty1.index(i), count=1)
         fence_async_shared()
         gl.warp_specialize([(_consumer, (taps0, gw_bufs, o0, ready0, empty0, gw_ready, out_desc, bias_ptr, 2 * group,
-                                         step, n_patches, PPI, PW, C0, CS, QB, HALO, SILU, DYACC)),
+                                         step, n_patches, PPI, PW, C0, CS, QB, HALO, SILU)),
                             (_consumer, (taps1, gw_bufs, o1, ready1, empty1, gw_ready, out_desc, bias_ptr,
-                                         2 * group + 1, step, n_patches, PPI, PW, C0, CS, QB, HALO, SILU, DYACC)),
+                                         2 * group + 1, step, n_patches, PPI, PW, C0, CS, QB, HALO, SILU)),
                             (_loader, (xm_desc, xt_desc, gw_desc, taps0, gw_bufs, ready0, empty0, gw_ready, 2 * group,
                                        step, n_patches, PPI, PW, C0, C, CS, QB, HALO, True)),
                             (_loader, (xm_desc, xt_desc, gw_desc, taps1, gw_bufs, ready1, empty1, gw_ready,
@@ -344,9 +296,9 @@ def ws_gconv_configs(channels: int, halo: bool | None = None) -> list[dict]:
     if ws_gconv_supported(channels):
         return []
     out = []
-    for th, tw, ts, os, qb, dyacc in WS_GCONV_CONFIGS:
+    for th, tw, ts, os, qb in WS_GCONV_CONFIGS:
         cf = {"TILE_H": th, "TILE_W": tw, "TAP_STAGES": ts if halo else 3 * ts, "OUT_STAGES": os, "QB": qb,
-              "HALO": halo, "DYACC": bool(dyacc)}
+              "HALO": halo}
         cs = channel_range(channels, cf)
         if cs:
             out.append(dict(cf, CS=cs))
@@ -378,8 +330,7 @@ def launch_ws_gconv(x, w_taps, bias, out, config: dict, apply_silu: bool = False
                                                CS=cs, QB=config["QB"], TAP_STAGES=config["TAP_STAGES"],
                                                OUT_STAGES=config["OUT_STAGES"],
                                                HALO=bool(config.get("HALO", HALO_VIEWS)), SILU=bool(apply_silu),
-                                               CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS,
-                                               DYACC=bool(config.get("DYACC")), num_warps=4,
+                                               CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS, num_warps=4,
                                                maxnreg=LAUNCH_REGS)
 
 
@@ -397,5 +348,4 @@ def ws_gconv_signature(dtype: str = "bf16", config: dict | None = None, channels
     return {"xm_desc": desc([1, th, tw, BOX]), "xt_desc": desc([1, 2, tw, BOX]), "gw_desc": desc([SLICE, SLICE]),
             "out_desc": desc([1, th, tw, BOX]), "bias_ptr": "*fp32", "n_patches": "i32", "PPI": "i32", "PW": "i32",
             "C": "constexpr", "CS": "constexpr", "QB": "constexpr", "TAP_STAGES": "constexpr", "OUT_STAGES": "constexpr",
-            "HALO": "constexpr", "SILU": "constexpr", "CONSUMER_REGS": "constexpr", "LOADER_REGS": "constexpr",
-            "DYACC": "constexpr"}
+            "HALO": "constexpr", "SILU": "constexpr", "CONSUMER_REGS": "constexpr", "LOADER_REGS": "constexpr"}

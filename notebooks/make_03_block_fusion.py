@@ -407,7 +407,10 @@ any warp waiting on them; the products are the same 16 x 16 block-diagonal slice
 through a staging tile and a TMA store, which clips at the image border. A consumer takes `QB` 32-channel boxes
 per step (v6b: four accumulators in flight instead of two), and a program keeps the weights of its channels on
 chip, splitting C among programs where they would not fit (`CS`). `ws-v6` is the first version, one box per
-step. The launcher times ws against the Triton kernel by GPU time at a shape's first call and runs the faster
+step. Since v6c a patch may also be 8 x 16 pixels (128 rows per product, half the products and waits per pixel),
+which won at 96@56, 256@14 and 384@14 by 6-9%; `ws-dyacc`, one set of accumulators per kernel row so that each
+chain of dependent products is three long instead of nine, was timed in the same run and removed: it gained
+nothing at any shape, so the length of that chain is not what binds a consumer. The launcher times ws against the Triton kernel by GPU time at a shape's first call and runs the faster
 inside CUDA graphs; eagerly it keeps the Triton kernel, since building the four TMA descriptors of a launch costs
 more host time than ws saves at the 14 x 14 stages."""),
     new_code_cell('''if data_path(f"gconv_forms_{gpu}.csv").exists():

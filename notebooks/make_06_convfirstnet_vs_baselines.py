@@ -391,9 +391,16 @@ faster. At the stage shapes of the two targets' models (best tile per form, batc
         display(best.round(4))
     else:
         print(f"no warp-specialised grouped-conv run recorded for {gpu}")"""),
-    new_markdown_cell("""ConvFirstNet-T runs nine 384@14 and three 768@7 grouped convs, so the table predicts about 0.13 ms off the
-model; ConvFirstNet-H's eleven 256@14 ones about 0.09 ms. The anchor run is the first at this form; the rows of
-the control per commit above show it beside the runs before it, each with its own machine's $P$."""),
+    new_markdown_cell("""ConvFirstNet-T runs nine 384@14 and three 768@7 grouped convs, ConvFirstNet-H eleven 256@14 ones. Against the
+Triton kernel the first version of this form (eb7b7f6) predicted about 0.13 ms off T and 0.09 ms off H; the 8 x 16
+patches of be24066 (`NOTES_gconv.md` v6c) about 0.04 ms more off T and 0.02 ms off H. The same commit reads the
+stem's 12-value patch rows as padded 8-byte runs (the patchify table above, `triton-rowpad`): 0.125 -> 0.097 ms on
+T, 0.117 -> 0.072 ms on H. Together the layer times predicted about 0.07 ms off each model; between the anchors T
+moved 6.421 -> 6.358 ms and H 3.494 -> 3.432 ms. The rows of the control per commit above show each run beside
+the runs before it, each with its own machine's $P$: two runs at be24066 on one machine, ten minutes apart, timed
+T at 6.358 ms both times and measured $P$ at 753 and 701 TFLOP/s, so $E$ = 48.2% and 51.7% for the same latency.
+The target table reads the later run (the anchor), where $E$ passes 50%; with the earlier run's $P$ it does not,
+so this study does not count the 50% target as met."""),
     new_markdown_cell("""## The same comparison on a second GPU
 
 The family plan was also run on an H200 (same Hopper SMs as the H100, 1.4x its memory bandwidth; chapter 3

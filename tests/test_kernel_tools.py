@@ -238,22 +238,27 @@ def test_pick_fastest_runs_each_candidate_then_keeps_the_fastest():
 def test_gemm_loads_are_vectorised_and_pipelined_for_plain_rows_and_for_patches():
     """The epilogue GEMM compiled for sm_90: with K divisible by 16 (as Triton specialises it on the GPU) and for
     patches whose rows stay aligned (C_in = 96, a constexpr), the loads become ``cp.async`` copies in a
-    multi-stage pipeline; the TMA form moves its tiles with bulk tensor copies, also when persistent."""
+    multi-stage pipeline; the 3-channel stem's 12-value patch rows, read as padded runs (ROWPAD 16), load as 8-byte
+    vectors (Triton 3.6, the GPU machine's, loads them value by value without ROWPAD: ``NOTES_gemm.md``; 3.8 already
+    vectorises both); the TMA form moves its tiles with bulk tensor copies, also when persistent."""
     code = r"""
 import json
 from convfirst.kernels import gemm
 from convfirst.kernels import compile_report as cr
-cr.DIVISIBLE_INTS = {"M", "N", "K"}
+cr.DIVISIBLE_INTS = {"M", "N", "K", "H", "W"}
 sig = cr._sig({"a_ptr": "*bf16", "w_ptr": "*bf16", "bias_ptr": "*fp32", "res_ptr": "*bf16", "out_ptr": "*bf16"},
               ["M", "N", "K", "H", "W", "HO", "WO"],
               ["CIN", "PATCH", "ACT_SILU", "HAS_RES", "EVEN_K", "FP32_DOT", "BLOCK_M", "BLOCK_N", "BLOCK_K",
-               "GROUP_M", "PERSISTENT"])
+               "GROUP_M", "PERSISTENT", "ROWPAD"])
 tile = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, PERSISTENT=False, ACT_SILU=True, HAS_RES=False,
-            EVEN_K=True, FP32_DOT=False)
+            EVEN_K=True, FP32_DOT=False, ROWPAD=0)
 out = {}
-for name, extra in (("rows", dict(CIN=1, PATCH=0)), ("patches", dict(CIN=96, PATCH=2))):
+for name, extra in (("rows", dict(CIN=1, PATCH=0)), ("patches", dict(CIN=96, PATCH=2)),
+                    ("stem_padded", dict(CIN=3, PATCH=4, EVEN_K=False, ROWPAD=16))):
     k = cr.compile_sm90(gemm.gemm_epilogue_kernel, sig, dict(tile, **extra), num_warps=8, num_stages=4)
-    out[name] = {"cp_async": k.asm["ptx"].count("cp.async.cg"), "smem": k.metadata.shared}
+    ptx = k.asm["ptx"]
+    out[name] = {"cp_async": ptx.count("cp.async.cg"), "smem": k.metadata.shared,
+                 "b16": ptx.count("ld.global.b16"), "v2": ptx.count("ld.global.v2.b32")}
 desc = lambda r, c: f"tensordesc<bf16[{r}, {c}]>"
 tsig = {"a_desc": desc(128, 64), "w_desc": desc(64, 128), "res_desc": desc(128, 128), "out_desc": desc(128, 128),
         "bias_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", **{n: "constexpr" for n in
@@ -269,6 +274,7 @@ print(json.dumps(out))
     for name in ("rows", "patches"):
         assert got[name]["cp_async"] > 0, f"{name}: the A and W loads should be cp.async copies"
         assert got[name]["smem"] >= 3 * stage_bytes, f"{name}: a multi-stage pipeline needs several buffers"
+    assert got["stem_padded"]["b16"] == 0 and got["stem_padded"]["v2"] > 0, got["stem_padded"]
     for persistent in ("False", "True"):
         assert got[f"tma_{persistent}"]["bulk"] > 0
         assert got[f"tma_{persistent}"]["smem"] >= 3 * stage_bytes

@@ -141,12 +141,9 @@ def gemm_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True, shapes=SEQU
             a0, r0 = inputs[0]
             ref = gemm.matmul_reference(a0, w_t, bias, act, r0)
             if gluon and gemm_ws.ws_available(a0.device):  # every Gluon tile checked and timed; a row per schedule
-                families = {"gluon-ws": gemm_ws.ws_configs(ordered=False),
-                            "gluon-ws-ordered": [cf for cf in gemm_ws.ws_configs(ordered=True) if not cf.get("COOP")],
-                            "gluon-ws-coop": [cf for cf in gemm_ws.ws_configs(ordered=True) if cf.get("COOP")]}
-                for impl, configs in families.items():
+                for impl, ordered in (("gluon-ws", False), ("gluon-ws-ordered", True)):
                     timed = []
-                    for cf in configs:
+                    for cf in gemm_ws.ws_configs(ordered=ordered):
                         fn = ws(cf)
                         err = relative_error(fn(a0, r0), ref)
                         timed.append((_time(fn, inputs, graphs), err, cf))

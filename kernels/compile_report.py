@@ -75,8 +75,7 @@ def gemm_ws_report(config: dict, act_silu: bool, has_res: bool) -> dict:
     sig = gemm_ws.ws_signature("bf16", config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"])
     consts = dict(ACT_SILU=act_silu, HAS_RES=has_res, GROUP_M=config.get("GROUP_M", 8), STAGES=config["STAGES"],
                   CONSUMER_REGS=config.get("CONSUMER_REGS", 232))
-    fn = (gemm_ws.gemm_ws_coop_kernel if config.get("COOP") else gemm_ws.gemm_ws_ordered_kernel
-          if config.get("ORDERED") else gemm_ws.gemm_ws_kernel)
+    fn = gemm_ws.gemm_ws_ordered_kernel if config.get("ORDERED") else gemm_ws.gemm_ws_kernel
     return _gluon_report(compile_gluon_sm90(fn, sig, consts, num_warps=4, maxnreg=config.get("maxnreg", 168)))
 
 

@@ -55,10 +55,6 @@ WS_CONFIGS = ((128, 128, 64, 2), (128, 128, 32, 4), (128, 64, 64, 2), (64, 128, 
 #: Tiles of the ordered form (:func:`gemm_ws_ordered_kernel`): one ring of STAGES steps shared by both consumers
 #: (4 x 32 + 2 x 32 = 192 KB at 128 x 128 x 64).
 ORDERED_CONFIGS = ((128, 128, 64, 4), (128, 128, 32, 8), (128, 64, 64, 4), (64, 128, 64, 4))
-#: Tiles of the cooperative form (:func:`gemm_ws_coop_kernel`): (BLOCK_M per consumer, BLOCK_N, BLOCK_K, STAGES);
-#: a program's tile is 2 BLOCK_M rows, each consumer taking half of them against the same W step, so W is read
-#: from L2 once per 256 rows instead of once per 128 (2 x 2 x 16 + 2 x 16 + 2 x 32 = 160 KB at 128 x 128 x 64).
-COOP_CONFIGS = ((128, 128, 64, 2), (128, 128, 32, 4))
 
 
 if HAVE_GLUON:
@@ -280,100 +276,6 @@ if HAVE_GLUON:
                            [4, 1], [CONSUMER_REGS, 24])
 
 
-    @gluon.jit
-    def _coop_loader(a_desc, w_desc, a_bufs, w_bufs, ready, empty, M, N, K, GROUP_M: gl.constexpr):
-        """One warp: per K step of each of this program's tiles (2 BLOCK_M x BLOCK_N), both row halves of A and the
-        one W step they share, STAGES steps ahead."""
-        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
-        BLOCK_N: gl.constexpr = w_desc.block_type.shape[1]
-        STAGES: gl.constexpr = w_bufs.type.shape[0]
-        nbytes: gl.constexpr = 2 * a_desc.block_type.nbytes + w_desc.block_type.nbytes
-        step = 0
-        for tile in range(gl.program_id(0), gl.cdiv(M, 2 * BLOCK_M) * gl.cdiv(N, BLOCK_N), gl.num_programs(0)):
-            off_m, off_n = _tile_origin(tile, M, N, 2 * BLOCK_M, BLOCK_N, GROUP_M)
-            for k in range(0, K, a_desc.block_type.shape[1]):
-                s = step % STAGES
-                mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)  # fresh barriers pass
-                bar = ready.index(s)
-                mbarrier.expect(bar, nbytes)
-                tma.async_copy_global_to_shared(a_desc, [off_m, k], bar, a_bufs.index(2 * s))
-                tma.async_copy_global_to_shared(a_desc, [off_m + BLOCK_M, k], bar, a_bufs.index(2 * s + 1))
-                tma.async_copy_global_to_shared(w_desc, [k, off_n], bar, w_bufs.index(s))
-                step += 1
-
-    @gluon.jit
-    def _coop_consumer(descs, ring, sizes, flags, WHICH: gl.constexpr):
-        """One warp group: row half WHICH of every tile of the program (its products on the W step both halves
-        share, each stage released by both consumers), then its epilogue and store."""
-        a_desc, w_desc, res_desc, out_desc, bias_ptr = descs
-        a_bufs, w_bufs, c_buf, ready, empty, res_bar = ring
-        M, N, K = sizes
-        ACT_SILU, HAS_RES, GROUP_M = flags
-        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
-        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
-        BLOCK_N: gl.constexpr = w_desc.block_type.shape[1]
-        STAGES: gl.constexpr = w_bufs.type.shape[0]
-        acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                             instr_shape=[16, BLOCK_N, 16])
-        step = 0
-        count = 0
-        for tile in range(gl.program_id(0), gl.cdiv(M, 2 * BLOCK_M) * gl.cdiv(N, BLOCK_N), gl.num_programs(0)):
-            off_m, off_n = _tile_origin(tile, M, N, 2 * BLOCK_M, BLOCK_N, GROUP_M)
-            off_m = off_m + WHICH * BLOCK_M
-            tma.store_wait(0)  # the staging tile's previous store has left before it is refilled
-            if HAS_RES:
-                mbarrier.expect(res_bar, res_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(res_desc, [off_m, off_n], res_bar, c_buf)
-            acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
-            prev = 0
-            for k in range(0, K, BLOCK_K):
-                s = step % STAGES
-                mbarrier.wait(ready.index(s), (step // STAGES) & 1)
-                a_s = a_bufs.index(2 * s + WHICH)
-                w_s = w_bufs.index(s)
-                acc = warpgroup_mma(a_s, w_s, acc, is_async=True)
-                acc = warpgroup_mma_wait(1, deps=[acc, a_s, w_s])[0]
-                mbarrier.arrive(empty.index(prev), count=1, pred=k > 0)
-                prev = s
-                step += 1
-            acc = warpgroup_mma_wait(0, deps=[acc])
-            mbarrier.arrive(empty.index(prev), count=1)
-            _tile_epilogue(acc, off_m, off_n, N, bias_ptr, c_buf, res_bar, out_desc, count, ACT_SILU, HAS_RES,
-                           acc_layout)
-            count += 1
-        tma.store_wait(0)
-
-    @gluon.jit
-    def gemm_ws_coop_kernel(a_desc, w_desc, res_desc, out_desc, bias_ptr, M, N, K, ACT_SILU: gl.constexpr,
-                            HAS_RES: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
-                            CONSUMER_REGS: gl.constexpr):
-        """The cooperative form: a program's tile is 2 BLOCK_M rows; one loader warp fills a ring of STAGES steps
-        (both row halves of A and their shared W step), and the two consumers each take one half of every step;
-        launch with num_warps=4."""
-        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [2 * STAGES] + a_desc.block_type.shape, a_desc.layout)
-        w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
-        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(STAGES):
-            mbarrier.init(ready.index(i), count=1)
-            mbarrier.init(empty.index(i), count=2)  # both consumers read every stage
-        c0 = gl.allocate_shared_memory(out_desc.dtype, out_desc.block_type.shape, out_desc.layout)
-        c1 = gl.allocate_shared_memory(out_desc.dtype, out_desc.block_type.shape, out_desc.layout)
-        res_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(2):
-            mbarrier.init(res_bars.index(i), count=1)
-        fence_async_shared()
-        descs = (a_desc, w_desc, res_desc, out_desc, bias_ptr)
-        sizes = (M, N, K)
-        flags = (ACT_SILU, HAS_RES, GROUP_M)
-        ring0 = (a_bufs, w_bufs, c0, ready, empty, res_bars.index(0))
-        ring1 = (a_bufs, w_bufs, c1, ready, empty, res_bars.index(1))
-        gl.warp_specialize([(_coop_consumer, (descs, ring0, sizes, flags, 0)),
-                            (_coop_consumer, (descs, ring1, sizes, flags, 1)),
-                            (_coop_loader, (a_desc, w_desc, a_bufs, w_bufs, ready, empty, M, N, K, GROUP_M))],
-                           [4, 1], [CONSUMER_REGS, 24])
-
-
 def ws_available(device: torch.device) -> bool:
     """Whether this form can run here: Gluon present and a Hopper (sm_90) GPU."""
     return HAVE_GLUON and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
@@ -383,16 +285,13 @@ def ws_smem_bytes(config: dict, itemsize: int = 2) -> int:
     """Shared memory of one program (barriers not counted): two consumers' operand rings and staging tiles, or
     with ``ORDERED`` one shared ring and two staging tiles."""
     bm, bn, bk, st = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"], config["STAGES"]
-    if config.get("COOP"):  # one ring whose steps hold both row halves of A and one W step
-        return (st * (2 * bm * bk + bk * bn) + 2 * bm * bn) * itemsize
     rings = 1 if config.get("ORDERED") else 2
     return (rings * st * (bm * bk + bk * bn) + 2 * bm * bn) * itemsize
 
 
 def ws_configs(ordered: bool | None = None) -> list[dict]:
     """Every candidate tile as a launch dict (consumers get 232 registers, the loader warps 24): the ping-pong
-    with a ring per consumer (``ordered=False``), the ordered one (``ORDERED``) and the cooperative one (``COOP``)
-    (``ordered=True``), or all three (``ordered=None``)."""
+    with a ring per consumer, the ordered one (``ORDERED``), or both (``ordered=None``)."""
     out = []
     if ordered in (None, False):
         out += [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "STAGES": st, "GROUP_M": 8}
@@ -400,8 +299,6 @@ def ws_configs(ordered: bool | None = None) -> list[dict]:
     if ordered in (None, True):
         out += [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "STAGES": st, "GROUP_M": 8, "ORDERED": True}
                 for bm, bn, bk, st in ORDERED_CONFIGS]
-        out += [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "STAGES": st, "GROUP_M": 8, "COOP": True}
-                for bm, bn, bk, st in COOP_CONFIGS]
     return [cf for cf in out if ws_smem_bytes(cf) <= 220 * 1024]
 
 
@@ -432,13 +329,12 @@ def launch_ws(a, w_t, bias, residual, out, act: str, config: dict):
         if residual is not None else out_desc  # never read when HAS_RES is False
     if a.device not in _SMS:
         _SMS[a.device] = torch.cuda.get_device_properties(a.device).multi_processor_count
-    ordered, coop = bool(config.get("ORDERED")), bool(config.get("COOP"))
-    tiles = triton.cdiv(m, 2 * bm if coop else bm) * triton.cdiv(n, bn)
-    # the ordered and cooperative kernels' programs walk tiles pid, pid + P, ... (the cooperative one's tiles
-    # are 2 BLOCK_M rows); the ping-pong's consumers each walk every second one, so it needs half as many
-    # programs for the same tiles per program
-    grid = (max(1, min(_SMS[a.device], tiles if ordered or coop else triton.cdiv(tiles, 2))),)
-    kernel = gemm_ws_coop_kernel if coop else gemm_ws_ordered_kernel if ordered else gemm_ws_kernel
+    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    ordered = bool(config.get("ORDERED"))
+    # the ordered kernel's program walks tiles pid, pid + P, ... (consumers alternate); the other's consumers
+    # each walk every second one, so it needs half as many programs for the same tiles per program
+    grid = (max(1, min(_SMS[a.device], tiles if ordered else triton.cdiv(tiles, 2))),)
+    kernel = gemm_ws_ordered_kernel if ordered else gemm_ws_kernel
     return kernel[grid](a_desc, w_desc, res_desc, out_desc, bias, m, n, k, ACT_SILU=act == "silu",
                         HAS_RES=residual is not None, GROUP_M=config.get("GROUP_M", 8),
                         STAGES=config["STAGES"], CONSUMER_REGS=config.get("CONSUMER_REGS", 232),

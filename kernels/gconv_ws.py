@@ -14,9 +14,10 @@ warp of their own, several stages ahead of the products, as in the fused block k
                                         past the image)
 
 Each consumer walks its own patches (TILE_H x TILE_W pixels of one image: 8 x 8, 4 x 16 or 8 x 16) with its own
-loader and ring, so one consumer's epilogue runs beside the other's products. A program owns a range of CS channels whose weights it
-keeps in shared memory (9 x 16 rows x 32 bytes per 16 channels, 110 KB at C = 384); where they do not fit beside
-the rings, the channels are split evenly among the programs (:func:`channel_range`; C = 768: two ranges).
+loader and ring, so one consumer's epilogue runs beside the other's products. A program owns a range of CS
+channels whose weights it keeps in shared memory (9 x 16 rows x 32 bytes per 16 channels, 110 KB at C = 384);
+where they do not fit beside the rings, the channels are split evenly among the programs (:func:`channel_range`;
+C = 768: two ranges).
 
 Measured (H100, batch 256, ``NOTES_gconv.md`` v6c): 96@56 0.141 ms (4.2x cuDNN, 72% of the DRAM floor), 384@14
 0.046, 768@7 0.031, against 0.256, 0.064 and 0.033 for the Triton kernel. The launcher (:func:`gconv._ws_choice`)

@@ -277,8 +277,8 @@ def fold_conv_bn(model: nn.Module, patchify_max_in_channels: int | None = None) 
 
     Measured on the H100 (batch 256, bf16; ``data/gemm_h100.csv``): as a :class:`PatchifyConv2d` (our kernel,
     bias in the epilogue) ConvFirstNet-T's stem takes 0.097 ms (its 12-value patch rows read as padded 8-byte
-    runs; 0.125 value by value) and its downsampling convs 0.114, 0.077 and 0.065 ms; as cuDNN conv + bias 0.727, 0.293, 0.118 and 0.087 ms, as cuDNN conv + BatchNorm (not folded)
-    0.653, 0.269, 0.102 and 0.087 ms."""
+    runs; 0.125 value by value) and its downsampling convs 0.114, 0.077 and 0.065 ms; as cuDNN conv + bias 0.727,
+    0.293, 0.118 and 0.087 ms, as cuDNN conv + BatchNorm (not folded) 0.653, 0.269, 0.102 and 0.087 ms."""
     from convfirst.blocks import fold_bn
 
     folded = 0

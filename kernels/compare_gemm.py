@@ -241,9 +241,11 @@ def patch_rows(batch: int, dtype=torch.bfloat16, graphs: bool = True) -> list[di
         with torch.no_grad():
             for impl, fn in impls:
                 gemm.PAD_PATCH_ROWS = impl == "triton-rowpad"  # "triton": the patch rows value by value
-                err = relative_error(fn(inputs[0][0]), ref) if impl != "cudnn-bn" else float("nan")
-                ms = _time(fn, inputs, graphs)
-                gemm.PAD_PATCH_ROWS = default
+                try:
+                    err = relative_error(fn(inputs[0][0]), ref) if impl != "cudnn-bn" else float("nan")
+                    ms = _time(fn, inputs, graphs)
+                finally:  # the module's setting is back whatever happened
+                    gemm.PAD_PATCH_ROWS = default
                 rows.append({"part": "patchify", "shape": name, "C": cin, "N": cout, "H": hw, "patch": patch,
                              "impl": impl, "ms": ms, "tflops": flop / ms / 1e9,
                              "gbps": (x_bytes + out_bytes) / ms / 1e6, "rel_err": err, "batch": batch,
